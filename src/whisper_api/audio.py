@@ -1,0 +1,105 @@
+"""Probe and convert media to 16 kHz mono WAV.
+
+PyAV (FFmpeg's libraries, already a faster-whisper dependency) instead of the ffmpeg binary: no
+system package, no shell, and frames stream through a resampler into the WAV file, so memory stays
+constant whatever the input length.
+"""
+
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+
+from whisper_api.errors import InvalidAudioError
+
+SAMPLE_RATE_HZ = 16000
+BYTES_PER_SAMPLE = 2
+
+
+def convert_to_wav(source: Path, target: Path) -> float:
+    """Decode any media's first audio stream into a 16 kHz mono s16 WAV; returns its seconds."""
+    if not source.is_file() or source.stat().st_size == 0:
+        raise InvalidAudioError("the file is empty")
+    try:
+        samples = _stream_to_wav(source, target)
+    except InvalidAudioError:
+        raise
+    except (av.FFmpegError, ValueError, IndexError, OSError) as exc:
+        raise InvalidAudioError(f"cannot decode the media: {_reason(exc)}") from exc
+    if samples == 0:
+        raise InvalidAudioError("the audio stream contains no samples")
+    return samples / SAMPLE_RATE_HZ
+
+
+def _stream_to_wav(source: Path, target: Path) -> int:
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE_HZ)
+    samples = 0
+    with av.open(str(source), mode="r", metadata_errors="ignore") as container:
+        if not container.streams.audio:
+            raise InvalidAudioError("the media has no audio stream")
+        stream = container.streams.audio[0]
+        with wave.open(str(target), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(BYTES_PER_SAMPLE)
+            out.setframerate(SAMPLE_RATE_HZ)
+            for frame in _decode(container, stream):
+                for chunk in resampler.resample(frame):
+                    data = chunk.to_ndarray().tobytes()
+                    samples += len(data) // BYTES_PER_SAMPLE
+                    out.writeframes(data)
+            for chunk in resampler.resample(None):
+                data = chunk.to_ndarray().tobytes()
+                samples += len(data) // BYTES_PER_SAMPLE
+                out.writeframes(data)
+    return samples
+
+
+def _decode(container: "av.container.InputContainer", stream: "av.AudioStream") -> Iterator[
+    "av.AudioFrame"
+]:
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.InvalidDataError:
+            # A damaged packet in the middle of a long file: skip it rather than lose the file.
+            continue
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).split(":")[-1].strip() if str(exc) else type(exc).__name__
+    return text or type(exc).__name__
+
+
+def wav_duration_s(path: Path) -> float:
+    with wave.open(str(path), "rb") as wav:
+        return wav.getnframes() / wav.getframerate()
+
+
+def read_wav(path: Path, start_s: float = 0.0, duration_s: float | None = None) -> np.ndarray:
+    """Read a slice of a 16 kHz mono s16 WAV as float32 in [-1, 1]."""
+    with wave.open(str(path), "rb") as wav:
+        wav.setpos(min(wav.getnframes(), int(start_s * SAMPLE_RATE_HZ)))
+        count = wav.getnframes() if duration_s is None else int(duration_s * SAMPLE_RATE_HZ)
+        raw = wav.readframes(count)
+    return np.frombuffer(raw, dtype=np.int16).astype(np.float32) / 32768.0
+
+
+def iter_wav_blocks(path: Path, block_s: float) -> Iterator[np.ndarray]:
+    """Stream a WAV in blocks of int16 samples (constant memory for long files)."""
+    block = int(block_s * SAMPLE_RATE_HZ)
+    with wave.open(str(path), "rb") as wav:
+        while raw := wav.readframes(block):
+            yield np.frombuffer(raw, dtype=np.int16)
+
+
+def copy_wav_slice(source: Path, target: Path, start_s: float, duration_s: float) -> None:
+    with wave.open(str(source), "rb") as wav:
+        wav.setpos(min(wav.getnframes(), int(round(start_s * SAMPLE_RATE_HZ))))
+        raw = wav.readframes(int(round(duration_s * SAMPLE_RATE_HZ)))
+    with wave.open(str(target), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(BYTES_PER_SAMPLE)
+        out.setframerate(SAMPLE_RATE_HZ)
+        out.writeframes(raw)

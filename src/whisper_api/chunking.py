@@ -1,0 +1,82 @@
+"""Pause-aware chunk plan: cut the file where the signal is quietest, never inside a word.
+
+Energy is computed per 20 ms frame while streaming the WAV; the plan itself is pure. Silero VAD
+runs later inside each worker on its own chunk, so this step stays cheap and parallel.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from whisper_api.audio import SAMPLE_RATE_HZ, iter_wav_blocks
+
+FRAME_S = 0.02
+_FRAME = int(FRAME_S * SAMPLE_RATE_HZ)
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    start_s: float
+    end_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+def frame_energies_db(path: Path) -> np.ndarray:
+    """RMS level of each 20 ms frame, in dBFS (streams the file in 60 s blocks)."""
+    levels: list[np.ndarray] = []
+    for block in iter_wav_blocks(path, 60.0):
+        usable = len(block) - len(block) % _FRAME
+        if usable == 0:
+            continue
+        frames = block[:usable].astype(np.float32).reshape(-1, _FRAME) / 32768.0
+        rms = np.sqrt(np.mean(frames**2, axis=1)) + 1e-10
+        levels.append(20 * np.log10(rms))
+    return np.concatenate(levels) if levels else np.zeros(0, dtype=np.float32)
+
+
+def plan_chunks(
+    energies_db: np.ndarray, duration_s: float, max_chunk_s: float, min_chunks: int = 1
+) -> list[ChunkSpan]:
+    """Split into about equal chunks of at most `max_chunk_s`, each cut in the quietest pause.
+
+    The cut for a target time is searched in the last third of the chunk before it: the middle of
+    the longest run of frames below a level relative to the file's speech level.
+    """
+    count = max(min_chunks, math.ceil(duration_s / max_chunk_s))
+    if count <= 1 or len(energies_db) == 0:
+        return [ChunkSpan(0.0, duration_s)]
+    target_s = duration_s / count
+    cuts = [0.0]
+    while duration_s - cuts[-1] > max_chunk_s or (
+        len(cuts) < count and duration_s - cuts[-1] > target_s * 1.5
+    ):
+        start = cuts[-1]
+        cut = find_pause(energies_db, start + target_s * 0.66, min(start + target_s, duration_s))
+        cuts.append(cut)
+    cuts.append(duration_s)
+    return [ChunkSpan(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b - a > 0]
+
+
+def find_pause(energies_db: np.ndarray, lo_s: float, hi_s: float) -> float:
+    """Middle of the longest quiet run between lo and hi (the quietest frame if none is quiet)."""
+    lo, hi = int(lo_s / FRAME_S), max(int(lo_s / FRAME_S) + 1, int(hi_s / FRAME_S))
+    window = energies_db[lo:hi]
+    if len(window) == 0:
+        return hi_s
+    speech_db = float(np.percentile(energies_db, 90))
+    quiet = window < max(speech_db - 35.0, float(window.min()) + 3.0)
+    best_start, best_len, run_start = int(np.argmin(window)), 0, -1
+    for i, is_quiet in enumerate([*quiet.tolist(), False]):
+        if is_quiet and run_start < 0:
+            run_start = i
+        elif not is_quiet and run_start >= 0:
+            if i - run_start > best_len:
+                best_start, best_len = run_start, i - run_start
+            run_start = -1
+    middle = best_start + best_len // 2
+    return (lo + middle) * FRAME_S

@@ -1,0 +1,122 @@
+"""Command line: `whisper-api transcribe FILE`, `whisper-api serve`."""
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from whisper_api.config import Settings, load_settings
+from whisper_api.errors import WhisperApiError
+from whisper_api.executor import WorkerConfig
+from whisper_api.formats import FORMATS, render
+from whisper_api.pipeline import Pipeline, Progress, TranscribeRequest
+from whisper_api.pool import WorkerPool
+from whisper_api.sessions import SessionManager
+
+
+def build_pool(settings: Settings, workers: int | None = None) -> WorkerPool:
+    count, reason = settings.worker_count()
+    count = workers or count
+    logging.getLogger("whisper_api").info("Starting %d workers (%s)", count, reason)
+    return WorkerPool(count, worker_config(settings, count), settings.chunk_timeout_s)
+
+
+def worker_config(settings: Settings, workers: int) -> WorkerConfig:
+    import os
+
+    cores = os.cpu_count() or 1
+    # Two threads per core share: measured as fast as one thread per worker when all are busy,
+    # and twice as fast for a lone request (docs/benchmarks.md).
+    threads = settings.worker_cpu_threads or max(1, min(cores, 2 * cores // workers))
+    return WorkerConfig(
+        settings.whisper_model, settings.whisper_device, settings.compute_type, threads
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="whisper-api", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    tr = commands.add_parser("transcribe", help="transcribe a local media file")
+    tr.add_argument("input", type=Path)
+    tr.add_argument("--format", default="text", choices=FORMATS)
+    tr.add_argument("--output", type=Path)
+    tr.add_argument("--language")
+    tr.add_argument("--workers", type=int)
+    tr.add_argument("--word-timestamps", action="store_true")
+    tr.add_argument("--preset", choices=("accurate", "fast"))
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        if args.command == "transcribe":
+            return transcribe_command(args)
+        return serve_command(args)
+    except WhisperApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(f"error: {exc.code}", file=sys.stderr)
+            return 2
+        raise
+
+
+def transcribe_command(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if not args.input.is_file():
+        print(f"error: no such file: {args.input}", file=sys.stderr)
+        return 2
+    language = None if args.language in (None, "auto") else args.language
+    request = TranscribeRequest(language=language, word_timestamps=args.word_timestamps,
+                                preset=args.preset)
+    pool = build_pool(settings, args.workers)
+    pool.start()
+    try:
+        pool.wait_ready()
+        transcript = asyncio.run(_transcribe(settings, pool, args.input, request))
+    finally:
+        pool.stop()
+    body = render(transcript, args.format)
+    text = json.dumps(body, indent=2, ensure_ascii=False) if isinstance(body, dict) else body
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+async def _transcribe(
+    settings: Settings, pool: WorkerPool, media: Path, request: TranscribeRequest
+) -> "Transcript":
+    sessions = SessionManager(settings.temp_dir, settings.max_temp_age_hours)
+    pipeline = Pipeline(settings, pool, pool.stats().workers)
+    started = time.perf_counter()
+
+    def show(progress: Progress) -> None:
+        elapsed = time.perf_counter() - started
+        speed = progress.audio_done_s / elapsed if elapsed > 0 else 0.0
+        bar = f"{progress.chunks_done}/{progress.chunks_total} chunks" if progress.chunks_total \
+            else ""
+        print(f"\r[{progress.stage}] {bar} {speed:.1f}x realtime", end="", file=sys.stderr)
+
+    with sessions.session(source=str(media)) as session:
+        transcript = await pipeline.transcribe(media, session, request, show)
+    print(file=sys.stderr)
+    return transcript
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    print("error: the HTTP service is not built yet", file=sys.stderr)
+    return 2
+
+
+from whisper_api.transcript import Transcript  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""Settings from environment variables, built once at the edge (CLI, app factory) and passed down."""
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Preset = Literal["accurate", "fast"]
+
+
+class Settings(BaseSettings):
+    """The seed's variable names; `PARALLEL_WORKERS=auto` sizes the pool from cores and memory."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    enable_parallel_transcription: bool = True
+    parallel_workers: int | Literal["auto"] = "auto"
+    parallel_chunk_duration: float = 120.0
+    audio_limit_single_core: float = 300.0
+    whisper_model: str = "tiny.en"
+    whisper_device: Literal["cpu", "cuda", "auto"] = "cpu"
+    whisper_compute_type: str | None = None
+    transcribe_preset: Preset = "accurate"
+    temp_dir: Path = Path("./temp")
+    max_temp_age_hours: float = 24.0
+    cleanup_on_startup: bool = True
+    chunk_timeout_s: float = 600.0
+    worker_memory_mb: int = 1024
+    worker_cpu_threads: int = 0
+
+    @field_validator("parallel_chunk_duration", "audio_limit_single_core", "chunk_timeout_s")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    @field_validator("parallel_workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return value
+
+    @property
+    def compute_type(self) -> str:
+        if self.whisper_compute_type:
+            return self.whisper_compute_type
+        return "float16" if self.whisper_device == "cuda" else "int8"
+
+    def worker_count(self) -> tuple[int, str]:
+        """How many workers to start, and why (logged at startup)."""
+        if self.parallel_workers != "auto":
+            return int(self.parallel_workers), "PARALLEL_WORKERS"
+        cores = os.cpu_count() or 1
+        by_memory = max(1, _available_memory_mb() // self.worker_memory_mb)
+        count = max(1, min(cores, by_memory))
+        reason = f"auto: {cores} cores, memory for {by_memory} workers"
+        return count, reason
+
+
+def _available_memory_mb() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 1 << 20
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings; an invalid variable raises SystemExit naming it."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{str(err['loc'][0]).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise SystemExit(f"invalid configuration: {problems}") from exc

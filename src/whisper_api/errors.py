@@ -1,0 +1,37 @@
+"""One exception tree; each error knows its HTTP status.
+
+    WhisperApiError (500)
+    ├── InvalidAudioError (415)   the media cannot be decoded or has no audio
+    ├── InvalidRequestError (400) a bad argument from the caller
+    ├── ModelNotFoundError (500)  WHISPER_MODEL could not be resolved
+    └── TranscriptionError (500)  a chunk failed even after its retry
+        └── ChunkTimeoutError (504)
+"""
+
+
+class WhisperApiError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+
+class InvalidAudioError(WhisperApiError):
+    status_code = 415
+    code = "invalid_audio"
+
+
+class InvalidRequestError(WhisperApiError):
+    status_code = 400
+    code = "invalid_request"
+
+
+class ModelNotFoundError(WhisperApiError):
+    code = "model_not_found"
+
+
+class TranscriptionError(WhisperApiError):
+    code = "transcription_failed"
+
+
+class ChunkTimeoutError(TranscriptionError):
+    status_code = 504
+    code = "chunk_timeout"

@@ -1,0 +1,28 @@
+"""Chunk results onto the file's timeline (pure)."""
+
+from whisper_api.transcript import ChunkResult, Segment
+
+
+def merge_results(results: list[tuple[float, ChunkResult]], chunk_ends_s: list[float]) -> list[Segment]:
+    """Shift each chunk's segments by its offset, clamp them to the chunk, keep time monotonic.
+
+    Chunks are cut in pauses, so a segment belongs to exactly one chunk; clamping only repairs
+    timestamps that the decoder placed past the chunk's end.
+    """
+    merged: list[Segment] = []
+    for (offset_s, result), end_s in zip(results, chunk_ends_s, strict=True):
+        for segment in result.segments:
+            shifted = segment.shifted(offset_s)
+            start = max(shifted.start, merged[-1].end if merged else 0.0, offset_s)
+            end = min(max(shifted.end, start), end_s)
+            if not shifted.text.strip():
+                continue
+            merged.append(Segment(
+                round(start, 3), round(max(end, start), 3), shifted.text.strip(), shifted.words,
+                shifted.avg_logprob, shifted.no_speech_prob,
+            ))
+    return merged
+
+
+def join_text(segments: list[Segment]) -> str:
+    return " ".join(s.text.strip() for s in segments if s.text.strip())

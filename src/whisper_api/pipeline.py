@@ -1,0 +1,132 @@
+"""Media file → transcript: convert, plan chunks at pauses, fan out, merge."""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from whisper_api.audio import convert_to_wav, copy_wav_slice
+from whisper_api.chunking import ChunkSpan, frame_energies_db, plan_chunks
+from whisper_api.config import Preset, Settings
+from whisper_api.executor import ChunkExecutor
+from whisper_api.merging import join_text, merge_results
+from whisper_api.sessions import Session
+from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Transcript
+
+log = logging.getLogger(__name__)
+
+# Measured on the long dev and held-out files (docs/benchmarks.md).
+PRESETS: dict[str, DecodeOptions] = {
+    "accurate": DecodeOptions(window_s=12.0, beam_size=1, coverage_min=0.6),
+    "fast": DecodeOptions(window_s=29.0, beam_size=1, coverage_min=0.3, batch_size=8),
+}
+
+
+@dataclass(frozen=True)
+class TranscribeRequest:
+    language: str | None = None
+    task: str = "transcribe"
+    word_timestamps: bool = False
+    initial_prompt: str | None = None
+    temperature: float = 0.0
+    preset: Preset | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str
+    chunks_done: int = 0
+    chunks_total: int = 0
+    audio_done_s: float = 0.0
+    audio_total_s: float = 0.0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def _ignore(_: Progress) -> None:
+    return None
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, executor: ChunkExecutor, workers: int) -> None:
+        self._settings, self._executor, self._workers = settings, executor, workers
+
+    def decode_options(self, request: TranscribeRequest) -> DecodeOptions:
+        base = PRESETS[request.preset or self._settings.transcribe_preset]
+        return replace(
+            base, language=request.language, task=request.task,
+            word_timestamps=request.word_timestamps, initial_prompt=request.initial_prompt,
+            temperature=request.temperature,
+        )
+
+    async def transcribe(
+        self,
+        media: Path,
+        session: Session,
+        request: TranscribeRequest,
+        on_progress: ProgressCallback = _ignore,
+    ) -> Transcript:
+        started = time.perf_counter()
+        on_progress(Progress("converting"))
+        wav = session.download / "audio_16k.wav"
+        duration_s = await asyncio.to_thread(convert_to_wav, media, wav)
+        spans = await asyncio.to_thread(self._plan, wav, duration_s)
+        mode = "parallel" if len(spans) > 1 else "single"
+        session.update_metadata(duration_s=duration_s, chunks=len(spans), mode=mode)
+        tasks = await asyncio.to_thread(self._write_chunks, wav, spans, session, request)
+        results = await self._run(tasks, duration_s, on_progress)
+        on_progress(Progress("merging", len(tasks), len(tasks), duration_s, duration_s))
+        segments = merge_results(
+            [(span.start_s, r) for span, r in zip(spans, results, strict=True)],
+            [span.end_s for span in spans],
+        )
+        language = next((r.language for r in results if r.language), request.language or "en")
+        elapsed = time.perf_counter() - started
+        extra = {"processing_time": round(elapsed, 3), "mode": mode, "chunks": len(spans)}
+        return Transcript(join_text(segments), tuple(segments), language, duration_s, extra)
+
+    def _plan(self, wav: Path, duration_s: float) -> list[ChunkSpan]:
+        settings = self._settings
+        if not settings.enable_parallel_transcription or self._workers < 2:
+            return [ChunkSpan(0.0, duration_s)]
+        if duration_s <= settings.audio_limit_single_core:
+            return [ChunkSpan(0.0, duration_s)]
+        energies = frame_energies_db(wav)
+        return plan_chunks(energies, duration_s, settings.parallel_chunk_duration, self._workers)
+
+    def _write_chunks(
+        self, wav: Path, spans: list[ChunkSpan], session: Session, request: TranscribeRequest
+    ) -> list[ChunkTask]:
+        options = self.decode_options(request)
+        if len(spans) == 1:
+            return [ChunkTask(f"{session.session_id}:0", session.session_id, str(wav), 0.0,
+                              spans[0].duration_s, options)]
+        tasks = []
+        for index, span in enumerate(spans):
+            path = session.chunks / f"chunk_{index:03d}.wav"
+            copy_wav_slice(wav, path, span.start_s, span.duration_s)
+            tasks.append(ChunkTask(f"{session.session_id}:{index}", session.session_id,
+                                   str(path), span.start_s, span.duration_s, options))
+        return tasks
+
+    async def _run(
+        self, tasks: list[ChunkTask], duration_s: float, on_progress: ProgressCallback
+    ) -> list[ChunkResult]:
+        futures = [asyncio.wrap_future(self._executor.submit(t)) for t in tasks]
+        on_progress(Progress("transcribing", 0, len(tasks), 0.0, duration_s))
+        done = 0
+        try:
+            for finished in asyncio.as_completed(futures):
+                await finished
+                done += 1
+                done_s = sum(t.duration_s for t, f in zip(tasks, futures, strict=True) if f.done())
+                on_progress(Progress("transcribing", done, len(tasks), done_s, duration_s))
+            return [f.result() for f in futures]
+        finally:
+            if any(not f.done() for f in futures):
+                self._executor.cancel(tasks[0].request_id)
+                for future in futures:
+                    future.cancel()

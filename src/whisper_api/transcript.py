@@ -1,0 +1,74 @@
+"""Values that cross process boundaries: small frozen dataclasses of primitives."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] = ()
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+
+    def shifted(self, offset_s: float) -> "Segment":
+        words = tuple(
+            Word(w.start + offset_s, w.end + offset_s, w.word, w.probability) for w in self.words
+        )
+        return Segment(
+            self.start + offset_s, self.end + offset_s, self.text, words,
+            self.avg_logprob, self.no_speech_prob,
+        )
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How a worker decodes a chunk. `window_s` bounds how much speech shares one decoder window."""
+
+    language: str | None = None
+    task: str = "transcribe"
+    word_timestamps: bool = False
+    initial_prompt: str | None = None
+    temperature: float = 0.0
+    beam_size: int = 1
+    window_s: float = 12.0
+    batch_size: int = 8
+    coverage_min: float = 0.6
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    task_id: str
+    request_id: str
+    audio_path: str
+    offset_s: float
+    duration_s: float
+    options: DecodeOptions
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    task_id: str
+    segments: tuple[Segment, ...]
+    language: str
+    worker_id: int = -1
+    elapsed_s: float = 0.0
+    redone_utterances: int = 0
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    segments: tuple[Segment, ...]
+    language: str
+    duration_s: float
+    extra: dict[str, object] = field(default_factory=dict)
