@@ -44,20 +44,19 @@ def plan_chunks(
 ) -> list[ChunkSpan]:
     """Split into about equal chunks of at most `max_chunk_s`, each cut in the quietest pause.
 
-    The cut for a target time is searched in the last third of the chunk before it: the middle of
-    the longest run of frames below a level relative to the file's speech level.
+    Each cut is searched within ±25 % of an equal share of what remains (never past
+    `max_chunk_s`), so chunks stay balanced across workers.
     """
     count = max(min_chunks, math.ceil(duration_s / max_chunk_s))
     if count <= 1 or len(energies_db) == 0:
         return [ChunkSpan(0.0, duration_s)]
-    target_s = duration_s / count
     cuts = [0.0]
-    while duration_s - cuts[-1] > max_chunk_s or (
-        len(cuts) < count and duration_s - cuts[-1] > target_s * 1.5
-    ):
+    while (remaining := duration_s - cuts[-1]) > max_chunk_s or len(cuts) < count:
         start = cuts[-1]
-        cut = find_pause(energies_db, start + target_s * 0.66, min(start + target_s, duration_s))
-        cuts.append(cut)
+        left = max(count - len(cuts) + 1, math.ceil(remaining / max_chunk_s))
+        target = remaining / left
+        hi = min(start + 1.25 * target, start + max_chunk_s)
+        cuts.append(find_pause(energies_db, start + 0.75 * target, hi))
     cuts.append(duration_s)
     return [ChunkSpan(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b - a > 0]
 

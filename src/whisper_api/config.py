@@ -1,4 +1,4 @@
-"""Settings from environment variables, built once at the edge (CLI, app factory) and passed down."""
+"""Settings from environment variables, built once at the edge (CLI, app) and passed down."""
 
 import os
 from pathlib import Path

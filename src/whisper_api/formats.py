@@ -1,5 +1,6 @@
 """Transcript renderings: json, verbose_json, text, srt, vtt, tsv (pure)."""
 
+from collections.abc import Callable
 from typing import Any
 
 from whisper_api.errors import InvalidRequestError
@@ -11,11 +12,11 @@ FORMATS = ("json", "verbose_json", "text", "srt", "vtt", "tsv")
 def render(transcript: Transcript, fmt: str) -> str | dict[str, Any]:
     if fmt not in FORMATS:
         raise InvalidRequestError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    renderers = {
+    renderers: dict[str, Callable[[Transcript], str | dict[str, Any]]] = {
         "json": to_json, "verbose_json": to_verbose_json, "text": to_text,
         "srt": to_srt, "vtt": to_vtt, "tsv": to_tsv,
     }
-    return renderers[fmt](transcript)  # type: ignore[no-any-return, operator]
+    return renderers[fmt](transcript)
 
 
 def to_json(t: Transcript) -> dict[str, Any]:

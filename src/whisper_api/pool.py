@@ -146,20 +146,16 @@ class WorkerPool:
         while self._running and time.monotonic() < deadline:
             time.sleep(POLL_S)
         with self._lock:
-            for pending in [p for q in self._queues.values() for p in q]:
-                pending.future.set_exception(TranscriptionError("the service is shutting down"))
-            self._queues.clear()
-            workers = list(self._workers.values())
-        for worker in workers:
-            worker.inbox.put(None)
-        for worker in workers:
+            for worker in self._workers.values():
+                worker.inbox.put(None)
+        if self._thread:
+            self._thread.join(timeout=drain_timeout_s + 5)
+        for worker in self._workers.values():
             worker.process.join(timeout=5)
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join(timeout=5)
-        if self._thread:
-            self._thread.join(timeout=5)
-        self._fail_running("the service is shutting down")
+        self._fail_all("the service is shutting down")
 
     @property
     def ready(self) -> bool:
@@ -204,7 +200,9 @@ class WorkerPool:
 
     # --- supervisor ------------------------------------------------------------------------
     def _supervise(self) -> None:
-        while not (self._stopping.is_set() and not self._running):
+        while not self._stopping.is_set() or any(
+            w.process.is_alive() for w in list(self._workers.values())
+        ):
             try:
                 self._handle(self._outbox.get(timeout=POLL_S))
             except queue.Empty:
@@ -285,6 +283,12 @@ class WorkerPool:
         for worker_id, worker in list(self._workers.items()):
             if worker.process.is_alive():
                 continue
+            if self._stopping.is_set() or self._load_failure:
+                # Stopping, or the model cannot load: a replacement would die the same way.
+                if worker.task is not None:
+                    self._retry_or_fail(worker.task.task_id, "the worker stopped", retry=False)
+                    worker.task = None
+                continue
             log.warning(
                 "[WORKER %d] died (exit code %s); starting a replacement",
                 worker_id, worker.process.exitcode,
@@ -307,11 +311,11 @@ class WorkerPool:
             worker.task = None
             worker.process.kill()
 
-    def _retry_or_fail(self, task_id: str, reason: str) -> None:
+    def _retry_or_fail(self, task_id: str, reason: str, retry: bool = True) -> None:
         pending = self._running.pop(task_id, None)
         if pending is None or pending.future.done():
             return
-        if pending.attempts < MAX_ATTEMPTS:
+        if retry and pending.attempts < MAX_ATTEMPTS:
             log.warning("Chunk %s: %s; retrying", task_id.rsplit(":", 1)[-1], reason)
             self._queues.setdefault(pending.task.request_id, deque()).appendleft(pending)
             self._queues.move_to_end(pending.task.request_id, last=False)
@@ -329,9 +333,11 @@ class WorkerPool:
         process.start()
         self._workers[worker_id] = _Worker(worker_id, process, inbox)
 
-    def _fail_running(self, reason: str) -> None:
+    def _fail_all(self, reason: str) -> None:
         with self._lock:
             running, self._running = self._running, {}
-        for pending in running.values():
+            queued = [p for q in self._queues.values() for p in q]
+            self._queues.clear()
+        for pending in [*running.values(), *queued]:
             if not pending.future.done():
                 pending.future.set_exception(TranscriptionError(reason))

@@ -16,7 +16,7 @@ from pathlib import Path
 from whisper_api.errors import InvalidRequestError
 
 log = logging.getLogger(__name__)
-SESSION_ID = re.compile(r"^session_\d{8}_\d{6}_[0-9a-f]{8}_[0-9a-f]{8}$")
+SESSION_ID = re.compile(r"session_\d{8}_\d{6}_[0-9a-f]{8}_[0-9a-f]{8}")
 SUBFOLDERS = ("download", "chunks", "results")
 
 
@@ -59,7 +59,7 @@ class SessionManager:
         self.max_age_s = max_age_hours * 3600
 
     def path_for(self, session_id: str) -> Path:
-        if not SESSION_ID.match(session_id):
+        if not SESSION_ID.fullmatch(session_id):
             raise InvalidRequestError(f"invalid session id {session_id!r}")
         path = (self.temp_dir / session_id).resolve()
         if path.parent != self.temp_dir:
@@ -93,12 +93,19 @@ class SessionManager:
         cutoff = time.time() - self.max_age_s
         removed = 0
         for entry in self.temp_dir.iterdir():
-            if entry.is_dir() and SESSION_ID.match(entry.name) and entry.stat().st_mtime < cutoff:
+            if entry.is_dir() and SESSION_ID.fullmatch(entry.name) and _touched(entry) < cutoff:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
         if removed:
             log.info("Removed %d stale session folders from %s", removed, self.temp_dir)
         return removed
+
+
+def _touched(root: Path) -> float:
+    """Last activity: metadata.json is rewritten as a session progresses."""
+    metadata = root / "metadata.json"
+    stamps = [root.stat().st_mtime, *([metadata.stat().st_mtime] if metadata.exists() else [])]
+    return max(stamps)
 
 
 def folder_size(path: Path) -> int:

@@ -9,6 +9,7 @@ utterance that the returned timestamps do not cover is decoded again on its own.
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,8 +64,10 @@ class Transcriber:
             ) from exc
         self._batched = BatchedInferencePipeline(self._model)
 
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> tuple[list[Segment], str, int]:
-        """Segments (times relative to `audio`), the language, and how many utterances were redone."""
+    def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions
+    ) -> tuple[list[Segment], str, int]:
+        """Segments (relative to `audio`), the language, and how many utterances were redone."""
         utterances = self.find_utterances(audio)
         if not utterances:
             return [], options.language or "en", 0
@@ -108,7 +111,9 @@ class Transcriber:
         return [_segment(s) for s in raw if s.text.strip()], info.language
 
 
-def pack_windows(utterances: list[tuple[float, float]], window_s: float) -> list[tuple[float, float]]:
+def pack_windows(
+    utterances: list[tuple[float, float]], window_s: float
+) -> list[tuple[float, float]]:
     """Merge consecutive utterances while the merged span fits in `window_s` seconds."""
     windows: list[tuple[float, float]] = []
     for start, end in utterances:
@@ -132,18 +137,18 @@ def _hallucinated(segment: Segment) -> bool:
     return segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < LOW_LOGPROB
 
 
-def _segment(raw: object) -> Segment:
+def _segment(raw: Any) -> Segment:
     words = tuple(
         Word(float(w.start), float(w.end), str(w.word), float(w.probability))
         for w in (getattr(raw, "words", None) or ())
     )
     return Segment(
-        start=float(getattr(raw, "start")),
-        end=float(getattr(raw, "end")),
-        text=str(getattr(raw, "text")).strip(),
+        start=float(raw.start),
+        end=float(raw.end),
+        text=str(raw.text).strip(),
         words=words,
-        avg_logprob=float(getattr(raw, "avg_logprob")),
-        no_speech_prob=float(getattr(raw, "no_speech_prob")),
+        avg_logprob=float(raw.avg_logprob),
+        no_speech_prob=float(raw.no_speech_prob),
     )
 
 

@@ -1,0 +1,84 @@
+"""Fake transcriber factories for the worker pool tests.
+
+They live at module level so spawned worker processes can import and unpickle them. A task steers
+the fake through its `DecodeOptions.initial_prompt`, a `;`-separated list of directives:
+
+    sleep=<seconds>   sleep this long before answering
+    mark=<path>       create this file when the chunk starts (proves the worker is mid-chunk)
+    raise             raise RuntimeError instead of answering
+
+The answer is one Segment whose text encodes the chunk's length in samples, so a test can check
+that a result belongs to the task (each task gets a WAV of a distinct length).
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from whisper_api.executor import WorkerConfig
+from whisper_api.transcript import DecodeOptions, Segment
+
+SAMPLE_RATE_HZ = 16000
+
+
+def parse_directives(prompt: str | None) -> dict[str, str]:
+    directives: dict[str, str] = {}
+    for part in (prompt or "").split(";"):
+        if part.strip():
+            key, _, value = part.strip().partition("=")
+            directives[key] = value
+    return directives
+
+
+def text_for(samples: int) -> str:
+    return f"samples={samples}"
+
+
+class EchoTranscriber:
+    """Answers with the chunk's length in samples, after the sleep the task asks for."""
+
+    def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions
+    ) -> tuple[list[Segment], str, int]:
+        directives = parse_directives(options.initial_prompt)
+        if "mark" in directives:
+            Path(directives["mark"]).touch()
+        if "raise" in directives:
+            raise RuntimeError(f"fake failure on {len(audio)} samples")
+        time.sleep(float(directives.get("sleep", "0")))
+        segment = Segment(0.0, len(audio) / SAMPLE_RATE_HZ, text_for(len(audio)))
+        return [segment], "en", 0
+
+
+class HangingTranscriber:
+    """Never answers in time: sleeps far longer than any test's chunk timeout."""
+
+    def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions
+    ) -> tuple[list[Segment], str, int]:
+        time.sleep(120.0)
+        return [], "en", 0
+
+
+class RaisingTranscriber:
+    def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions
+    ) -> tuple[list[Segment], str, int]:
+        raise RuntimeError(f"fake failure on {len(audio)} samples")
+
+
+def echo_factory(config: WorkerConfig) -> EchoTranscriber:
+    return EchoTranscriber()
+
+
+def hanging_factory(config: WorkerConfig) -> HangingTranscriber:
+    return HangingTranscriber()
+
+
+def raising_factory(config: WorkerConfig) -> RaisingTranscriber:
+    return RaisingTranscriber()
+
+
+def broken_factory(config: WorkerConfig) -> EchoTranscriber:
+    raise RuntimeError(f"cannot load fake model {config.model!r}")

@@ -1,0 +1,79 @@
+"""End to end on the real tiny.en model and real worker processes."""
+
+import asyncio
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import JFK_TEXT
+from whisper_api.cli import worker_config
+from whisper_api.config import Settings
+from whisper_api.errors import InvalidAudioError
+from whisper_api.pipeline import Pipeline, Progress, TranscribeRequest
+from whisper_api.pool import WorkerPool
+from whisper_api.sessions import SessionManager
+from whisper_api.transcript import Transcript
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^a-z' ]", " ", text.lower()).split()
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[WorkerPool]:
+    settings = Settings(parallel_workers=2)
+    pool = WorkerPool(2, worker_config(settings, 2))
+    pool.start()
+    pool.wait_ready()
+    yield pool
+    pool.stop()
+
+
+def run(
+    pool: WorkerPool, media: Path, tmp: Path, **overrides: object
+) -> tuple[Transcript, list[Progress]]:
+    settings = Settings(temp_dir=tmp / "temp", **overrides)  # type: ignore[arg-type]
+    sessions = SessionManager(settings.temp_dir, 24)
+    progress: list[Progress] = []
+
+    async def go() -> Transcript:
+        with sessions.session() as session:
+            return await Pipeline(settings, pool, 2).transcribe(
+                media, session, TranscribeRequest(), progress.append)
+
+    transcript = asyncio.run(go())
+    assert list((tmp / "temp").iterdir()) == []
+    return transcript, progress
+
+
+def test_short_file_single_mode(pool: WorkerPool, jfk: Path, tmp_path: Path) -> None:
+    transcript, _ = run(pool, jfk, tmp_path)
+    assert words(transcript.text) == words(JFK_TEXT)
+    assert transcript.extra["mode"] == "single"
+
+
+def test_long_file_fans_out_and_merges_in_order(
+    pool: WorkerPool, long_speech: Path, tmp_path: Path
+) -> None:
+    transcript, progress = run(
+        pool, long_speech, tmp_path, audio_limit_single_core=10, parallel_chunk_duration=30
+    )
+    t = transcript
+    assert t.extra["mode"] == "parallel" and t.extra["chunks"] >= 3
+    text = " ".join(words(t.text))
+    assert text.count("ask not what your country") == 3
+    assert text.count("greasy wash water all year") == 3
+    starts = [s.start for s in t.segments]
+    assert starts == sorted(starts) and t.segments[-1].end <= t.duration_s + 0.01
+    done = [p.chunks_done for p in progress if p.stage == "transcribing"]
+    assert done == sorted(done) and done[-1] == t.extra["chunks"]
+
+
+def test_bad_media_leaves_no_session(pool: WorkerPool, tmp_path: Path) -> None:
+    bogus = tmp_path / "x.mp3"
+    bogus.write_text("not audio")
+    with pytest.raises(InvalidAudioError):
+        run(pool, bogus, tmp_path)
+    assert list((tmp_path / "temp").iterdir()) == []

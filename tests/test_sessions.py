@@ -1,0 +1,116 @@
+"""Per-request temp folders: whisper_api.sessions."""
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from whisper_api.errors import InvalidRequestError
+from whisper_api.sessions import SESSION_ID, SUBFOLDERS, SessionManager, new_session_id
+
+GOOD_ID = "session_20240102_030405_0123abcd_89abcdef"
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> SessionManager:
+    return SessionManager(tmp_path / "temp", max_age_hours=1.0)
+
+
+def test_new_session_id_format() -> None:
+    sid = new_session_id("10.0.0.1")
+    assert re.fullmatch(r"session_\d{8}_\d{6}_[0-9a-f]{8}_[0-9a-f]{8}", sid)
+    assert SESSION_ID.match(sid)
+
+
+def test_new_session_id_hashes_ip_and_is_unique() -> None:
+    a, b, c = new_session_id("1.2.3.4"), new_session_id("1.2.3.4"), new_session_id("5.6.7.8")
+    assert a != b
+    assert a.rsplit("_", 1)[1] == b.rsplit("_", 1)[1] != c.rsplit("_", 1)[1]
+    assert "1.2.3.4" not in a
+
+
+def test_path_for_valid_id(manager: SessionManager) -> None:
+    assert manager.path_for(GOOD_ID) == manager.temp_dir / GOOD_ID
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../x", "session_..", "..", "", "/etc/passwd", f"../{GOOD_ID}", f"{GOOD_ID}/..",
+        f"{GOOD_ID}/../../x", f"x/{GOOD_ID}", "session_20240102_030405_0123ABCD_89abcdef",
+        GOOD_ID + "0", GOOD_ID[:-1],
+    ],
+)
+def test_path_for_rejects_bad_ids(manager: SessionManager, bad: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        manager.path_for(bad)
+
+
+def test_path_for_rejects_trailing_newline(manager: SessionManager) -> None:
+    with pytest.raises(InvalidRequestError):
+        manager.path_for(GOOD_ID + "\n")
+
+
+def test_create_makes_folders_and_metadata(manager: SessionManager) -> None:
+    session = manager.create("1.2.3.4", filename="a.wav")
+    assert session.root.parent == manager.temp_dir
+    assert all((session.root / name).is_dir() for name in SUBFOLDERS)
+    meta = json.loads((session.root / "metadata.json").read_text())
+    assert meta["session_id"] == session.session_id
+    assert meta["filename"] == "a.wav"
+
+
+def test_update_metadata_merges_and_sizes(manager: SessionManager) -> None:
+    session = manager.create()
+    (session.download / "f.bin").write_bytes(b"x" * 1000)
+    session.update_metadata(duration_s=2.5)
+    meta = json.loads((session.root / "metadata.json").read_text())
+    assert meta["duration_s"] == 2.5
+    assert meta["session_id"] == session.session_id
+    assert meta["size_bytes"] >= 1000
+
+
+def test_context_manager_removes_on_success(manager: SessionManager) -> None:
+    with manager.session() as session:
+        (session.chunks / "c.wav").write_bytes(b"data")
+        assert session.root.is_dir()
+    assert not session.root.exists()
+
+
+def test_context_manager_removes_on_exception(manager: SessionManager) -> None:
+    with pytest.raises(RuntimeError, match="boom"), manager.session() as session:
+        (session.results / "r.json").write_text("{}")
+        raise RuntimeError("boom")
+    assert not session.root.exists()
+
+
+def make_dir(root: Path, name: str, age_hours: float) -> Path:
+    path = root / name
+    path.mkdir(parents=True)
+    stamp = time.time() - age_hours * 3600
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_sweep_removes_only_old_session_folders(manager: SessionManager) -> None:
+    root = manager.temp_dir
+    old = make_dir(root, GOOD_ID, 2.0)
+    (old / "download" / "f.wav").parent.mkdir()
+    (old / "download" / "f.wav").write_bytes(b"x")
+    os.utime(old, (0, 0))
+    young = make_dir(root, "session_20240102_030405_0123abcd_00000000", 0.5)
+    other_old = make_dir(root, "keep_me", 5.0)
+    old_file = root / "session_20240102_030405_0123abcd_11111111"
+    old_file.write_text("not a folder")
+    os.utime(old_file, (0, 0))
+    assert manager.sweep() == 1
+    assert not old.exists()
+    assert young.is_dir() and other_old.is_dir() and old_file.is_file()
+
+
+def test_sweep_missing_temp_dir(manager: SessionManager) -> None:
+    assert not manager.temp_dir.exists()
+    assert manager.sweep() == 0
