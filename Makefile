@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/whisper-api serve
+	$(BIN)/whisper-api transcribe tests/data/jfk.flac --format srt
 
 lint: install
 	$(BIN)/ruff check src tests bench

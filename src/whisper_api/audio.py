@@ -68,8 +68,8 @@ def _decode(container: "av.container.InputContainer", stream: "av.AudioStream") 
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).split(":")[-1].strip() if str(exc) else type(exc).__name__
-    return text or type(exc).__name__
+    """PyAV's message without the file path it appends (the caller's path is not news to them)."""
+    return str(getattr(exc, "strerror", None) or exc or type(exc).__name__).lower()
 
 
 def wav_duration_s(path: Path) -> float:

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             return transcribe_command(args)
         return serve_command(args)
     except WhisperApiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # Start a fresh line: the progress bar may have left the cursor mid-line.
+        print(f"\nerror: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:
         if isinstance(exc.code, str):
