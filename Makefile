@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/whisper-api transcribe tests/data/jfk.flac --format srt
+	$(BIN)/whisper-api serve
 
 lint: install
 	$(BIN)/ruff check src tests bench

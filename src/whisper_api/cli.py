@@ -113,8 +113,14 @@ async def _transcribe(
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    print("error: the HTTP service is not built yet", file=sys.stderr)
-    return 2
+    import uvicorn
+
+    from whisper_api.api.app import create_app
+
+    settings = load_settings()
+    host, port = args.host or settings.host, args.port or settings.port
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+    return 0
 
 
 from whisper_api.transcript import Transcript  # noqa: E402

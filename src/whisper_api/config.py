@@ -29,6 +29,18 @@ class Settings(BaseSettings):
     chunk_timeout_s: float = 600.0
     worker_memory_mb: int = 1024
     worker_cpu_threads: int = 0
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_mb: float = 500.0
+    max_audio_duration_s: float = 4 * 3600.0
+    download_timeout_s: float = 600.0
+    allow_private_urls: bool = False
+    sync_timeout_s: float = 1800.0
+    api_keys: str = ""
+    data_dir: Path = Path("./data")
+    database_url: str = ""
+    result_ttl_hours: float = 24.0
+    max_queued_jobs: int = 16
 
     @field_validator("parallel_chunk_duration", "audio_limit_single_core", "chunk_timeout_s")
     @classmethod
@@ -49,6 +61,14 @@ class Settings(BaseSettings):
         if self.whisper_compute_type:
             return self.whisper_compute_type
         return "float16" if self.whisper_device == "cuda" else "int8"
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
 
     def worker_count(self) -> tuple[int, str]:
         """How many workers to start, and why (logged at startup)."""

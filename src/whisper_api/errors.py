@@ -3,6 +3,9 @@
     WhisperApiError (500)
     ├── InvalidAudioError (415)   the media cannot be decoded or has no audio
     ├── InvalidRequestError (400) a bad argument from the caller
+    │   └── UrlNotAllowedError (400) scheme or address refused (SSRF guard)
+    ├── DownloadError (422)       the URL could not be fetched
+    ├── MediaTooLargeError (413)  over MAX_UPLOAD_MB or MAX_AUDIO_DURATION_S
     ├── ModelNotFoundError (500)  WHISPER_MODEL could not be resolved
     └── TranscriptionError (500)  a chunk failed even after its retry
         └── ChunkTimeoutError (504)
@@ -35,3 +38,17 @@ class TranscriptionError(WhisperApiError):
 class ChunkTimeoutError(TranscriptionError):
     status_code = 504
     code = "chunk_timeout"
+
+
+class UrlNotAllowedError(InvalidRequestError):
+    code = "url_not_allowed"
+
+
+class DownloadError(WhisperApiError):
+    status_code = 422
+    code = "download_failed"
+
+
+class MediaTooLargeError(WhisperApiError):
+    status_code = 413
+    code = "media_too_large"

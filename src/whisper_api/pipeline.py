@@ -10,6 +10,7 @@ from pathlib import Path
 from whisper_api.audio import convert_to_wav, copy_wav_slice
 from whisper_api.chunking import ChunkSpan, frame_energies_db, plan_chunks
 from whisper_api.config import Preset, Settings
+from whisper_api.errors import MediaTooLargeError
 from whisper_api.executor import ChunkExecutor
 from whisper_api.merging import join_text, merge_results
 from whisper_api.sessions import Session
@@ -73,6 +74,10 @@ class Pipeline:
         on_progress(Progress("converting"))
         wav = session.download / "audio_16k.wav"
         duration_s = await asyncio.to_thread(convert_to_wav, media, wav)
+        if duration_s > self._settings.max_audio_duration_s:
+            raise MediaTooLargeError(
+                f"the audio lasts {duration_s:.0f}s; the limit is "
+                f"{self._settings.max_audio_duration_s:.0f}s (MAX_AUDIO_DURATION_S)")
         spans = await asyncio.to_thread(self._plan, wav, duration_s)
         mode = "parallel" if len(spans) > 1 else "single"
         session.update_metadata(duration_s=duration_s, chunks=len(spans), mode=mode)

@@ -157,3 +157,10 @@ def load_transcriber(model: str, device: str, compute_type: str, cpu_threads: in
     transcriber = Transcriber(model, device, compute_type, cpu_threads)
     log.debug("model %s loaded in %.2fs", model, time.perf_counter() - started)
     return transcriber
+
+
+def supported_languages() -> frozenset[str]:
+    """Language codes Whisper knows (for validating requests before any work starts)."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return frozenset(_LANGUAGE_CODES)

@@ -1,0 +1,55 @@
+"""App factory and lifespan: sweep, start the pool, serve, then drain and stop."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from whisper_api import __version__
+from whisper_api.api.errors import install_error_handlers
+from whisper_api.api.routes import health_router, openai_router, seed_router
+from whisper_api.config import Settings
+from whisper_api.executor import ChunkExecutor
+from whisper_api.service import Service
+
+log = logging.getLogger("whisper_api")
+
+
+def create_app(settings: Settings, executor: ChunkExecutor | None = None) -> FastAPI:
+    """`executor` is injectable for tests; by default the local worker pool is built here."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = await asyncio.to_thread(_start, settings, executor)
+        app.state.service = service
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(service.executor.stop)
+
+    app = FastAPI(title="whisper-api", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(seed_router)
+    app.include_router(openai_router)
+    return app
+
+
+def _start(settings: Settings, executor: ChunkExecutor | None) -> Service:
+    from whisper_api.cli import build_pool
+    from whisper_api.sessions import SessionManager
+
+    log.info("Starting Whisper Transcription API v%s", __version__)
+    if settings.cleanup_on_startup:
+        SessionManager(settings.temp_dir, settings.max_temp_age_hours).sweep()
+    count, reason = settings.worker_count()
+    if settings.enable_parallel_transcription:
+        log.info("PARALLEL MODE ENABLED: %d workers (%s), chunk duration %.0fs, "
+                 "single-core below %.0fs", count, reason, settings.parallel_chunk_duration,
+                 settings.audio_limit_single_core)
+    pool = executor or build_pool(settings)
+    pool.start()
+    log.info("Worker pool started successfully (models load in the background)")
+    return Service(settings, pool, pool.stats().workers)

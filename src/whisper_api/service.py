@@ -1,0 +1,89 @@
+"""Shared by every surface (sync routes, jobs, CLI): settings, executor, sessions, pipeline."""
+
+import asyncio
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from whisper_api.config import Settings
+from whisper_api.errors import MediaTooLargeError
+from whisper_api.executor import ChunkExecutor
+from whisper_api.pipeline import Pipeline, Progress, TranscribeRequest
+from whisper_api.sessions import Session, SessionManager
+from whisper_api.transcript import Transcript
+
+SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
+COPY_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class UploadSource:
+    """An uploaded file; `filename` is only used for its extension, never as a path."""
+
+    stream: BinaryIO
+    filename: str
+
+
+@dataclass(frozen=True)
+class UrlSource:
+    url: str
+
+
+MediaSource = UploadSource | UrlSource
+
+
+class Service:
+    def __init__(self, settings: Settings, executor: ChunkExecutor, workers: int) -> None:
+        self.settings, self.executor, self.workers = settings, executor, workers
+        self.sessions = SessionManager(settings.temp_dir, settings.max_temp_age_hours)
+        self.pipeline = Pipeline(settings, executor, workers)
+
+    async def transcribe(
+        self,
+        source: MediaSource,
+        request: TranscribeRequest,
+        client_ip: str = "local",
+        on_progress: Callable[[Progress], None] = lambda _: None,
+    ) -> Transcript:
+        """One request from media to transcript; its session folder is removed whatever happens."""
+        with self.sessions.session(client_ip, source=_describe(source)) as session:
+            media = await self.fetch(source, session, on_progress)
+            return await self.pipeline.transcribe(media, session, request, on_progress)
+
+    async def fetch(
+        self, source: MediaSource, session: Session, on_progress: Callable[[Progress], None]
+    ) -> Path:
+        if isinstance(source, UploadSource):
+            target = session.download / f"upload{_suffix(source.filename)}"
+            await asyncio.to_thread(save_stream, source.stream, target,
+                                    self.settings.max_upload_bytes)
+            return target
+        on_progress(Progress("downloading"))
+        from whisper_api.download import DownloadLimits, fetch_media
+
+        limits = DownloadLimits(
+            self.settings.max_upload_bytes, self.settings.max_audio_duration_s,
+            self.settings.download_timeout_s, self.settings.allow_private_urls,
+        )
+        return await asyncio.to_thread(fetch_media, source.url, session.download, limits)
+
+
+def save_stream(stream: BinaryIO, target: Path, max_bytes: int) -> None:
+    written = 0
+    with target.open("wb") as out:
+        while block := stream.read(COPY_BLOCK):
+            written += len(block)
+            if written > max_bytes:
+                raise MediaTooLargeError(f"the upload exceeds {max_bytes // (1024 * 1024)} MB")
+            out.write(block)
+
+
+def _suffix(filename: str) -> str:
+    suffix = Path(filename.replace("\\", "/")).suffix
+    return suffix.lower() if SAFE_SUFFIX.fullmatch(suffix) else ""
+
+
+def _describe(source: MediaSource) -> str:
+    return source.url if isinstance(source, UrlSource) else f"upload{_suffix(source.filename)}"

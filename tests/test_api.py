@@ -1,0 +1,167 @@
+"""The HTTP service against a real uvicorn server with the real tiny.en model."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from openai import OpenAI
+
+from tests.conftest import DATA, ffmpeg, write_wav
+from tests.server import Server, run_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(tmp_path_factory.mktemp("api"), ALLOW_PRIVATE_URLS="true") as running:
+        yield running
+
+
+def post_file(server: Server, path: Path, name: str | None = None, **fields: str) -> httpx.Response:
+    with path.open("rb") as handle:
+        return httpx.post(f"{server.url}/api/v1/transcribe", timeout=120,
+                          files={"file": (name or path.name, handle)}, data=fields)
+
+
+def test_seed_upload_json_shape(server: Server, jfk: Path) -> None:
+    response = post_file(server, jfk)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "ask not what your country can do for you" in body["text"]
+    assert body["language"] == "en" and body["duration"] == pytest.approx(11.0, abs=0.1)
+    assert body["mode"] == "single" and body["model"] == "tiny.en"
+    assert body["processing_time"] > 0
+    assert [s["id"] for s in body["segments"]] == list(range(len(body["segments"])))
+    assert server.temp_is_empty()
+
+
+@pytest.mark.parametrize("fmt", ["srt", "vtt", "tsv", "text"])
+def test_seed_upload_text_formats(server: Server, jfk: Path, fmt: str) -> None:
+    response = post_file(server, jfk, format=fmt)
+    assert response.status_code == 200
+    assert "your country" in response.text
+    assert {"srt": "-->", "vtt": "WEBVTT", "tsv": "start\tend\ttext", "text": "Americans"}[fmt] \
+        in response.text
+
+
+def test_openai_sdk(server: Server, jfk: Path) -> None:
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    with jfk.open("rb") as audio:
+        text = client.audio.transcriptions.create(model="whisper-1", file=audio,
+                                                  response_format="text")
+    assert "ask not what your country" in str(text)
+    with jfk.open("rb") as audio:
+        srt = client.audio.transcriptions.create(model="whisper-1", file=audio,
+                                                 response_format="srt")
+    assert str(srt).startswith("1\n00:00:")
+    with jfk.open("rb") as audio:
+        verbose = client.audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="verbose_json",
+            timestamp_granularities=["word"])
+    words = [w.word for w in verbose.words or []]
+    assert words[:4] == ["And", "so", "my", "fellow"]
+    assert verbose.duration == pytest.approx(11.0, abs=0.1)
+    assert [m.id for m in client.models.list()][0] == "whisper-1"
+
+
+def _bad_files(tmp: Path) -> list[tuple[str, Path, int, str]]:
+    empty = tmp / "empty.mp3"
+    empty.write_bytes(b"")
+    text = tmp / "notes.mp3"
+    text.write_text("plain text, renamed\n" * 20)
+    mp3 = tmp / "full.mp3"
+    ffmpeg("-i", str(DATA / "jfk.flac"), "-c:a", "libmp3lame", str(mp3))
+    truncated = tmp / "cut.mp3"
+    truncated.write_bytes(mp3.read_bytes()[:600])
+    zero = write_wav(tmp / "zero.wav", np.zeros(0, dtype=np.int16))
+    return [("empty", empty, 415, "empty"), ("text", text, 415, "cannot decode"),
+            ("truncated", truncated, 415, ""), ("zero", zero, 415, "no samples")]
+
+
+def test_bad_uploads_are_4xx_and_leave_nothing(server: Server, tmp_path: Path) -> None:
+    for label, path, status, message in _bad_files(tmp_path):
+        response = post_file(server, path)
+        assert response.status_code == status, (label, response.text)
+        assert message in response.json()["error"]["message"], label
+        assert server.temp_is_empty(), label
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b'{"url": "http://x/a.mp3", "format": "docx"}', 400, "format"),
+        (b'{"url": "http://x/a.mp3", "language": "klingon"}', 400, "unknown language"),
+        (b"{}", 400, "youtube_url"),
+        (b'{"url": "file:///etc/passwd"}', 400, "scheme"),
+    ],
+)
+def test_bad_json_requests(server: Server, body: bytes, status: int, message: str) -> None:
+    response = httpx.post(f"{server.url}/api/v1/transcribe", content=body,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]["message"]
+    assert server.temp_is_empty()
+
+
+def test_path_like_filename_is_only_a_name(server: Server, jfk: Path) -> None:
+    response = post_file(server, jfk, name="../../../etc/passwd.flac")
+    assert response.status_code == 200
+    assert server.temp_is_empty()
+    assert not (server.temp_dir.parent / "etc").exists()
+
+
+def test_unknown_upload_format_field(server: Server, jfk: Path) -> None:
+    response = post_file(server, jfk, format="docx")
+    assert response.status_code == 400
+    assert "unknown format" in response.json()["error"]["message"]
+
+
+def test_api_keys_and_ssrf_guard(tmp_path: Path, media_host: str) -> None:
+    with run_server(tmp_path, API_KEYS="k1,k2", PARALLEL_WORKERS="1") as keyed:
+        assert httpx.get(f"{keyed.url}/health").status_code == 200
+        denied = httpx.get(f"{keyed.url}/v1/models")
+        assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
+        wrong = httpx.get(f"{keyed.url}/v1/models", headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        ok = httpx.get(f"{keyed.url}/v1/models", headers={"authorization": "Bearer k2"})
+        assert ok.status_code == 200
+        key = {"authorization": "Bearer k1"}
+        for url in (f"{media_host}/jfk.flac", "http://169.254.169.254/latest/meta-data",
+                    "http://[::1]/a.mp3", "file:///etc/passwd"):
+            refused = httpx.post(f"{keyed.url}/api/v1/transcribe", json={"url": url}, headers=key)
+            assert refused.status_code == 400, (url, refused.text)
+            assert refused.json()["error"]["code"] == "url_not_allowed", url
+        assert keyed.temp_is_empty()
+
+
+@pytest.fixture(scope="module")
+def media_host() -> Iterator[str]:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(DATA))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_seed_url_request(server: Server, media_host: str) -> None:
+    response = httpx.post(f"{server.url}/api/v1/transcribe", timeout=120, json={
+        "youtube_url": f"{media_host}/jfk.flac", "language": "en", "format": "json"})
+    assert response.status_code == 200, response.text
+    assert "ask not what your country can do for you" in response.json()["text"]
+    assert server.temp_is_empty()
+
+
+def test_url_404_is_a_clear_error(server: Server, media_host: str) -> None:
+    response = httpx.post(f"{server.url}/api/v1/transcribe", timeout=60,
+                          json={"url": f"{media_host}/missing.mp3"})
+    assert response.status_code == 422
+    assert "404" in response.json()["error"]["message"]
+    assert server.temp_is_empty()
