@@ -126,7 +126,7 @@ def test_results_are_routed_to_their_futures_under_concurrent_submits(
         worker_ids.add(result.worker_id)
     assert worker_ids == {0, 1}
     stats = pool.stats()
-    assert stats.restarts == 0 and stats.queued_tasks == 0 and len(stats.chunk_seconds) == 24
+    assert stats.restarts == 0 and stats.queued_tasks == 0 and stats.chunk_seconds.count == 24
 
 
 def test_round_robin_lets_a_short_request_through_a_long_one(

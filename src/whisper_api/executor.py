@@ -17,6 +17,35 @@ class WorkerConfig:
     cpu_threads: int
 
 
+# Upper bounds of the chunk latency buckets, in seconds: a chunk is 0.1 s to CHUNK_TIMEOUT_S long.
+CHUNK_SECONDS_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+@dataclass
+class LatencyHistogram:
+    """Per-bucket counts and a sum: fixed memory however long the service runs.
+
+    `counts[i]` holds observations in (bounds_s[i-1], bounds_s[i]]; the last entry is +Inf.
+    """
+
+    bounds_s: tuple[float, ...] = CHUNK_SECONDS_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(CHUNK_SECONDS_BUCKETS) + 1))
+    sum_s: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def observe(self, seconds: float) -> None:
+        index = next((i for i, bound in enumerate(self.bounds_s) if seconds <= bound),
+                     len(self.bounds_s))
+        self.counts[index] += 1
+        self.sum_s += seconds
+
+    def copy(self) -> "LatencyHistogram":
+        return LatencyHistogram(self.bounds_s, list(self.counts), self.sum_s)
+
+
 @dataclass
 class ExecutorStats:
     workers: int = 0
@@ -24,7 +53,7 @@ class ExecutorStats:
     busy_workers: int = 0
     queued_tasks: int = 0
     restarts: int = 0
-    chunk_seconds: list[float] = field(default_factory=list)
+    chunk_seconds: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 class ChunkExecutor(Protocol):

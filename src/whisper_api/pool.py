@@ -16,7 +16,7 @@ import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -168,7 +168,7 @@ class WorkerPool:
             self._stats.ready_workers = sum(w.state != WorkerState.starting for w in workers)
             self._stats.busy_workers = sum(w.state == WorkerState.busy for w in workers)
             self._stats.queued_tasks = sum(len(q) for q in self._queues.values())
-            return ExecutorStats(**vars(self._stats))
+            return replace(self._stats, chunk_seconds=self._stats.chunk_seconds.copy())
 
     def worker_pids(self) -> dict[int, int | None]:
         return {i: w.process.pid for i, w in self._workers.items()}
@@ -243,10 +243,11 @@ class WorkerPool:
         if pending is None or pending.future.done():
             return
         if result is not None:
-            self._stats.chunk_seconds.append(result.elapsed_s)
+            self._stats.chunk_seconds.observe(result.elapsed_s)
             log.info(
-                "Chunk %s completed in %.2fs (%d segments)",
-                task_id.rsplit(":", 1)[-1], result.elapsed_s, len(result.segments),
+                "chunk_done task_id=%s worker_id=%d elapsed_s=%.3f segments=%d audio_s=%.3f",
+                task_id, result.worker_id, result.elapsed_s, len(result.segments),
+                pending.task.duration_s,
             )
             pending.future.set_result(result)
         else:

@@ -2,10 +2,11 @@
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from whisper_api.config import Settings
 from whisper_api.errors import MediaTooLargeError
@@ -34,9 +35,19 @@ class UrlSource:
 MediaSource = UploadSource | UrlSource
 
 
+class TranscriptionObserver(Protocol):
+    """Told about each finished transcription (the metrics layer implements it)."""
+
+    def transcribed(self, audio_s: float, processing_s: float) -> None: ...
+
+
 class Service:
-    def __init__(self, settings: Settings, executor: ChunkExecutor, workers: int) -> None:
+    def __init__(
+        self, settings: Settings, executor: ChunkExecutor, workers: int,
+        observer: TranscriptionObserver | None = None,
+    ) -> None:
         self.settings, self.executor, self.workers = settings, executor, workers
+        self.observer = observer
         self.sessions = SessionManager(settings.temp_dir, settings.max_temp_age_hours)
         self.pipeline = Pipeline(settings, executor, workers)
 
@@ -50,7 +61,11 @@ class Service:
         """One request from media to transcript; its session folder is removed whatever happens."""
         with self.sessions.session(client_ip, source=_describe(source)) as session:
             media = await self.fetch(source, session, on_progress)
-            return await self.pipeline.transcribe(media, session, request, on_progress)
+            started = time.perf_counter()
+            transcript = await self.pipeline.transcribe(media, session, request, on_progress)
+        if self.observer:
+            self.observer.transcribed(transcript.duration_s, time.perf_counter() - started)
+        return transcript
 
     async def fetch(
         self, source: MediaSource, session: Session, on_progress: Callable[[Progress], None]
