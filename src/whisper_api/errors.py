@@ -7,6 +7,7 @@
     ├── DownloadError (422)       the URL could not be fetched
     ├── MediaTooLargeError (413)  over MAX_UPLOAD_MB or MAX_AUDIO_DURATION_S
     ├── ModelNotFoundError (500)  WHISPER_MODEL could not be resolved
+    ├── QueueFullError (429)      MAX_QUEUED_JOBS jobs are already waiting (with Retry-After)
     └── TranscriptionError (500)  a chunk failed even after its retry
         └── ChunkTimeoutError (504)
 """
@@ -15,6 +16,11 @@
 class WhisperApiError(Exception):
     status_code = 500
     code = "internal_error"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP response headers (Retry-After for QueueFullError)."""
+        return {}
 
 
 class InvalidAudioError(WhisperApiError):
@@ -52,3 +58,16 @@ class DownloadError(WhisperApiError):
 class MediaTooLargeError(WhisperApiError):
     status_code = 413
     code = "media_too_large"
+
+
+class QueueFullError(WhisperApiError):
+    status_code = 429
+    code = "queue_full"
+
+    def __init__(self, message: str, retry_after_s: int = 30) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}

@@ -19,7 +19,7 @@ def error_body(status: int, code: str, message: str, **headers: str) -> JSONResp
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(WhisperApiError)
     async def domain_error(_: Request, exc: WhisperApiError) -> JSONResponse:
-        return error_body(exc.status_code, exc.code, str(exc))
+        return error_body(exc.status_code, exc.code, str(exc), **exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,0 +1,153 @@
+"""The jobs API: submit, poll, stream progress (SSE), fetch results, cancel, list."""
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile as StarletteUpload
+
+from whisper_api.api.routes import (
+    AuthDep,
+    TranscribeBody,
+    check_format,
+    check_language,
+    respond,
+)
+from whisper_api.errors import InvalidRequestError
+from whisper_api.formats import FORMATS
+from whisper_api.jobs import Job, JobInput, JobRunner, JobStatus, JobStore, database_path
+from whisper_api.service import MediaSource, Service, UploadSource, UrlSource
+
+
+def get_runner(request: Request) -> JobRunner:
+    runner: JobRunner = request.app.state.jobs
+    return runner
+
+
+JobsDep = Annotated[JobRunner, Depends(get_runner)]
+jobs_router = APIRouter(prefix="/api/v1/jobs", dependencies=[AuthDep], tags=["jobs"])
+
+
+class JobBody(TranscribeBody):
+    callback_url: str | None = None
+
+
+@jobs_router.post("", status_code=202, openapi_extra={"requestBody": {"content": {
+    "application/json": {"schema": JobBody.model_json_schema()},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "language": {"type": "string"},
+        "format": {"type": "string", "enum": list(FORMATS)},
+        "word_timestamps": {"type": "boolean"}, "callback_url": {"type": "string"}}}}}}})
+async def create_job(request: Request, runner: JobsDep) -> JSONResponse:
+    source, job_input = await _job_input(request)
+    job = await runner.submit(source, job_input)
+    return JSONResponse({"id": job.id, "status": str(job.status)}, 202,
+                        {"Location": f"/api/v1/jobs/{job.id}"})
+
+
+async def _job_input(request: Request) -> tuple[MediaSource, JobInput]:
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if not isinstance(upload, StarletteUpload):
+            raise InvalidRequestError("multipart requests need a 'file' field")
+        job_input = JobInput(
+            language=check_language(str(form.get("language") or "auto")),
+            word_timestamps=str(form.get("word_timestamps", "false")).lower() == "true",
+            format=check_format(str(form.get("format") or "json")),
+            callback_url=str(form.get("callback_url") or "") or None,
+        )
+        return UploadSource(upload.file, upload.filename or ""), job_input
+    try:
+        body = JobBody.model_validate(json.loads(await request.body() or b"null"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"the body is not valid JSON: {exc}") from exc
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        raise InvalidRequestError(f"{where}: {error['msg']}" if where else error["msg"]) from exc
+    job_input = JobInput(language=check_language(body.language), format=body.format,
+                         word_timestamps=body.word_timestamps, callback_url=body.callback_url)
+    return UrlSource(body.youtube_url or body.url or ""), job_input
+
+
+@jobs_router.get("")
+async def list_jobs(runner: JobsDep,
+                    limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
+    return {"jobs": [job.to_dict() for job in await runner.recent(limit)]}
+
+
+async def _job(runner: JobRunner, job_id: str) -> Job:
+    job = await runner.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+@jobs_router.get("/{job_id}")
+async def get_job(job_id: str, runner: JobsDep) -> dict[str, Any]:
+    return (await _job(runner, job_id)).to_dict()
+
+
+@jobs_router.get("/{job_id}/result")
+async def get_result(job_id: str, runner: JobsDep, format: str | None = None) -> Response:
+    job = await _job(runner, job_id)
+    if job.status != JobStatus.succeeded:
+        raise HTTPException(409, f"job {job_id} is {job.status}; the result exists once it "
+                                 "has succeeded")
+    fmt = check_format(format or job.input.format)
+    transcript = await runner.result(job_id)
+    if transcript is None:
+        raise HTTPException(404, f"the result of job {job_id} has expired")
+    return respond(transcript, fmt, {"job_id": job.id,
+                                     "processing_time": job.processing_time_s})
+
+
+@jobs_router.delete("/{job_id}")
+async def cancel_job(job_id: str, runner: JobsDep) -> dict[str, Any]:
+    job = await _job(runner, job_id)
+    if job.status in (JobStatus.succeeded, JobStatus.failed):
+        raise HTTPException(409, f"job {job_id} has already {job.status}")
+    cancelled = await runner.cancel(job_id)
+    return (cancelled or job).to_dict()
+
+
+@jobs_router.get("/{job_id}/events")
+async def job_events(job_id: str, runner: JobsDep) -> StreamingResponse:
+    await _job(runner, job_id)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(_sse(runner, job_id), media_type="text/event-stream",
+                             headers=headers)
+
+
+async def _sse(runner: JobRunner, job_id: str) -> AsyncIterator[str]:
+    """`event: progress` on every change, then `event: done` with the final status."""
+    last: dict[str, Any] | None = None
+    async for job in runner.watch(job_id):
+        if job is None:
+            yield ": keep-alive\n\n"
+            continue
+        body = job.to_dict()
+        if job.status.finished:
+            yield f"event: done\ndata: {json.dumps(body)}\n\n"
+            return
+        if body != last:
+            yield f"event: progress\ndata: {json.dumps(body)}\n\n"
+            last = body
+
+
+async def start_runner(service: Service) -> JobRunner:
+    """Open the store, sweep, resume unfinished jobs; run as many jobs at once as workers."""
+    from functools import partial
+
+    from whisper_api.download import check_url
+
+    settings = service.settings
+    store = JobStore(database_path(settings))
+    runner = JobRunner(settings, store, service.transcribe, service.workers,
+                       partial(check_url, allow_private=settings.allow_private_urls))
+    await runner.start()
+    return runner

@@ -1,0 +1,508 @@
+"""Durable async jobs: records in SQLite, inputs under DATA_DIR/jobs/{id}/, a bounded runner.
+
+A job's record (status, timings, its request, the result once done) lives in one SQLite table so
+that it survives a restart. The store uses the stdlib `sqlite3` module on one dedicated thread
+(the connection never leaves it), so the event loop never waits on disk.
+
+The runner admits at most MAX_QUEUED_JOBS waiting jobs (`QueueFullError` beyond that) and runs
+as many jobs at once as there are workers; the rest really wait on a semaphore. Shutdown cancels
+running jobs and puts them back to `queued`; startup resumes queued and running jobs whose input
+is still on disk and fails the others with a reason, so no job stays `running` forever.
+Finished jobs and their input folders are swept after RESULT_TTL_HOURS.
+"""
+
+import asyncio
+import json
+import logging
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+from whisper_api.config import Settings
+from whisper_api.errors import InvalidRequestError, QueueFullError, WhisperApiError
+from whisper_api.pipeline import Progress, TranscribeRequest
+from whisper_api.service import MediaSource, UploadSource, UrlSource, save_stream
+from whisper_api.service import _suffix as safe_suffix
+from whisper_api.transcript import Segment, Transcript, Word
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SWEEP_INTERVAL_S = 600.0
+HEARTBEAT_S = 15.0
+CALLBACK_TIMEOUT_S = 10.0
+INPUT_NAME = "input"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+@dataclass(frozen=True)
+class JobInput:
+    """What to transcribe: `url`, or an upload saved as `upload_name` in the job's folder."""
+
+    url: str | None = None
+    upload_name: str | None = None
+    language: str | None = None
+    word_timestamps: bool = False
+    format: str = "json"
+    callback_url: str | None = None
+
+    @property
+    def request(self) -> TranscribeRequest:
+        return TranscribeRequest(language=self.language, word_timestamps=self.word_timestamps)
+
+
+@dataclass
+class Job:
+    id: str
+    input: JobInput
+    status: JobStatus = JobStatus.queued
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    processing_time_s: float | None = None
+    error: str | None = None
+    progress: Progress = field(default_factory=lambda: Progress("queued"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status body of GET /api/v1/jobs/{id}, the SSE events and the callback."""
+        p = self.progress
+        percent = 100.0 if self.status == JobStatus.succeeded else (
+            round(100 * p.audio_done_s / p.audio_total_s, 1) if p.audio_total_s else 0.0)
+        return {
+            "id": self.id, "status": str(self.status), "error": self.error,
+            "progress": {
+                "stage": p.stage, "chunks_done": p.chunks_done, "chunks_total": p.chunks_total,
+                "percent": percent, "audio_seconds_done": round(p.audio_done_s, 3),
+                "audio_seconds_total": round(p.audio_total_s, 3),
+            },
+            "timings": {
+                "created_at": _iso(self.created_at), "started_at": _iso(self.started_at),
+                "finished_at": _iso(self.finished_at), "processing_time": self.processing_time_s,
+            },
+            "request": {"source": self.input.url or "upload", "language": self.input.language,
+                        "format": self.input.format,
+                        "word_timestamps": self.input.word_timestamps},
+        }
+
+
+def _iso(stamp: float | None) -> str | None:
+    return None if stamp is None else datetime.fromtimestamp(stamp, UTC).isoformat()
+
+
+# --- transcript <-> JSON ----------------------------------------------------------------------
+def transcript_to_json(transcript: Transcript) -> str:
+    return json.dumps(asdict(transcript), default=str)
+
+
+def transcript_from_json(text: str) -> Transcript:
+    data = json.loads(text)
+    segments = tuple(
+        Segment(**{**s, "words": tuple(Word(**w) for w in s["words"])}) for s in data["segments"]
+    )
+    return Transcript(data["text"], segments, data["language"], data["duration_s"], data["extra"])
+
+
+# --- store ------------------------------------------------------------------------------------
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    processing_time_s REAL,
+    error TEXT,
+    input TEXT NOT NULL,
+    progress TEXT NOT NULL,
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+"""
+COLUMNS = ("id, status, created_at, started_at, finished_at, processing_time_s, error, input, "
+           "progress")
+
+
+def database_path(settings: Settings) -> Path:
+    """DATABASE_URL is `sqlite:///relative.db` or `sqlite:////absolute.db`; default DATA_DIR."""
+    url = settings.database_url
+    if not url:
+        return settings.data_dir / "jobs.db"
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ValueError(f"DATABASE_URL must look like sqlite:///path/jobs.db, got {url!r}")
+    return Path(url[len(prefix):])
+
+
+class JobStore:
+    """Job records in SQLite; every call runs on the store's one thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="jobs-db")
+        self._db: sqlite3.Connection | None = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def open(self) -> None:
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+        await self._call(close)
+        self._thread.shutdown(wait=True)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the job store is not open")
+        return self._db
+
+    async def save(self, job: Job, result: Transcript | None = None) -> None:
+        row = (job.id, str(job.status), job.created_at, job.started_at, job.finished_at,
+               job.processing_time_s, job.error, json.dumps(asdict(job.input)),
+               json.dumps(asdict(job.progress)),
+               transcript_to_json(result) if result is not None else None)
+        await self._call(self._save, row)
+
+    def _save(self, row: tuple[Any, ...]) -> None:
+        self.db.execute(
+            f"INSERT INTO jobs ({COLUMNS}, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at,"
+            " finished_at=excluded.finished_at, processing_time_s=excluded.processing_time_s,"
+            " error=excluded.error, progress=excluded.progress,"
+            " result=COALESCE(excluded.result, jobs.result)", row)
+
+    async def get(self, job_id: str) -> Job | None:
+        rows = await self._call(self._select, "WHERE id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    async def recent(self, limit: int) -> list[Job]:
+        return await self._call(self._select, "ORDER BY created_at DESC LIMIT ?", (limit,))
+
+    async def unfinished(self) -> list[Job]:
+        return await self._call(self._select, "WHERE status IN ('queued', 'running') "
+                                "ORDER BY created_at", ())
+
+    def _select(self, where: str, args: tuple[Any, ...]) -> list[Job]:
+        rows = self.db.execute(f"SELECT {COLUMNS} FROM jobs {where}", args).fetchall()
+        return [_job_from_row(row) for row in rows]
+
+    async def result(self, job_id: str) -> Transcript | None:
+        def load() -> str | None:
+            row = self.db.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return row[0] if row else None
+        text = await self._call(load)
+        return transcript_from_json(text) if text else None
+
+    async def delete_finished_before(self, cutoff: float) -> list[str]:
+        """Remove finished jobs older than `cutoff` (epoch seconds); returns their ids."""
+        def delete() -> list[str]:
+            ids = [r[0] for r in self.db.execute(
+                "SELECT id FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled') "
+                "AND COALESCE(finished_at, created_at) < ?", (cutoff,))]
+            self.db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
+            return ids
+        return await self._call(delete)
+
+    async def known_ids(self) -> set[str]:
+        def ids() -> set[str]:
+            return {r[0] for r in self.db.execute("SELECT id FROM jobs")}
+        return await self._call(ids)
+
+
+def _job_from_row(row: tuple[Any, ...]) -> Job:
+    job_id, status, created, started, finished, processing, error, inp, progress = row
+    return Job(job_id, JobInput(**json.loads(inp)), JobStatus(status), created, started,
+               finished, processing, error, Progress(**json.loads(progress)))
+
+
+# --- runner -----------------------------------------------------------------------------------
+Transcribe = Callable[[MediaSource, TranscribeRequest, str, Callable[[Progress], None]],
+                      Awaitable[Transcript]]
+CheckUrl = Callable[[str], None]
+
+
+class JobRunner:
+    """Admits, runs (at most `concurrency` at once), cancels, resumes and sweeps jobs.
+
+    `transcribe` is `Service.transcribe` in the app and a fake in unit tests; `check_url` is the
+    SSRF guard applied to callback URLs (blocking: it resolves the host, so it runs in a thread).
+    """
+
+    def __init__(self, settings: Settings, store: JobStore, transcribe: Transcribe,
+                 concurrency: int, check_url: CheckUrl = lambda _: None) -> None:
+        self.settings, self.store = settings, store
+        self._transcribe, self._check_url = transcribe, check_url
+        self._slots = asyncio.Semaphore(max(1, concurrency))
+        self.jobs_dir = settings.data_dir / "jobs"
+        self._active: dict[str, Job] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._cancel_requested: set[str] = set()
+        self._stopping = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.store.open()
+        await self.sweep()
+        for job in await self.store.unfinished():
+            await self._recover(job)
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        """Stop taking jobs, cancel running ones (they go back to queued), close the store."""
+        self._stopping = True
+        if self._sweeper:
+            self._sweeper.cancel()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, *([self._sweeper] if self._sweeper else []),
+                             return_exceptions=True)
+        await self.store.close()
+
+    async def _recover(self, job: Job) -> None:
+        if job.input.upload_name and not await asyncio.to_thread(self._input_path(job).is_file):
+            job.status, job.finished_at = JobStatus.failed, time.time()
+            job.error = "the job's input was lost when the server restarted; submit it again"
+            await self.store.save(job)
+            log.warning("job %s failed on restart: its input is missing", job.id)
+            return
+        log.info("resuming job %s (was %s)", job.id, job.status)
+        self._enqueue(_requeued(job))
+        await self.store.save(self._active[job.id])
+
+    # --- submission ---------------------------------------------------------------------------
+    @property
+    def waiting(self) -> int:
+        return sum(1 for j in self._active.values() if j.status == JobStatus.queued)
+
+    async def submit(self, source: MediaSource, job_input: JobInput) -> Job:
+        if self._stopping:
+            raise QueueFullError("the server is shutting down", retry_after_s=30)
+        if self.waiting >= self.settings.max_queued_jobs:
+            raise QueueFullError(f"{self.waiting} jobs are already waiting (MAX_QUEUED_JOBS); "
+                                 "try again later", retry_after_s=30)
+        for url in (job_input.callback_url, getattr(source, "url", None)):
+            if url:
+                await asyncio.to_thread(self._check_url, url)
+        job = Job(uuid.uuid4().hex, job_input)
+        if isinstance(source, UploadSource):
+            job.input = replace(job_input, upload_name=INPUT_NAME + safe_suffix(source.filename))
+        else:
+            job.input = replace(job_input, url=source.url)
+        self._active[job.id] = job  # counts as waiting while the upload is saved
+        try:
+            if isinstance(source, UploadSource):
+                await asyncio.to_thread(self._save_upload, source.stream, self._input_path(job))
+            await self.store.save(job)
+        except BaseException:
+            self._active.pop(job.id, None)
+            await asyncio.to_thread(shutil.rmtree, self._folder(job.id), True)
+            raise
+        self._enqueue(job)
+        return job
+
+    def _save_upload(self, stream: BinaryIO, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_stream(stream, target, self.settings.max_upload_bytes)
+
+    def _enqueue(self, job: Job) -> None:
+        self._active[job.id] = job
+        self._changed[job.id] = asyncio.Event()
+        self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+
+    # --- queries ------------------------------------------------------------------------------
+    async def get(self, job_id: str) -> Job | None:
+        return self._active.get(job_id) or await self.store.get(job_id)
+
+    async def recent(self, limit: int) -> list[Job]:
+        return [self._active.get(j.id, j) for j in await self.store.recent(limit)]
+
+    async def result(self, job_id: str) -> Transcript | None:
+        return await self.store.result(job_id)
+
+    async def watch(self, job_id: str) -> AsyncIterator[Job | None]:
+        """Yield the job on every change until it is finished; None is a heartbeat."""
+        while True:
+            changed = self._changed.get(job_id)
+            job = await self.get(job_id)
+            if job is None:
+                return
+            yield job
+            if job.status.finished:
+                return
+            if changed is None:  # not running here (finished a moment ago, or shutting down)
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                await asyncio.wait_for(changed.wait(), HEARTBEAT_S)
+            except TimeoutError:
+                yield None
+
+    def _notify(self, job_id: str) -> None:
+        old = self._changed.get(job_id)
+        if job_id in self._active:
+            self._changed[job_id] = asyncio.Event()
+        else:
+            self._changed.pop(job_id, None)
+        if old:
+            old.set()
+
+    # --- running ------------------------------------------------------------------------------
+    async def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued or running job and wait until it has stopped; None if unknown."""
+        task = self._tasks.get(job_id)
+        if task is None:
+            return await self.store.get(job_id)
+        self._cancel_requested.add(job_id)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        job = self._active.get(job_id)
+        if job is not None:  # cancelled before its task ever ran, so `_run` did not record it
+            await self._finish(job, JobStatus.cancelled, error="cancelled by the client")
+            self._forget(job_id)
+        return await self.store.get(job_id)
+
+    async def _run(self, job: Job) -> None:
+        try:
+            async with self._slots:
+                await self._start_running(job)
+                transcript = await self._execute(job)
+            await self._finish(job, JobStatus.succeeded, result=transcript)
+        except asyncio.CancelledError:
+            if job.id in self._cancel_requested:
+                await self._finish(job, JobStatus.cancelled, error="cancelled by the client")
+            else:  # shutdown: leave it resumable
+                await self.store.save(_requeued(job))
+                return
+        except WhisperApiError as exc:
+            await self._finish(job, JobStatus.failed, error=str(exc))
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            await self._finish(job, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._forget(job.id)
+        if job.input.callback_url:
+            await self._post_callback(job)
+
+    def _forget(self, job_id: str) -> None:
+        self._cancel_requested.discard(job_id)
+        self._tasks.pop(job_id, None)
+        self._active.pop(job_id, None)
+        self._notify(job_id)
+
+    async def _start_running(self, job: Job) -> None:
+        job.status, job.started_at = JobStatus.running, time.time()
+        job.progress = Progress("starting")
+        await self.store.save(job)
+        self._notify(job.id)
+
+    async def _execute(self, job: Job) -> Transcript:
+        def on_progress(progress: Progress) -> None:
+            job.progress = progress
+            self._notify(job.id)
+
+        if job.input.url:
+            return await self._transcribe(UrlSource(job.input.url), job.input.request, "job",
+                                          on_progress)
+        path = self._input_path(job)
+        try:
+            stream = await asyncio.to_thread(path.open, "rb")
+        except FileNotFoundError as exc:
+            raise InvalidRequestError("the job's input file is missing") from exc
+        try:
+            return await self._transcribe(UploadSource(stream, path.name), job.input.request,
+                                          "job", on_progress)
+        finally:
+            stream.close()
+
+    async def _finish(self, job: Job, status: JobStatus, error: str | None = None,
+                      result: Transcript | None = None) -> None:
+        job.status, job.error, job.finished_at = status, error, time.time()
+        if job.started_at is not None:
+            job.processing_time_s = round(job.finished_at - job.started_at, 3)
+        job.progress = replace(job.progress, stage=str(status))
+        await self.store.save(job, result)
+        log.info("job %s %s%s", job.id, status, f": {error}" if error else "")
+
+    async def _post_callback(self, job: Job) -> None:
+        import httpx
+
+        url = job.input.callback_url or ""
+        try:
+            await asyncio.to_thread(self._check_url, url)
+            async with httpx.AsyncClient(timeout=CALLBACK_TIMEOUT_S) as client:
+                response = await client.post(url, json=job.to_dict())
+                response.raise_for_status()
+        except Exception as exc:  # a broken callback must not affect the job
+            log.warning("callback for job %s to %s failed: %s", job.id, url, exc)
+
+    # --- files and sweeping -------------------------------------------------------------------
+    def _folder(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id
+
+    def _input_path(self, job: Job) -> Path:
+        return self._folder(job.id) / (job.input.upload_name or INPUT_NAME)
+
+    async def sweep(self) -> int:
+        """Drop finished jobs older than RESULT_TTL_HOURS, their folders and orphan folders."""
+        cutoff = time.time() - self.settings.result_ttl_hours * 3600
+        expired = await self.store.delete_finished_before(cutoff)
+        keep = await self.store.known_ids() | set(self._active)
+        removed = await asyncio.to_thread(self._remove_folders, keep)
+        if expired or removed:
+            log.info("swept %d expired jobs and %d input folders", len(expired), removed)
+        return len(expired)
+
+    def _remove_folders(self, keep: set[str]) -> int:
+        if not self.jobs_dir.is_dir():
+            return 0
+        stale = [p for p in self.jobs_dir.iterdir()
+                 if p.is_dir() and p.name not in keep]
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        return len(stale)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("job sweep failed")
+
+
+def _requeued(job: Job) -> Job:
+    job.status, job.started_at, job.progress = JobStatus.queued, None, Progress("queued")
+    return job
+

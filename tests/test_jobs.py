@@ -1,0 +1,217 @@
+"""The job store and runner with a fake transcribe function (no worker processes)."""
+
+import asyncio
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from whisper_api.config import Settings
+from whisper_api.errors import InvalidAudioError, QueueFullError
+from whisper_api.jobs import (
+    Job,
+    JobInput,
+    JobRunner,
+    JobStatus,
+    JobStore,
+    database_path,
+    transcript_from_json,
+    transcript_to_json,
+)
+from whisper_api.pipeline import Progress, TranscribeRequest
+from whisper_api.service import MediaSource, UploadSource, UrlSource
+from whisper_api.transcript import Segment, Transcript, Word
+
+TRANSCRIPT = Transcript("hello there", (Segment(0.0, 1.0, "hello there", (
+    Word(0.0, 0.5, " hello", 0.9), Word(0.5, 1.0, " there", 0.8))),), "en", 1.0, {"chunks": 1})
+
+
+class FakeTranscribe:
+    """Reports two chunks of progress; waits on `gate` (when set) between them."""
+
+    def __init__(self) -> None:
+        self.gate: asyncio.Event | None = None
+        self.started = 0
+        self.fail: Exception | None = None
+
+    async def __call__(self, source: MediaSource, request: TranscribeRequest, client: str,
+                       on_progress: Callable[[Progress], None]) -> Transcript:
+        self.started += 1
+        if isinstance(source, UploadSource):
+            assert source.stream.read() == b"audio bytes"
+        on_progress(Progress("transcribing", 0, 2, 0.0, 2.0))
+        if self.gate:
+            await self.gate.wait()
+        if self.fail:
+            raise self.fail
+        on_progress(Progress("transcribing", 1, 2, 1.0, 2.0))
+        return TRANSCRIPT
+
+
+def make_settings(tmp: Path, **overrides: object) -> Settings:
+    return Settings(data_dir=tmp / "data", temp_dir=tmp / "temp", **overrides)  # type: ignore[arg-type]
+
+
+def make_runner(settings: Settings, fake: FakeTranscribe, concurrency: int = 1) -> JobRunner:
+    return JobRunner(settings, JobStore(database_path(settings)), fake, concurrency)
+
+
+def upload() -> UploadSource:
+    return UploadSource(io.BytesIO(b"audio bytes"), "talk.MP3")
+
+
+async def wait_status(runner: JobRunner, job_id: str, *statuses: JobStatus) -> Job:
+    for _ in range(200):
+        job = await runner.get(job_id)
+        if job and job.status in statuses:
+            return job
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"job {job_id} never reached {statuses}")
+
+
+def test_transcript_round_trips_through_json() -> None:
+    assert transcript_from_json(transcript_to_json(TRANSCRIPT)) == TRANSCRIPT
+
+
+def test_database_url(tmp_path: Path) -> None:
+    assert database_path(make_settings(tmp_path)) == tmp_path / "data" / "jobs.db"
+    settings = make_settings(tmp_path, database_url=f"sqlite:///{tmp_path}/x.db")
+    assert database_path(settings) == tmp_path / "x.db"
+    with pytest.raises(ValueError, match="sqlite"):
+        database_path(make_settings(tmp_path, database_url="postgres://db/jobs"))
+
+
+def test_job_runs_and_result_is_stored(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runner = make_runner(make_settings(tmp_path), FakeTranscribe())
+        await runner.start()
+        job = await runner.submit(upload(), JobInput(format="srt"))
+        assert job.input.upload_name == "input.mp3"
+        seen = [j.to_dict()["progress"]["chunks_done"] async for j in runner.watch(job.id) if j]
+        done = await runner.get(job.id)
+        assert done and done.status == JobStatus.succeeded and done.processing_time_s is not None
+        assert done.to_dict()["progress"]["percent"] == 100.0
+        assert seen == sorted(seen) and seen[-1] == 1
+        assert await runner.result(job.id) == TRANSCRIPT
+        assert (runner.jobs_dir / job.id / "input.mp3").read_bytes() == b"audio bytes"
+        await runner.stop()
+
+    asyncio.run(scenario())
+
+
+def test_failure_is_recorded_with_its_message(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fake = FakeTranscribe()
+        fake.fail = InvalidAudioError("cannot decode the media")
+        runner = make_runner(make_settings(tmp_path), fake)
+        await runner.start()
+        job = await runner.submit(upload(), JobInput())
+        failed = await wait_status(runner, job.id, JobStatus.failed)
+        assert failed.error == "cannot decode the media"
+        assert await runner.result(job.id) is None
+        await runner.stop()
+
+    asyncio.run(scenario())
+
+
+def test_admission_control_and_bounded_concurrency(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fake = FakeTranscribe()
+        fake.gate = asyncio.Event()
+        runner = make_runner(make_settings(tmp_path, max_queued_jobs=1), fake, concurrency=1)
+        await runner.start()
+        first = await runner.submit(UrlSource("http://example.com/a.mp3"), JobInput())
+        await wait_status(runner, first.id, JobStatus.running)
+        second = await runner.submit(UrlSource("http://example.com/b.mp3"), JobInput())
+        with pytest.raises(QueueFullError) as refused:
+            await runner.submit(upload(), JobInput())
+        assert refused.value.headers["Retry-After"].isdigit()
+        await asyncio.sleep(0.05)
+        assert (await wait_status(runner, second.id, JobStatus.queued)) and fake.started == 1
+        fake.gate.set()
+        await wait_status(runner, second.id, JobStatus.succeeded)
+        assert fake.started == 2
+        assert [j.id for j in await runner.recent(10)] == [second.id, first.id]
+        await runner.stop()
+
+    asyncio.run(scenario())
+
+
+def test_cancel_running_and_queued(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fake = FakeTranscribe()
+        fake.gate = asyncio.Event()
+        runner = make_runner(make_settings(tmp_path), fake, concurrency=1)
+        await runner.start()
+        running = await runner.submit(upload(), JobInput())
+        queued = await runner.submit(upload(), JobInput())
+        while fake.started < 1:
+            await asyncio.sleep(0.01)
+        for job_id in (queued.id, running.id):
+            cancelled = await runner.cancel(job_id)
+            assert cancelled and cancelled.status == JobStatus.cancelled
+        assert fake.started == 1
+        await runner.stop()
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_requeues_and_restart_resumes_or_fails(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+
+    async def first_life() -> tuple[str, str]:
+        fake = FakeTranscribe()
+        fake.gate = asyncio.Event()
+        runner = make_runner(settings, fake, concurrency=2)
+        await runner.start()
+        kept = await runner.submit(upload(), JobInput())
+        lost = await runner.submit(upload(), JobInput())
+        await wait_status(runner, kept.id, JobStatus.running)
+        await wait_status(runner, lost.id, JobStatus.running)
+        await runner.stop()
+        store = JobStore(database_path(settings))
+        await store.open()
+        assert [j.status for j in await store.unfinished()] == [JobStatus.queued] * 2
+        await store.close()
+        return kept.id, lost.id
+
+    kept, lost = asyncio.run(first_life())
+    (settings.data_dir / "jobs" / lost / "input.mp3").unlink()
+
+    async def second_life() -> None:
+        runner = make_runner(settings, FakeTranscribe())
+        await runner.start()
+        assert (await wait_status(runner, kept, JobStatus.succeeded)).error is None
+        failed = await wait_status(runner, lost, JobStatus.failed)
+        assert failed.error and "input was lost" in failed.error
+        await runner.stop()
+
+    asyncio.run(second_life())
+
+
+def test_result_ttl_sweep(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, result_ttl_hours=1.0)
+
+    async def scenario() -> None:
+        runner = make_runner(settings, FakeTranscribe())
+        await runner.start()
+        old = await runner.submit(upload(), JobInput())
+        new = await runner.submit(upload(), JobInput())
+        await wait_status(runner, old.id, JobStatus.succeeded)
+        await wait_status(runner, new.id, JobStatus.succeeded)
+        aged = await runner.get(old.id)
+        assert aged is not None
+        aged.finished_at = time.time() - 2 * 3600
+        await runner.store.save(aged)
+        orphan = runner.jobs_dir / "leftover"
+        orphan.mkdir()
+        assert await runner.sweep() == 1
+        assert await runner.get(old.id) is None
+        assert not (runner.jobs_dir / old.id).exists() and not orphan.exists()
+        assert await runner.result(new.id) == TRANSCRIPT
+        assert (runner.jobs_dir / new.id).is_dir()
+        await runner.stop()
+
+    asyncio.run(scenario())
