@@ -1,0 +1,103 @@
+"""The web page in real headless Chromium (Debian's package, driven by Playwright)."""
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.server import Server, run_server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {"AUDIO_LIMIT_SINGLE_CORE": "10", "PARALLEL_CHUNK_DURATION": "20"}
+    with run_server(tmp_path_factory.mktemp("web"), **env) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: Server) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1000, "height": 900}, accept_downloads=True)
+    opened = context.new_page()
+    opened.goto(server.url)
+    yield opened
+    context.close()
+
+
+def test_upload_progress_transcript_download_and_seek(
+    page: Page, long_speech: Path, tmp_path: Path
+) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "idle.png"), full_page=True)
+    page.set_input_files("#file", str(long_speech))
+    page.click("#submit")
+    expect(page.locator("#progress-box")).to_be_visible()
+    expect(page.locator("#stage")).to_contain_text(re.compile("chunks|transcribing|converting"),
+                                                   timeout=30_000)
+    page.screenshot(path=str(SHOTS / "progress.png"), full_page=True)
+    expect(page.locator("#result-box")).to_be_visible(timeout=90_000)
+    expect(page.locator("#segments")).to_contain_text("ask not what your country")
+    page.screenshot(path=str(SHOTS / "done.png"), full_page=True)
+
+    with page.expect_download() as info:
+        page.click("[data-download=srt]")
+    srt = Path(info.value.path()).read_text()
+    assert re.match(r"1\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n\S", srt)
+
+    third = page.locator("#segments li").nth(2)
+    start = float(third.get_attribute("data-start") or "nan")
+    assert start > 1.0
+    third.click()
+    page.wait_for_function("() => document.getElementById('player').currentTime > 0")
+    current = page.evaluate("document.getElementById('player').currentTime")
+    assert current == pytest.approx(start, abs=1.0)
+
+
+def test_search_filters_segments(page: Page, server: Server, jfk: Path) -> None:
+    page.set_input_files("#file", str(jfk))
+    page.click("#submit")
+    expect(page.locator("#result-box")).to_be_visible(timeout=60_000)
+    page.fill("#search", "fellow")
+    expect(page.locator("#segments li:not(.hidden) mark")).to_have_text(re.compile("fellow", re.I))
+
+
+def test_bad_file_shows_the_api_message(page: Page, tmp_path: Path) -> None:
+    bad = tmp_path / "notes.mp3"
+    bad.write_text("this is text, not audio\n" * 20)
+    page.set_input_files("#file", str(bad))
+    page.click("#submit")
+    expect(page.locator("#error")).to_contain_text("cannot decode", timeout=30_000)
+
+
+def test_cancel(page: Page, long_speech: Path) -> None:
+    page.set_input_files("#file", str(long_speech))
+    page.click("#submit")
+    expect(page.locator("#cancel")).to_be_enabled()
+    page.click("#cancel")
+    expect(page.locator("#stage")).to_contain_text("cancelled", timeout=30_000)
+
+
+def test_phone_width(browser: Browser, server: Server) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    phone = context.new_page()
+    phone.goto(server.url)
+    width = phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390
+    phone.screenshot(path=str(SHOTS / "phone.png"), full_page=True)
+    context.close()
