@@ -119,7 +119,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     host, port = args.host or settings.host, args.port or settings.port
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+    # Our middleware logs one structured line per request; uvicorn's own would repeat it.
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
     return 0
 
 

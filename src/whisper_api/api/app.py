@@ -6,12 +6,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from whisper_api import __version__
 from whisper_api.api.errors import install_error_handlers
+from whisper_api.api.jobs_routes import jobs_router, start_runner
+from whisper_api.api.metrics import RequestMetricsMiddleware, metrics_router
+from whisper_api.api.page import STATIC_DIR, page_router
 from whisper_api.api.routes import health_router, openai_router, seed_router
 from whisper_api.config import Settings
 from whisper_api.executor import ChunkExecutor
+from whisper_api.metrics import Metrics
 from whisper_api.service import Service
 
 log = logging.getLogger("whisper_api")
@@ -19,25 +24,34 @@ log = logging.getLogger("whisper_api")
 
 def create_app(settings: Settings, executor: ChunkExecutor | None = None) -> FastAPI:
     """`executor` is injectable for tests; by default the local worker pool is built here."""
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = await asyncio.to_thread(_start, settings, executor)
+        service = await asyncio.to_thread(_start, settings, executor, metrics)
         app.state.service = service
+        app.state.jobs = runner = await start_runner(service)
         try:
             yield
         finally:
+            await runner.stop()
             await asyncio.to_thread(service.executor.stop)
 
     app = FastAPI(title="whisper-api", version=__version__, lifespan=lifespan)
+    app.state.metrics = metrics
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(seed_router)
     app.include_router(openai_router)
+    app.include_router(jobs_router)
+    app.include_router(metrics_router)
+    app.include_router(page_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
 
-def _start(settings: Settings, executor: ChunkExecutor | None) -> Service:
+def _start(settings: Settings, executor: ChunkExecutor | None, metrics: Metrics) -> Service:
     from whisper_api.cli import build_pool
     from whisper_api.sessions import SessionManager
 
@@ -52,4 +66,5 @@ def _start(settings: Settings, executor: ChunkExecutor | None) -> Service:
     pool = executor or build_pool(settings)
     pool.start()
     log.info("Worker pool started successfully (models load in the background)")
-    return Service(settings, pool, pool.stats().workers)
+    metrics.watch(pool)
+    return Service(settings, pool, pool.stats().workers, observer=metrics)
