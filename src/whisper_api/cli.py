@@ -14,6 +14,7 @@ from whisper_api.executor import WorkerConfig
 from whisper_api.formats import FORMATS, render
 from whisper_api.pipeline import Pipeline, Progress, TranscribeRequest
 from whisper_api.pool import WorkerPool
+from whisper_api.ray_executor import RayExecutor
 from whisper_api.sessions import SessionManager
 
 
@@ -22,6 +23,25 @@ def build_pool(settings: Settings, workers: int | None = None) -> WorkerPool:
     count = workers or count
     logging.getLogger("whisper_api").info("Starting %d workers (%s)", count, reason)
     return WorkerPool(count, worker_config(settings, count), settings.chunk_timeout_s)
+
+
+def build_executor(settings: Settings, workers: int | None = None) -> "WorkerPool | RayExecutor":
+    """EXECUTOR=local: worker processes on this machine; EXECUTOR=ray: actors on a Ray cluster."""
+    if settings.executor == "local":
+        return build_pool(settings, workers)
+    from whisper_api.ray_executor import RayExecutor
+
+    # PARALLEL_WORKERS=auto on Ray: as many actors as the cluster's CPUs (GPUs) allow at start.
+    count = workers or (None if settings.parallel_workers == "auto" else settings.parallel_workers)
+    threads = settings.worker_cpu_threads or max(1, round(settings.ray_num_cpus_per_worker))
+    config = WorkerConfig(
+        settings.whisper_model, settings.whisper_device, settings.compute_type, threads
+    )
+    return RayExecutor(
+        count, config, settings.chunk_timeout_s, address=settings.ray_address,
+        num_cpus_per_worker=settings.ray_num_cpus_per_worker,
+        num_gpus_per_worker=settings.ray_num_gpus_per_worker,
+    )
 
 
 def worker_config(settings: Settings, workers: int) -> WorkerConfig:
@@ -76,7 +96,7 @@ def transcribe_command(args: argparse.Namespace) -> int:
     language = None if args.language in (None, "auto") else args.language
     request = TranscribeRequest(language=language, word_timestamps=args.word_timestamps,
                                 preset=args.preset)
-    pool = build_pool(settings, args.workers)
+    pool = build_executor(settings, args.workers)
     pool.start()
     try:
         pool.wait_ready()
@@ -93,7 +113,7 @@ def transcribe_command(args: argparse.Namespace) -> int:
 
 
 async def _transcribe(
-    settings: Settings, pool: WorkerPool, media: Path, request: TranscribeRequest
+    settings: Settings, pool: "WorkerPool | RayExecutor", media: Path, request: TranscribeRequest
 ) -> "Transcript":
     sessions = SessionManager(settings.temp_dir, settings.max_temp_age_hours)
     pipeline = Pipeline(settings, pool, pool.stats().workers)

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     chunk_timeout_s: float = 600.0
     worker_memory_mb: int = 1024
     worker_cpu_threads: int = 0
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str = ""
+    ray_num_cpus_per_worker: float = 1.0
+    ray_num_gpus_per_worker: float = 0.0
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_mb: float = 500.0

@@ -52,7 +52,7 @@ def create_app(settings: Settings, executor: ChunkExecutor | None = None) -> Fas
 
 
 def _start(settings: Settings, executor: ChunkExecutor | None, metrics: Metrics) -> Service:
-    from whisper_api.cli import build_pool
+    from whisper_api.cli import build_executor
     from whisper_api.sessions import SessionManager
 
     log.info("Starting Whisper Transcription API v%s", __version__)
@@ -63,7 +63,7 @@ def _start(settings: Settings, executor: ChunkExecutor | None, metrics: Metrics)
         log.info("PARALLEL MODE ENABLED: %d workers (%s), chunk duration %.0fs, "
                  "single-core below %.0fs", count, reason, settings.parallel_chunk_duration,
                  settings.audio_limit_single_core)
-    pool = executor or build_pool(settings)
+    pool = executor or build_executor(settings)
     pool.start()
     log.info("Worker pool started successfully (models load in the background)")
     metrics.watch(pool)
