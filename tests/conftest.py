@@ -2,6 +2,7 @@
 
 import subprocess
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +41,37 @@ def jfk() -> Path:
     return DATA / "jfk.flac"
 
 
-@pytest.fixture(scope="session")
-def long_speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """About 75 s: the three test clips twice, with 1 s pauses between them."""
+def speech(path: Path, rounds: int) -> Path:
+    """The three test clips `rounds` times (about 25 s a round), with 1 s pauses between them."""
     clips = [load_pcm(DATA / n) for n in ("jfk.flac", "ljspeech_LJ001-0001.flac",
                                           "deepspeech_LDC93S1.wav")]
     pause = np.zeros(16000, dtype=np.int16)
-    parts = [p for _ in range(3) for clip in clips for p in (clip, pause)]
-    return write_wav(tmp_path_factory.mktemp("long") / "long.wav", np.concatenate(parts))
+    parts = [p for _ in range(rounds) for clip in clips for p in (clip, pause)]
+    return write_wav(path, np.concatenate(parts))
+
+
+@pytest.fixture(scope="session")
+def long_speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 75 s."""
+    return speech(tmp_path_factory.mktemp("long") / "long.wav", 3)
+
+
+@pytest.fixture(scope="session")
+def several_minutes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 200 s, the size of file the jobs API is for."""
+    return speech(tmp_path_factory.mktemp("several") / "several.wav", 8)
+
+
+@pytest.fixture(scope="session")
+def media_host() -> Iterator[str]:
+    """A local HTTP server for tests/data: URL downloads go through the real yt-dlp/httpx."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(DATA))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()

@@ -62,3 +62,11 @@ def wait_ready(server: Server, timeout_s: float = 90.0) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError("server did not become ready")
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    """Spawned workers are the server's children running multiprocessing's spawn_main."""
+    children = [int(pid) for task in Path(f"/proc/{server_pid}/task").iterdir()
+                for pid in (task / "children").read_text().split()]
+    return [pid for pid in children
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]

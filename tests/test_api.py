@@ -137,20 +137,6 @@ def test_api_keys_and_ssrf_guard(tmp_path: Path, media_host: str) -> None:
         assert keyed.temp_is_empty()
 
 
-@pytest.fixture(scope="module")
-def media_host() -> Iterator[str]:
-    import functools
-    import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(DATA))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-
-
 def test_seed_url_request(server: Server, media_host: str) -> None:
     response = httpx.post(f"{server.url}/api/v1/transcribe", timeout=120, json={
         "youtube_url": f"{media_host}/jfk.flac", "language": "en", "format": "json"})

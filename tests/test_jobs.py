@@ -37,8 +37,10 @@ class FakeTranscribe:
         self.fail: Exception | None = None
 
     async def __call__(self, source: MediaSource, request: TranscribeRequest, client: str,
-                       on_progress: Callable[[Progress], None]) -> Transcript:
+                       on_progress: Callable[[Progress], None],
+                       keep_audio: Path | None = None) -> Transcript:
         self.started += 1
+        assert keep_audio is not None and keep_audio.parent.is_dir()
         if isinstance(source, UploadSource):
             assert source.stream.read() == b"audio bytes"
         on_progress(Progress("transcribing", 0, 2, 0.0, 2.0))
@@ -47,6 +49,7 @@ class FakeTranscribe:
         if self.fail:
             raise self.fail
         on_progress(Progress("transcribing", 1, 2, 1.0, 2.0))
+        keep_audio.write_bytes(b"converted")
         return TRANSCRIPT
 
 
@@ -69,6 +72,15 @@ async def wait_status(runner: JobRunner, job_id: str, *statuses: JobStatus) -> J
             return job
         await asyncio.sleep(0.01)
     raise AssertionError(f"job {job_id} never reached {statuses}")
+
+
+async def gone(path: Path) -> bool:
+    """Files are cleaned just after the status is final."""
+    for _ in range(200):
+        if not path.exists():
+            return True
+        await asyncio.sleep(0.01)
+    return False
 
 
 def test_transcript_round_trips_through_json() -> None:
@@ -95,7 +107,9 @@ def test_job_runs_and_result_is_stored(tmp_path: Path) -> None:
         assert done.to_dict()["progress"]["percent"] == 100.0
         assert seen == sorted(seen) and seen[-1] == 1
         assert await runner.result(job.id) == TRANSCRIPT
-        assert (runner.jobs_dir / job.id / "input.mp3").read_bytes() == b"audio bytes"
+        # The upload was only kept to resume the job; the converted audio stays for the player.
+        assert await gone(runner.jobs_dir / job.id / "input.mp3")
+        assert runner.audio_path(job.id).read_bytes() == b"converted"
         await runner.stop()
 
     asyncio.run(scenario())
@@ -111,6 +125,7 @@ def test_failure_is_recorded_with_its_message(tmp_path: Path) -> None:
         failed = await wait_status(runner, job.id, JobStatus.failed)
         assert failed.error == "cannot decode the media"
         assert await runner.result(job.id) is None
+        assert await gone(runner.jobs_dir / job.id)
         await runner.stop()
 
     asyncio.run(scenario())

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import DATA
-from tests.server import Server, run_server
+from tests.server import Server, run_server, worker_pids
 
 # jfk.flac (11 s) stays on one worker; the ~75 s long_speech clip fans out in 20 s chunks.
 FAN_OUT = {"AUDIO_LIMIT_SINGLE_CORE": "15", "PARALLEL_CHUNK_DURATION": "20"}
@@ -95,18 +95,42 @@ def test_upload_job_streams_progress_and_matches_sync(server: Server, jfk: Path)
     assert server.temp_is_empty()
 
 
-def test_long_job_reports_chunks(server: Server, long_speech: Path) -> None:
-    job_id = submit_ok(server, long_speech)
-    stream = events(server, job_id)
-    assert stream[-1][1]["status"] == "succeeded"
-    done = [d["progress"]["chunks_done"] for n, d in stream if n == "progress"
-            and d["progress"]["stage"] == "transcribing"]
-    totals = {d["progress"]["chunks_total"] for n, d in stream if n == "progress"
-              and d["progress"]["stage"] == "transcribing"}
-    assert len(totals) == 1 and totals.pop() > 1
-    assert done == sorted(done) and len(set(done)) > 1
+def test_several_minute_job_survives_a_killed_worker_and_matches_sync(
+    server: Server, several_minutes: Path
+) -> None:
+    job_id = submit_ok(server, several_minutes)
+    stream = events(server, job_id, until="transcribing")
+    os.kill(worker_pids(server.process.pid)[0], signal.SIGKILL)  # mid-job, a chunk is running
+    stream += events(server, job_id)
+    assert stream[-1][1]["status"] == "succeeded", stream[-1]
+    transcribing = [d["progress"] for n, d in stream
+                    if n == "progress" and d["progress"]["stage"] == "transcribing"]
+    assert len({p["chunks_total"] for p in transcribing}) == 1
+    assert transcribing[0]["chunks_total"] > 5
+    done = [p["chunks_done"] for p in transcribing]
+    assert done == sorted(done) and len(set(done)) > 3
+    percents = [d["progress"]["percent"] for _, d in stream]
+    assert percents == sorted(percents) and percents[-1] == 100.0
+
     result = httpx.get(f"{server.url}/api/v1/jobs/{job_id}/result").json()
-    assert result["mode"] == "parallel" and "your country" in result["text"]
+    assert result["mode"] == "parallel" and result["duration"] > 180
+    with several_minutes.open("rb") as handle:
+        sync = httpx.post(f"{server.url}/api/v1/transcribe", timeout=300,
+                          files={"file": (several_minutes.name, handle)}).json()
+    assert result["text"] == sync["text"] and result["text"].count("your country") == 16
+    assert server.temp_is_empty()
+
+
+def test_finished_job_serves_its_audio_with_ranges(server: Server, jfk: Path) -> None:
+    job_id = submit_ok(server, jfk)
+    assert wait_for_status(server, job_id)["status"] == "succeeded"
+    audio = httpx.get(f"{server.url}/api/v1/jobs/{job_id}/audio")
+    assert audio.status_code == 200 and audio.headers["content-type"] == "audio/wav"
+    assert audio.content[:4] == b"RIFF" and len(audio.content) > 16000 * 2 * 10
+    part = httpx.get(f"{server.url}/api/v1/jobs/{job_id}/audio", headers={"Range": "bytes=0-99"})
+    assert part.status_code == 206 and part.content == audio.content[:100]
+    job_folder = server.temp_dir.parent / "data" / "jobs" / job_id
+    assert [p.name for p in job_folder.iterdir()] == ["audio.wav"]  # the upload is gone
 
 
 def test_cancel_running_job(server: Server, long_speech: Path) -> None:
@@ -123,7 +147,8 @@ def test_cancel_running_job(server: Server, long_speech: Path) -> None:
 
 
 def test_unknown_job_is_404(server: Server) -> None:
-    for method, suffix in (("GET", ""), ("GET", "/result"), ("GET", "/events"), ("DELETE", "")):
+    for method, suffix in (("GET", ""), ("GET", "/result"), ("GET", "/events"), ("GET", "/audio"),
+                           ("DELETE", "")):
         response = httpx.request(method, f"{server.url}/api/v1/jobs/nope{suffix}")
         assert response.status_code == 404, (method, suffix)
         assert response.json()["error"]["code"] == "not_found"

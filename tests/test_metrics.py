@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes import echo_factory
-from tests.server import Server, run_server, wait_ready
+from tests.server import Server, run_server, wait_ready, worker_pids
 from tests.test_pool import CONFIG, make_task, wait_for
 from whisper_api.api.app import create_app
 from whisper_api.api.metrics import RequestMetricsMiddleware
@@ -209,11 +209,3 @@ def test_a_killed_worker_counts_as_a_restart(server: Server) -> None:
         assert time.monotonic() < deadline, "the restart was not counted"
         time.sleep(0.1)
     wait_ready(server)
-
-
-def worker_pids(server_pid: int) -> list[int]:
-    """Spawned workers are the server's children running multiprocessing's spawn_main."""
-    children = [int(pid) for task in Path(f"/proc/{server_pid}/task").iterdir()
-                for pid in (task / "children").read_text().split()]
-    return [pid for pid in children
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]

@@ -18,7 +18,8 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"AUDIO_LIMIT_SINGLE_CORE": "10", "PARALLEL_CHUNK_DURATION": "20"}
+    env = {"AUDIO_LIMIT_SINGLE_CORE": "10", "PARALLEL_CHUNK_DURATION": "20",
+           "ALLOW_PRIVATE_URLS": "true"}
     with run_server(tmp_path_factory.mktemp("web"), **env) as running:
         yield running
 
@@ -91,6 +92,39 @@ def test_cancel(page: Page, long_speech: Path) -> None:
     expect(page.locator("#cancel")).to_be_enabled()
     page.click("#cancel")
     expect(page.locator("#stage")).to_contain_text("cancelled", timeout=30_000)
+
+
+def test_url_job_plays_the_servers_audio(page: Page, media_host: str) -> None:
+    page.fill("#url", f"{media_host}/ljspeech_LJ001-0001.flac")
+    page.click("#submit")
+    expect(page.locator("#segments")).to_contain_text("Printing, in the only sense", timeout=60_000)
+    player = page.locator("#player")
+    expect(player).to_be_visible()
+    assert re.search(r"/api/v1/jobs/\w+/audio$", player.get_attribute("src") or "")
+    page.wait_for_function("() => document.getElementById('player').duration > 5")
+    last = page.locator("#segments li").last
+    last.click()
+    start = float(last.get_attribute("data-start") or "nan")
+    page.wait_for_function(f"() => document.getElementById('player').currentTime >= {start}")
+
+
+def test_works_with_api_keys(browser: Browser, jfk: Path, tmp_path: Path) -> None:
+    with run_server(tmp_path, API_KEYS="sesame") as keyed:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(keyed.url)
+        expect(page.locator("#jobs")).to_contain_text("missing or invalid API key")
+        page.fill("#api-key", "sesame")
+        page.locator("#api-key").dispatch_event("change")
+        page.set_input_files("#file", str(jfk))
+        page.click("#submit")
+        expect(page.locator("#segments")).to_contain_text("ask not what your country",
+                                                          timeout=60_000)
+        expect(page.locator("#jobs")).to_contain_text("succeeded")
+        page.reload()  # the key was kept in the browser's storage
+        expect(page.locator("#api-key")).to_have_value("sesame")
+        expect(page.locator("#jobs")).to_contain_text("succeeded")
+        context.close()
 
 
 def test_phone_width(browser: Browser, server: Server) -> None:

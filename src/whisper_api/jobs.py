@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from whisper_api.config import Settings
 from whisper_api.errors import InvalidRequestError, QueueFullError, WhisperApiError
@@ -39,6 +39,7 @@ SWEEP_INTERVAL_S = 600.0
 HEARTBEAT_S = 15.0
 CALLBACK_TIMEOUT_S = 10.0
 INPUT_NAME = "input"
+AUDIO_NAME = "audio.wav"  # the converted audio, kept for the web page's player
 
 
 class JobStatus(StrEnum):
@@ -245,8 +246,14 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
 
 
 # --- runner -----------------------------------------------------------------------------------
-Transcribe = Callable[[MediaSource, TranscribeRequest, str, Callable[[Progress], None]],
-                      Awaitable[Transcript]]
+class Transcribe(Protocol):
+    """`Service.transcribe`'s shape (a fake in unit tests)."""
+
+    def __call__(self, source: MediaSource, request: TranscribeRequest, client_ip: str,
+                 on_progress: Callable[[Progress], None],
+                 keep_audio: Path | None = None) -> Awaitable[Transcript]: ...
+
+
 CheckUrl = Callable[[str], None]
 
 
@@ -432,9 +439,11 @@ class JobRunner:
             job.progress = progress
             self._notify(job.id)
 
+        keep = self.audio_path(job.id)
+        await asyncio.to_thread(keep.parent.mkdir, parents=True, exist_ok=True)
         if job.input.url:
             return await self._transcribe(UrlSource(job.input.url), job.input.request, "job",
-                                          on_progress)
+                                          on_progress, keep_audio=keep)
         path = self._input_path(job)
         try:
             stream = await asyncio.to_thread(path.open, "rb")
@@ -442,7 +451,7 @@ class JobRunner:
             raise InvalidRequestError("the job's input file is missing") from exc
         try:
             return await self._transcribe(UploadSource(stream, path.name), job.input.request,
-                                          "job", on_progress)
+                                          "job", on_progress, keep_audio=keep)
         finally:
             stream.close()
 
@@ -453,6 +462,8 @@ class JobRunner:
             job.processing_time_s = round(job.finished_at - job.started_at, 3)
         job.progress = replace(job.progress, stage=str(status))
         await self.store.save(job, result)
+        # The input is only needed to resume; the converted audio stays for the player.
+        await asyncio.to_thread(self._drop_inputs, job, status == JobStatus.succeeded)
         log.info("job %s %s%s", job.id, status, f": {error}" if error else "")
 
     async def _post_callback(self, job: Job) -> None:
@@ -473,6 +484,15 @@ class JobRunner:
 
     def _input_path(self, job: Job) -> Path:
         return self._folder(job.id) / (job.input.upload_name or INPUT_NAME)
+
+    def audio_path(self, job_id: str) -> Path:
+        return self._folder(job_id) / AUDIO_NAME
+
+    def _drop_inputs(self, job: Job, keep_audio: bool) -> None:
+        if job.input.upload_name:
+            self._input_path(job).unlink(missing_ok=True)
+        if not keep_audio:
+            shutil.rmtree(self._folder(job.id), ignore_errors=True)
 
     async def sweep(self) -> int:
         """Drop finished jobs older than RESULT_TTL_HOURS, their folders and orphan folders."""

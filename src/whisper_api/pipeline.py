@@ -17,6 +17,7 @@ from whisper_api.sessions import Session
 from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Transcript
 
 log = logging.getLogger(__name__)
+CONVERTED_NAME = "audio_16k.wav"  # the converted audio in a session's download/ folder
 
 # Measured on the long dev and held-out files (docs/benchmarks.md).
 PRESETS: dict[str, DecodeOptions] = {
@@ -72,7 +73,7 @@ class Pipeline:
     ) -> Transcript:
         started = time.perf_counter()
         on_progress(Progress("converting"))
-        wav = session.download / "audio_16k.wav"
+        wav = session.download / CONVERTED_NAME
         duration_s = await asyncio.to_thread(convert_to_wav, media, wav)
         if duration_s > self._settings.max_audio_duration_s:
             raise MediaTooLargeError(

@@ -2,6 +2,7 @@
 
 import asyncio
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import BinaryIO, Protocol
 from whisper_api.config import Settings
 from whisper_api.errors import MediaTooLargeError
 from whisper_api.executor import ChunkExecutor
-from whisper_api.pipeline import Pipeline, Progress, TranscribeRequest
+from whisper_api.pipeline import CONVERTED_NAME, Pipeline, Progress, TranscribeRequest
 from whisper_api.sessions import Session, SessionManager
 from whisper_api.transcript import Transcript
 
@@ -57,12 +58,18 @@ class Service:
         request: TranscribeRequest,
         client_ip: str = "local",
         on_progress: Callable[[Progress], None] = lambda _: None,
+        keep_audio: Path | None = None,
     ) -> Transcript:
-        """One request from media to transcript; its session folder is removed whatever happens."""
+        """One request from media to transcript; its session folder is removed whatever happens.
+
+        `keep_audio` moves the converted 16 kHz WAV there first (a job's player needs it).
+        """
         with self.sessions.session(client_ip, source=_describe(source)) as session:
             media = await self.fetch(source, session, on_progress)
             started = time.perf_counter()
             transcript = await self.pipeline.transcribe(media, session, request, on_progress)
+            if keep_audio is not None:
+                await asyncio.to_thread(shutil.move, session.download / CONVERTED_NAME, keep_audio)
         if self.observer:
             self.observer.transcribed(transcript.duration_s, time.perf_counter() - started)
         return transcript

@@ -1,11 +1,12 @@
 """The jobs API: submit, poll, stream progress (SSE), fetch results, cancel, list."""
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUpload
 
@@ -104,6 +105,17 @@ async def get_result(job_id: str, runner: JobsDep, format: str | None = None) ->
         raise HTTPException(404, f"the result of job {job_id} has expired")
     return respond(transcript, fmt, {"job_id": job.id,
                                      "processing_time": job.processing_time_s})
+
+
+@jobs_router.get("/{job_id}/audio", response_class=FileResponse)
+async def get_audio(job_id: str, runner: JobsDep) -> FileResponse:
+    """The job's converted audio (16 kHz mono WAV) for the web page's player; supports Range."""
+    job = await _job(runner, job_id)
+    path = runner.audio_path(job.id)
+    if job.status != JobStatus.succeeded or not await asyncio.to_thread(path.is_file):
+        raise HTTPException(404, f"job {job_id} has no audio (it exists once the job succeeded)")
+    return FileResponse(path, media_type="audio/wav", filename=f"{job.id}.wav",
+                        content_disposition_type="inline")
 
 
 @jobs_router.delete("/{job_id}")

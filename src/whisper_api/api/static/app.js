@@ -11,6 +11,7 @@ function headers(extra = {}) {
 
 async function api(path, options = {}) {
   const response = await fetch(path, { ...options, headers: headers(options.headers) });
+  if (response.status === 401) $("key-box").open = true;  // show where the key goes
   if (!response.ok) {
     let message = `HTTP ${response.status}`;
     try { message = (await response.json()).error.message || message; } catch (_) { /* text */ }
@@ -62,12 +63,21 @@ async function submitJob(event) {
   }
 }
 
-function setPlayer(file) {
+function setPlayer(source) {
   const player = $("player");
-  if (player.src) URL.revokeObjectURL(player.src);
-  player.hidden = !file;
-  if (file) player.src = URL.createObjectURL(file);
+  if (player.src.startsWith("blob:")) URL.revokeObjectURL(player.src);
+  player.hidden = !source;
+  if (source) player.src = typeof source === "string" ? source : URL.createObjectURL(source);
   else player.removeAttribute("src");
+}
+
+// After a URL job (or when reopening a job), play the server's converted audio. An <audio> src
+// cannot carry the Authorization header, so with a key the audio is fetched as a blob.
+async function loadServerAudio(jobId) {
+  if (!localStorage.getItem("whisper-api-key")) { setPlayer(`/api/v1/jobs/${jobId}/audio`); return; }
+  try {
+    setPlayer(await (await api(`/api/v1/jobs/${jobId}/audio`)).blob());
+  } catch (_) { setPlayer(null); /* the audio expired with the job: the transcript still shows */ }
 }
 
 async function follow(jobId) {
@@ -137,6 +147,7 @@ async function finish(job) {
   if (job.status === "succeeded") {
     const result = await (await api(`/api/v1/jobs/${job.id}/result?format=verbose_json`)).json();
     showTranscript(result);
+    if ($("player").hidden) await loadServerAudio(job.id);
   } else if (job.status === "failed") {
     showError(job.error || "The job failed.");
   } else if (job.status === "cancelled") {
@@ -227,7 +238,7 @@ async function refreshJobs() {
       const button = document.createElement("button");
       button.type = "button";
       button.textContent = `${job.id.slice(0, 8)} · ${job.status}`;
-      button.addEventListener("click", () => follow(job.id));
+      button.addEventListener("click", () => { setPlayer(null); follow(job.id); });
       item.append(button);
       if (job.error) item.append(` ${job.error}`);
       return item;
