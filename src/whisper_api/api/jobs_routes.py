@@ -36,7 +36,16 @@ class JobBody(TranscribeBody):
     callback_url: str | None = None
 
 
-@jobs_router.post("", status_code=202, openapi_extra={"requestBody": {"content": {
+# OpenAPI links tell clients (and schemathesis' stateful phase) where a new job's id goes.
+JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
+             for name, op in (("status", "get_job"), ("result", "get_result"),
+                              ("audio", "get_audio"), ("events", "job_events"),
+                              ("cancel", "cancel_job"))}
+
+
+@jobs_router.post("", status_code=202, responses={202: {"description": "Accepted",
+                                                        "links": JOB_LINKS}},
+                  openapi_extra={"requestBody": {"content": {
     "application/json": {"schema": JobBody.model_json_schema()},
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"}, "language": {"type": "string"},
@@ -88,12 +97,12 @@ async def _job(runner: JobRunner, job_id: str) -> Job:
     return job
 
 
-@jobs_router.get("/{job_id}")
+@jobs_router.get("/{job_id}", operation_id="get_job")
 async def get_job(job_id: str, runner: JobsDep) -> dict[str, Any]:
     return (await _job(runner, job_id)).to_dict()
 
 
-@jobs_router.get("/{job_id}/result")
+@jobs_router.get("/{job_id}/result", operation_id="get_result")
 async def get_result(job_id: str, runner: JobsDep, format: str | None = None) -> Response:
     job = await _job(runner, job_id)
     if job.status != JobStatus.succeeded:
@@ -107,7 +116,7 @@ async def get_result(job_id: str, runner: JobsDep, format: str | None = None) ->
                                      "processing_time": job.processing_time_s})
 
 
-@jobs_router.get("/{job_id}/audio", response_class=FileResponse)
+@jobs_router.get("/{job_id}/audio", response_class=FileResponse, operation_id="get_audio")
 async def get_audio(job_id: str, runner: JobsDep) -> FileResponse:
     """The job's converted audio (16 kHz mono WAV) for the web page's player; supports Range."""
     job = await _job(runner, job_id)
@@ -118,7 +127,7 @@ async def get_audio(job_id: str, runner: JobsDep) -> FileResponse:
                         content_disposition_type="inline")
 
 
-@jobs_router.delete("/{job_id}")
+@jobs_router.delete("/{job_id}", operation_id="cancel_job")
 async def cancel_job(job_id: str, runner: JobsDep) -> dict[str, Any]:
     job = await _job(runner, job_id)
     if job.status in (JobStatus.succeeded, JobStatus.failed):
@@ -127,7 +136,7 @@ async def cancel_job(job_id: str, runner: JobsDep) -> dict[str, Any]:
     return (cancelled or job).to_dict()
 
 
-@jobs_router.get("/{job_id}/events")
+@jobs_router.get("/{job_id}/events", operation_id="job_events")
 async def job_events(job_id: str, runner: JobsDep) -> StreamingResponse:
     await _job(runner, job_id)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
