@@ -36,6 +36,7 @@ test: sysdeps lint
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) temp bench/out
