@@ -1,5 +1,6 @@
 """The HTTP service against a real uvicorn server with the real tiny.en model."""
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,3 +152,26 @@ def test_url_404_is_a_clear_error(server: Server, media_host: str) -> None:
     assert response.status_code == 422
     assert "404" in response.json()["error"]["message"]
     assert server.temp_is_empty()
+
+
+def test_huge_uploads_are_refused_before_they_hit_the_disk(tmp_path: Path) -> None:
+    with run_server(tmp_path, MAX_UPLOAD_MB="1", PARALLEL_WORKERS="1") as small:
+        host, port = small.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /api/v1/transcribe HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: multipart/form-data; boundary=b\r\n"
+                         b"Content-Length: 1000000000000\r\n\r\n--b\r\n")
+            answer = b""
+            while b"MAX_UPLOAD_MB" not in answer and (block := sock.recv(4096)):
+                answer += block
+        assert answer.startswith(b"HTTP/1.1 413") and b"MAX_UPLOAD_MB" in answer
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted while it streams
+            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.mp3"\r\n\r\n'
+            for _ in range(40):
+                yield b"\0" * 65536
+        response = httpx.post(f"{small.url}/api/v1/transcribe", content=chunks(),
+                              headers={"content-type": "multipart/form-data; boundary=b"})
+        assert response.status_code == 413 and "MAX_UPLOAD_MB" in response.text
+        assert small.temp_is_empty()
+        assert httpx.get(f"{small.url}/health").status_code == 200
