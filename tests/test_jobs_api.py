@@ -23,7 +23,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with run_server(tmp_path_factory.mktemp("jobs"), MAX_QUEUED_JOBS="1",
+    with run_server(tmp_path_factory.mktemp("jobs"), MAX_QUEUED_JOBS="1", MAX_SYNC_REQUESTS="1",
                     ALLOW_PRIVATE_URLS="true", **FAN_OUT) as running:
         yield running
 
@@ -166,6 +166,23 @@ def test_queue_full_is_429_with_retry_after(server: Server, jfk: Path) -> None:
     listed = httpx.get(f"{server.url}/api/v1/jobs", params={"limit": len(accepted)}).json()
     assert [j["id"] for j in listed["jobs"]] == accepted[::-1]
     assert all(j["status"] in TERMINAL for j in listed["jobs"])
+
+
+def test_sync_requests_beyond_the_limit_get_429(server: Server, long_speech: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(_: int) -> httpx.Response:
+        with long_speech.open("rb") as handle:
+            return httpx.post(f"{server.url}/api/v1/transcribe", timeout=120,
+                              files={"file": (long_speech.name, handle)})
+
+    with ThreadPoolExecutor(3) as threads:
+        responses = list(threads.map(post, range(3)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses[0] == 200 and statuses[-1] == 429, statuses
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.headers["retry-after"] == "10" and "MAX_SYNC_REQUESTS" in refused.text
+    assert server.temp_is_empty()
 
 
 def test_bad_job_requests(server: Server) -> None:

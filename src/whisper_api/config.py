@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     database_url: str = ""
     result_ttl_hours: float = 24.0
     max_queued_jobs: int = 16
+    max_sync_requests: int = 32
 
     @field_validator("parallel_chunk_duration", "audio_limit_single_core", "chunk_timeout_s")
     @classmethod

@@ -49,6 +49,7 @@ class Service:
     ) -> None:
         self.settings, self.executor, self.workers = settings, executor, workers
         self.observer = observer
+        self.sync_requests = 0  # synchronous requests running now (only touched on the loop)
         self.sessions = SessionManager(settings.temp_dir, settings.max_temp_age_hours)
         self.pipeline = Pipeline(settings, executor, workers)
 

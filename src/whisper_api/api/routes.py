@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError, model_validator
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from whisper_api.errors import InvalidRequestError, WhisperApiError
+from whisper_api.errors import InvalidRequestError, QueueFullError, WhisperApiError
 from whisper_api.formats import FORMATS, content_type, render
 from whisper_api.pipeline import TranscribeRequest
 from whisper_api.service import MediaSource, Service, UploadSource, UrlSource
@@ -143,7 +143,18 @@ def respond(transcript: Transcript, fmt: str, extra: dict[str, Any]) -> Response
 async def run_sync(
     request: Request, service: Service, work: Coroutine[Any, Any, Transcript]
 ) -> Transcript:
-    """Await work, but give up on a client that left and on SYNC_TIMEOUT_S (cancelling chunks)."""
+    """Await work, but give up on a client that left and on SYNC_TIMEOUT_S (cancelling chunks).
+
+    At most MAX_SYNC_REQUESTS run at once (429 beyond): each holds a connection and a spooled
+    upload, and the jobs API is the place for a backlog.
+    """
+    limit = service.settings.max_sync_requests
+    if service.sync_requests >= limit:
+        work.close()
+        raise QueueFullError(f"{limit} synchronous requests are already running "
+                             "(MAX_SYNC_REQUESTS); retry later or use POST /api/v1/jobs",
+                             retry_after_s=10)
+    service.sync_requests += 1
     task = asyncio.create_task(work)
     deadline = time.monotonic() + service.settings.sync_timeout_s
     try:
@@ -157,6 +168,7 @@ async def run_sync(
                 raise TimeoutTooLong(service.settings.sync_timeout_s)
         return task.result()
     finally:
+        service.sync_requests -= 1
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
