@@ -1,9 +1,12 @@
 """Long-form speed and accuracy: whisper-api against faster-whisper's own pipelines, same run.
 
-Usage: python bench/run.py [--passes 3] [--seed 7] [--sweep] [--out bench/out]
+Usage: python bench/run.py [--passes 3] [--seed 7] [--sweep] [--no-ray] [--overhead-chunks 40]
+                          [--out bench/out]
 Builds a long file with shared/tools/make_long.py, then times (model load excluded everywhere):
 faster-whisper sequential `transcribe` (beam 5), `BatchedInferencePipeline` (batch 8), the per-clip
-oracle (each clip alone, beam 5), and whisper-api end to end (conversion included) per preset.
+oracle (each clip alone, beam 5), and whisper-api end to end (conversion included) per preset,
+on the local worker pool and (when Ray is installed) on Ray actors; then what one chunk costs to
+dispatch on each executor (bench/executors.py).
 """
 
 import argparse
@@ -21,10 +24,18 @@ from pathlib import Path
 import jiwer
 from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
 
-from whisper_api.cli import worker_config
+from executors import (
+    RAY_LABEL,
+    Overhead,
+    local_pool,
+    measure_overhead,
+    ray_executor,
+    ray_installed,
+    report_overheads,
+)
 from whisper_api.config import Settings
+from whisper_api.executor import ChunkExecutor
 from whisper_api.pipeline import PRESETS, Pipeline, TranscribeRequest
-from whisper_api.pool import WorkerPool
 from whisper_api.sessions import SessionManager
 from whisper_api.transcriber import resolve_model
 
@@ -96,29 +107,51 @@ def baselines(wav: Path, reference: str, threads: int) -> dict[str, tuple[float,
 
 
 Variant = str | dict[str, float]
+Rows = dict[str, tuple[float, str]]
 
 
-def ours(wav: Path, out: Path, variants: dict[str, Variant]) -> dict[str, tuple[float, str]]:
+def ours(wav: Path, out: Path, variants: dict[str, Variant],
+         overhead_chunks: int) -> tuple[Rows, Overhead]:
     settings = Settings(temp_dir=out / "temp")
-    count, _ = settings.worker_count()
-    pool = WorkerPool(count, worker_config(settings, count))
-    pool.start()
-    pool.wait_ready()
+    with local_pool(settings) as (pool, count):
+        rows = run_variants(settings, pool, count, wav, variants)
+        overhead = measure_overhead(pool, count, out, overhead_chunks)
+    return rows, overhead
+
+
+def on_ray(wav: Path, out: Path, overhead_chunks: int) -> tuple[Rows, Overhead]:
+    settings = Settings(temp_dir=out / "temp")
+    with ray_executor(settings) as (executor, count):
+        rows = run_variants(settings, executor, count, wav, {RAY_LABEL: "accurate"})
+        overhead = measure_overhead(executor, count, out, overhead_chunks)
+    return rows, overhead
+
+
+def on_executors(wav: Path, args: argparse.Namespace,
+                 variants: dict[str, Variant]) -> tuple[Rows, dict[str, Overhead]]:
+    """The local pool, then (with --ray) Ray actors: one after the other, never competing."""
+    rows, overhead = ours(wav, args.out, variants, args.overhead_chunks)
+    overheads = {"local pool": overhead}
+    if args.ray:
+        ray_rows, overheads["Ray"] = on_ray(wav, args.out, args.overhead_chunks)
+        rows.update(ray_rows)
+    return rows, overheads
+
+
+def run_variants(settings: Settings, executor: ChunkExecutor, workers: int, wav: Path,
+                 variants: dict[str, Variant]) -> Rows:
     results = {}
-    try:
-        for label, variant in variants.items():
-            # "fan-out" rows force the parallel path that files over AUDIO_LIMIT_SINGLE_CORE take.
-            chosen = settings.model_copy(update={"audio_limit_single_core": 1.0,
-                                                 "parallel_chunk_duration": 60.0}) \
-                if "fan-out" in label else settings
-            run = _run(chosen, pool, count, wav, variant)
-            results[label] = timed(lambda r=run: asyncio.run(r))  # type: ignore[misc]
-    finally:
-        pool.stop()
+    for label, variant in variants.items():
+        # "fan-out" rows force the parallel path that files over AUDIO_LIMIT_SINGLE_CORE take.
+        chosen = settings.model_copy(update={"audio_limit_single_core": 1.0,
+                                             "parallel_chunk_duration": 60.0}) \
+            if "fan-out" in label else settings
+        run = _run(chosen, executor, workers, wav, variant)
+        results[label] = timed(lambda r=run: asyncio.run(r))  # type: ignore[misc]
     return results
 
 
-async def _run(settings: Settings, pool: WorkerPool, workers: int, wav: Path,
+async def _run(settings: Settings, executor: ChunkExecutor, workers: int, wav: Path,
                variant: str | dict[str, float]) -> str:
     sessions = SessionManager(settings.temp_dir, 24)
     if isinstance(variant, dict):
@@ -128,7 +161,8 @@ async def _run(settings: Settings, pool: WorkerPool, workers: int, wav: Path,
         preset = variant
     request = TranscribeRequest(language="en", preset=preset)  # type: ignore[arg-type]
     with sessions.session() as session:
-        transcript = await Pipeline(settings, pool, workers).transcribe(wav, session, request)
+        pipeline = Pipeline(settings, executor, workers)
+        transcript = await pipeline.transcribe(wav, session, request)
     return transcript.text
 
 
@@ -167,6 +201,10 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--sweep", action="store_true", help="also try decoder window sizes")
+    parser.add_argument("--ray", action=argparse.BooleanOptionalAction, default=ray_installed(),
+                        help="also run on Ray actors (default: when Ray is installed)")
+    parser.add_argument("--overhead-chunks", type=int, default=40,
+                        help="silent chunks per executor for the dispatch overhead")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -183,8 +221,10 @@ def main() -> None:
                 variants[f"sweep window {window:.0f}s coverage {coverage}"] = {
                     "window_s": window, "coverage_min": coverage}
     rows = baselines(wav, reference, os.cpu_count() or 1)
-    rows.update(ours(wav, args.out, variants))
+    our_rows, overheads = on_executors(wav, args, variants)
+    rows.update(our_rows)
     report(rows, reference, duration_s, args.out)
+    report_overheads(overheads)
 
 
 if __name__ == "__main__":
