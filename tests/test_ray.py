@@ -26,7 +26,7 @@ from whisper_api.errors import ChunkTimeoutError, TranscriptionError, WhisperApi
 from whisper_api.executor import ChunkExecutor
 from whisper_api.pipeline import Pipeline, TranscribeRequest
 from whisper_api.pool import WorkerPool
-from whisper_api.ray_executor import RayExecutor
+from whisper_api.ray_executor import INSTALL_HINT, RayExecutor
 from whisper_api.sessions import SessionManager
 from whisper_api.transcript import ChunkResult, ChunkTask, Transcript
 
@@ -100,6 +100,14 @@ def test_without_ray_startup_says_how_to_install(monkeypatch: pytest.MonkeyPatch
     assert isinstance(executor, RayExecutor)
     with pytest.raises(WhisperApiError, match=r"pip install 'whisper-api\[ray\]'"):
         executor.start()
+
+
+def test_serve_without_ray_exits_with_the_install_hint() -> None:
+    code = ("import sys; sys.modules['ray'] = None; from whisper_api.cli import main; "
+            "sys.argv = ['whisper-api', 'serve']; raise SystemExit(main())")
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "EXECUTOR": "ray"},
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and INSTALL_HINT in run.stderr and "Traceback" not in run.stderr
 
 
 def test_results_are_routed_to_their_futures_under_concurrent_requests(
@@ -241,3 +249,54 @@ def test_stop_leaves_no_ray_process_behind(fake_ray: RayExecutor, tmp_path: Path
     assert not {int(p) for p in raylets.split()} & ours
     late = fake_ray.submit(make_task(tmp_path, "req", 9, 900))
     assert isinstance(late.exception(timeout=1), TranscriptionError)
+
+
+CLIENT_DRIVER = """
+import sys
+from pathlib import Path
+from tests.fakes import echo_factory
+from tests.test_pool import CONFIG, make_task
+from whisper_api.ray_executor import RayExecutor
+
+env = {"env_vars": {"PYTHONPATH": sys.argv[3]}}
+executor = RayExecutor(1, CONFIG, factory=echo_factory, address=sys.argv[1],
+                       num_cpus_per_worker=0.5, runtime_env=env)
+executor.start()
+executor.wait_ready(timeout_s=120)
+futures = [executor.submit(make_task(Path(sys.argv[2]), "client", i, 500)) for i in range(3)]
+print(" ".join(f.result(timeout=60).task_id for f in futures))
+executor.stop()
+"""
+
+
+def test_ray_client_address_works(tmp_path: Path) -> None:
+    """RAY_ADDRESS=ray://head:port against a `ray start --head` cluster, from a separate driver.
+
+    Last in this module: `ray stop` stops every Ray process on the machine.
+    """
+    from tests.server import free_port
+
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    client_port = free_port()
+    # The head starts one "specific server" per client; on a loaded 2-core machine that can take
+    # longer than Ray's default 30 s check.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "90"}
+    subprocess.run([ray_cli, "start", "--head", f"--port={free_port()}", "--num-cpus=1",
+                    f"--ray-client-server-port={client_port}", "--node-ip-address=127.0.0.1",
+                    "--include-dashboard=false", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    try:
+        for _ in range(2):  # a second try if Ray's client server itself failed to start
+            # `ray start` turns token authentication on; the client must present the token too.
+            driver = subprocess.run(
+                [sys.executable, "-c", CLIENT_DRIVER, f"ray://127.0.0.1:{client_port}",
+                 str(tmp_path), str(REPO)],
+                env={**env, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO)},
+                capture_output=True, text=True, timeout=240)
+            if "Starting Ray client server failed" not in driver.stderr:
+                break
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    assert driver.stdout.split() == ["client:0", "client:1", "client:2"]

@@ -14,7 +14,7 @@ from whisper_api.executor import WorkerConfig
 from whisper_api.formats import FORMATS, render
 from whisper_api.pipeline import Pipeline, Progress, TranscribeRequest
 from whisper_api.pool import WorkerPool
-from whisper_api.ray_executor import RayExecutor
+from whisper_api.ray_executor import INSTALL_HINT, RayExecutor
 from whisper_api.sessions import SessionManager
 
 
@@ -132,12 +132,21 @@ async def _transcribe(
     return transcript
 
 
+def _require_ray() -> None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise SystemExit(INSTALL_HINT) from None
+
+
 def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
     from whisper_api.api.app import create_app
 
     settings = load_settings()
+    if settings.executor == "ray":
+        _require_ray()  # before the server starts, not as a startup traceback
     host, port = args.host or settings.host, args.port or settings.port
     # Our middleware logs one structured line per request; uvicorn's own would repeat it.
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)

@@ -188,6 +188,7 @@ class WorkerPool:
             return future
         with self._lock:
             self._queues.setdefault(task.request_id, deque()).append(_Pending(task, future))
+            self._dispatch()  # an idle worker starts now, not at the supervisor's next poll
         return future
 
     def cancel(self, request_id: str) -> int:

@@ -120,6 +120,7 @@ class RayExecutor:
         self._queues: OrderedDict[str, deque[_Pending]] = OrderedDict()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # set by submit: a chunk waits for an actor
         self._thread: threading.Thread | None = None
         self._stats = ExecutorStats(workers=size or 0)
         self._load_failure: str | None = None
@@ -134,10 +135,12 @@ class RayExecutor:
         if not ray.is_initialized():
             # An empty address starts a private local instance ("local"), never joins one found
             # through the RAY_ADDRESS variable by accident.
-            ray.init(
-                address=self._address or "local", runtime_env=self._runtime_env,
-                **self._init_options,
-            )
+            address = self._address or "local"
+            try:
+                ray.init(address=address, runtime_env=self._runtime_env, **self._init_options)
+            except Exception as exc:  # ConnectionError, timeouts, auth: one line, not a traceback
+                raise WhisperApiError(f"cannot start or join Ray at RAY_ADDRESS={address!r}: "
+                                      f"{_describe(exc)}") from exc
             self._owns_ray = True
         size = self._size or self._size_from_cluster()
         self._stats.workers = size
@@ -205,6 +208,7 @@ class RayExecutor:
             return future
         with self._lock:
             self._queues.setdefault(task.request_id, deque()).append(_Pending(task, future))
+        self._wake.set()
         return future
 
     def cancel(self, request_id: str) -> int:
@@ -231,12 +235,15 @@ class RayExecutor:
         while not (self._stopping.is_set() and not self._busy()):
             with self._lock:
                 waiting = {ref: a for a in self._actors for ref in (a.task_ref, *a.pings) if ref}
+            # Short waits while a submitted chunk may find an idle actor; POLL_S otherwise.
+            timeout = 0.005 if self._wake.is_set() else POLL_S
+            self._wake.clear()
             if waiting:
-                done, _ = ray.wait(list(waiting), num_returns=1, timeout=POLL_S)
+                done, _ = ray.wait(list(waiting), num_returns=1, timeout=timeout)
                 for ref in done:
                     self._collect(waiting[ref], ref)
             else:
-                time.sleep(POLL_S)
+                self._wake.wait(POLL_S)
             with self._lock:
                 self._enforce_timeouts()
             self._dispatch()
@@ -251,7 +258,7 @@ class RayExecutor:
             if ref in actor.pings:
                 actor.pings.remove(ref)
                 self._on_ping(actor, value, error)
-            elif ref is actor.task_ref:
+            elif ref == actor.task_ref:  # Ray Client hands back new ref objects: not `is`
                 pending = actor.task
                 actor.task, actor.task_ref = None, None
                 if pending is not None:

@@ -60,13 +60,14 @@ def _start(settings: Settings, executor: ChunkExecutor | None, metrics: Metrics)
     log.info("Starting Whisper Transcription API v%s", __version__)
     if settings.cleanup_on_startup:
         SessionManager(settings.temp_dir, settings.max_temp_age_hours).sweep()
-    count, reason = settings.worker_count()
-    if settings.enable_parallel_transcription:
-        log.info("PARALLEL MODE ENABLED: %d workers (%s), chunk duration %.0fs, "
-                 "single-core below %.0fs", count, reason, settings.parallel_chunk_duration,
-                 settings.audio_limit_single_core)
     pool = executor or build_executor(settings)
-    pool.start()
+    pool.start()  # a Ray pool knows its size only now (PARALLEL_WORKERS=auto: cluster CPUs)
+    if settings.enable_parallel_transcription:
+        reason = settings.worker_count()[1] if settings.executor == "local" else \
+            f"Ray actors, RAY_ADDRESS={settings.ray_address or 'a private local instance'}"
+        log.info("PARALLEL MODE ENABLED: %d workers (%s), chunk duration %.0fs, "
+                 "single-core below %.0fs", pool.stats().workers, reason,
+                 settings.parallel_chunk_duration, settings.audio_limit_single_core)
     log.info("Worker pool started successfully (models load in the background)")
     metrics.watch(pool)
     return Service(settings, pool, pool.stats().workers, observer=metrics)
