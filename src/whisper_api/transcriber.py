@@ -75,9 +75,9 @@ class Transcriber:
         segments, language = self._decode(audio, windows, options, with_timestamps=True)
         missing = [u for u in utterances if not is_covered(u, segments, options.coverage_min)]
         if missing:
-            segments = [s for s in segments if not any(_overlap(u, s) > 0 for u in missing)]
+            kept, missing = split_for_redo(utterances, segments, missing)
             redone, _ = self._decode(audio, missing, options, with_timestamps=False)
-            segments = sorted([*segments, *redone], key=lambda s: s.start)
+            segments = sorted([*kept, *redone], key=lambda s: s.start)
         return [s for s in segments if not _hallucinated(s)], language, len(missing)
 
     def find_utterances(self, audio: np.ndarray) -> list[tuple[float, float]]:
@@ -122,6 +122,26 @@ def pack_windows(
         else:
             windows.append((start, end))
     return windows
+
+
+def split_for_redo(
+    utterances: list[tuple[float, float]], segments: list[Segment],
+    missing: list[tuple[float, float]],
+) -> tuple[list[Segment], list[tuple[float, float]]]:
+    """The segments to keep, and every utterance to decode again.
+
+    A segment overlapping a missing utterance is dropped (its text may hold part of it), so
+    every other utterance that segment overlapped must be decoded again too, or its words would
+    be lost with it: grow both sets until they no longer change.
+    """
+    redo = set(missing)
+    while True:
+        dropped = [s for s in segments if any(_overlap(u, s) > 0 for u in redo)]
+        grown = redo | {u for u in utterances if any(_overlap(u, s) > 0 for s in dropped)}
+        if grown == redo:
+            kept = [s for s in segments if s not in dropped]
+            return kept, sorted(redo)
+        redo = grown
 
 
 def is_covered(utterance: tuple[float, float], segments: list[Segment], minimum: float) -> bool:
