@@ -251,6 +251,39 @@ def test_stop_leaves_no_ray_process_behind(fake_ray: RayExecutor, tmp_path: Path
     assert isinstance(late.exception(timeout=1), TranscriptionError)
 
 
+def test_the_service_on_ray_reports_readiness_progress_and_metrics(
+    tmp_path: Path, long_speech: Path
+) -> None:
+    """`whisper-api serve` with EXECUTOR=ray: the same API, jobs, SSE and metrics as locally."""
+    import httpx
+
+    from tests.server import run_server
+    from tests.test_jobs_api import events, submit_ok
+    from tests.test_metrics import scrape, value
+
+    with run_server(tmp_path, EXECUTOR="ray", RAY_NUM_CPUS_PER_WORKER="1",
+                    AUDIO_LIMIT_SINGLE_CORE="15", PARALLEL_CHUNK_DURATION="20") as server:
+        assert "PARALLEL MODE ENABLED: 2 workers (Ray actors" in server.log.read_text()
+        job_id = submit_ok(server, long_speech)
+        stream = events(server, job_id)
+        assert stream[-1][1]["status"] == "succeeded", stream[-1]
+        done = [d["progress"]["chunks_done"] for n, d in stream
+                if n == "progress" and d["progress"]["stage"] == "transcribing"]
+        assert done == sorted(done) and len(set(done)) > 1
+        result = httpx.get(f"{server.url}/api/v1/jobs/{job_id}/result").json()
+        assert result["mode"] == "parallel" and result["text"].count("your country") == 6
+        samples = scrape(server)
+        assert value(samples, "whisper_chunk_seconds_count") == result["chunks"]
+        assert value(samples, "whisper_workers", state="idle") == 2
+        raylets = {int(p) for p in subprocess.run(["pgrep", "-f", "raylet"], capture_output=True,
+                                                   text=True).stdout.split()}
+    # The server's private Ray instance went away with it.
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in raylets) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert raylets and not [pid for pid in raylets if alive(pid)]
+
+
 CLIENT_DRIVER = """
 import sys
 from pathlib import Path
