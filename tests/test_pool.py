@@ -15,7 +15,7 @@ import pytest
 from tests.fakes import broken_factory, echo_factory, text_for
 from whisper_api import pool as pool_module
 from whisper_api.errors import ChunkTimeoutError, TranscriptionError
-from whisper_api.executor import WorkerConfig
+from whisper_api.executor import ChunkExecutor, WorkerConfig
 from whisper_api.pool import TranscriberFactory, WorkerPool
 from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions
 
@@ -95,10 +95,10 @@ def make_pool() -> Iterator[MakePool]:
                 worker.process.join(timeout=5)
 
 
-def test_results_are_routed_to_their_futures_under_concurrent_submits(
-    make_pool: MakePool, tmp_path: Path
-) -> None:
-    pool = make_pool(size=2)
+def submit_concurrently(
+    executor: "ChunkExecutor", tmp_path: Path
+) -> list[tuple[ChunkTask, "Future[ChunkResult]"]]:
+    """Two requests of 12 chunks each, submitted from two threads at once."""
     tasks = {
         "req-a": [make_task(tmp_path, "req-a", i, 1000 + 37 * i, "sleep=0.02") for i in range(12)],
         "req-b": [make_task(tmp_path, "req-b", i, 5000 + 41 * i, "sleep=0.01") for i in range(12)],
@@ -108,7 +108,7 @@ def test_results_are_routed_to_their_futures_under_concurrent_submits(
 
     def submit_all(request_tasks: list[ChunkTask]) -> None:
         for task in request_tasks:
-            future = pool.submit(task)
+            future = executor.submit(task)
             with lock:
                 submitted.append((task, future))
 
@@ -117,7 +117,14 @@ def test_results_are_routed_to_their_futures_under_concurrent_submits(
         thread.start()
     for thread in threads:
         thread.join(timeout=10)
+    return submitted
 
+
+def test_results_are_routed_to_their_futures_under_concurrent_submits(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = make_pool(size=2)
+    submitted = submit_concurrently(pool, tmp_path)
     assert len(submitted) == 24
     worker_ids = set()
     for task, future in submitted:

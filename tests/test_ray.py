@@ -10,16 +10,22 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 import pytest
 
 from tests.fakes import echo_factory
-from tests.test_pool import CONFIG, RESULT_TIMEOUT_S, assert_belongs, make_task, wait_for
+from tests.test_pool import (
+    CONFIG,
+    RESULT_TIMEOUT_S,
+    assert_belongs,
+    make_task,
+    submit_concurrently,
+    wait_for,
+)
 from whisper_api.cli import build_executor, worker_config
 from whisper_api.config import Settings
 from whisper_api.errors import ChunkTimeoutError, TranscriptionError, WhisperApiError
@@ -28,7 +34,7 @@ from whisper_api.pipeline import Pipeline, TranscribeRequest
 from whisper_api.pool import WorkerPool
 from whisper_api.ray_executor import INSTALL_HINT, RayExecutor
 from whisper_api.sessions import SessionManager
-from whisper_api.transcript import ChunkResult, ChunkTask, Transcript
+from whisper_api.transcript import Transcript
 
 pytest.importorskip("ray", reason="pip install 'whisper-api[ray]'")
 
@@ -113,25 +119,7 @@ def test_serve_without_ray_exits_with_the_install_hint() -> None:
 def test_results_are_routed_to_their_futures_under_concurrent_requests(
     fake_ray: RayExecutor, tmp_path: Path
 ) -> None:
-    tasks = {
-        "req-a": [make_task(tmp_path, "req-a", i, 1000 + 37 * i, "sleep=0.02") for i in range(12)],
-        "req-b": [make_task(tmp_path, "req-b", i, 5000 + 41 * i, "sleep=0.01") for i in range(12)],
-    }
-    submitted: list[tuple[ChunkTask, Future[ChunkResult]]] = []
-    lock = threading.Lock()
-
-    def submit_all(request_tasks: list[ChunkTask]) -> None:
-        for task in request_tasks:
-            future = fake_ray.submit(task)
-            with lock:
-                submitted.append((task, future))
-
-    threads = [threading.Thread(target=submit_all, args=(t,)) for t in tasks.values()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=10)
-
+    submitted = submit_concurrently(fake_ray, tmp_path)
     assert len(submitted) == 24
     for task, future in submitted:
         assert_belongs(future.result(timeout=RESULT_TIMEOUT_S), task)

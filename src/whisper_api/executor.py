@@ -1,10 +1,16 @@
 """The seam between the pipeline and whatever runs chunks: the local pool or Ray actors."""
 
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from whisper_api.errors import TranscriptionError
 from whisper_api.transcript import ChunkResult, ChunkTask
+
+POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -69,3 +75,67 @@ class ChunkExecutor(Protocol):
     def ready(self) -> bool: ...
 
     def stats(self) -> ExecutorStats: ...
+
+
+@dataclass
+class Pending:
+    """A submitted chunk and the future its caller awaits."""
+
+    task: ChunkTask
+    future: "Future[ChunkResult]"
+    attempts: int = 0
+
+
+class RequestQueues:
+    """Chunks waiting for a worker: one FIFO per request, served round robin across requests,
+    so a long file's chunks cannot starve a short request. Callers hold their own lock."""
+
+    def __init__(self) -> None:
+        self._queues: OrderedDict[str, deque[Pending]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def push(self, pending: Pending, retry: bool = False) -> None:
+        request_id = pending.task.request_id
+        queue = self._queues.setdefault(request_id, deque())
+        if retry:  # a retried chunk goes first: its request has already waited once
+            queue.appendleft(pending)
+            self._queues.move_to_end(request_id, last=False)
+        else:
+            queue.append(pending)
+
+    def pop(self) -> Pending | None:
+        """Take from the first request, then move it to the back of the line."""
+        while self._queues:
+            request_id, tasks = next(iter(self._queues.items()))
+            self._queues.move_to_end(request_id)
+            while tasks:
+                pending = tasks.popleft()
+                if not pending.future.cancelled():
+                    if not tasks:
+                        del self._queues[request_id]
+                    return pending
+            del self._queues[request_id]
+        return None
+
+    def drop(self, request_id: str) -> list[Pending]:
+        return list(self._queues.pop(request_id, ()))
+
+    def clear(self) -> list[Pending]:
+        queued = [p for q in self._queues.values() for p in q]
+        self._queues.clear()
+        return queued
+
+
+def wait_until_ready(
+    is_ready: Callable[[], bool], load_failure: Callable[[], str | None], timeout_s: float
+) -> None:
+    """Block until every worker has loaded its model; raise at once if loading fails."""
+    deadline = time.monotonic() + timeout_s
+    while not is_ready():
+        if failure := load_failure():
+            raise TranscriptionError(f"workers cannot load the model: {failure}")
+        if time.monotonic() > deadline:
+            raise TranscriptionError("workers did not load the model in time")
+        time.sleep(POLL_S)

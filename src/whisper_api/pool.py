@@ -13,10 +13,9 @@ import queue
 import threading
 import time
 import traceback
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -25,12 +24,18 @@ from typing import Any, Protocol
 import numpy as np
 
 from whisper_api.errors import ChunkTimeoutError, TranscriptionError
-from whisper_api.executor import ExecutorStats, WorkerConfig
+from whisper_api.executor import (
+    POLL_S,
+    ExecutorStats,
+    Pending,
+    RequestQueues,
+    WorkerConfig,
+    wait_until_ready,
+)
 from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Segment
 
 log = logging.getLogger("whisper_api.pool")
 MAX_ATTEMPTS = 2
-POLL_S = 0.05
 
 
 class ChunkTranscriber(Protocol):
@@ -92,14 +97,6 @@ class _Worker:
     task_started: float = 0.0
 
 
-@dataclass
-class _Pending:
-    task: ChunkTask
-    future: "Future[ChunkResult]"
-    attempts: int = 0
-    submitted: float = field(default_factory=time.perf_counter)
-
-
 class WorkerPool:
     """The local ChunkExecutor."""
 
@@ -115,8 +112,8 @@ class WorkerPool:
         self._ctx = mp.get_context("spawn")
         self._outbox: Any = self._ctx.Queue()
         self._workers: dict[int, _Worker] = {}
-        self._queues: OrderedDict[str, deque[_Pending]] = OrderedDict()
-        self._running: dict[str, _Pending] = {}
+        self._queues = RequestQueues()
+        self._running: dict[str, Pending] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -131,13 +128,7 @@ class WorkerPool:
         self._thread.start()
 
     def wait_ready(self, timeout_s: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self.ready:
-            if self._load_failure:
-                raise TranscriptionError(f"workers cannot load the model: {self._load_failure}")
-            if time.monotonic() > deadline:
-                raise TranscriptionError("workers did not load the model in time")
-            time.sleep(POLL_S)
+        wait_until_ready(lambda: self.ready, lambda: self._load_failure, timeout_s)
 
     def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stage one: stop taking work and let running chunks finish. Stage two: force."""
@@ -167,7 +158,7 @@ class WorkerPool:
             workers = list(self._workers.values())
             self._stats.ready_workers = sum(w.state != WorkerState.starting for w in workers)
             self._stats.busy_workers = sum(w.state == WorkerState.busy for w in workers)
-            self._stats.queued_tasks = sum(len(q) for q in self._queues.values())
+            self._stats.queued_tasks = len(self._queues)
             return replace(self._stats, chunk_seconds=self._stats.chunk_seconds.copy())
 
     def worker_pids(self) -> dict[int, int | None]:
@@ -187,14 +178,14 @@ class WorkerPool:
             future.set_exception(TranscriptionError("the service is shutting down"))
             return future
         with self._lock:
-            self._queues.setdefault(task.request_id, deque()).append(_Pending(task, future))
+            self._queues.push(Pending(task, future))
             self._dispatch()  # an idle worker starts now, not at the supervisor's next poll
         return future
 
     def cancel(self, request_id: str) -> int:
         """Drop a request's queued chunks; a running chunk finishes and its result is dropped."""
         with self._lock:
-            dropped = self._queues.pop(request_id, deque())
+            dropped = self._queues.drop(request_id)
         for pending in dropped:
             pending.future.cancel()
         return len(dropped)
@@ -258,7 +249,7 @@ class WorkerPool:
         for worker in self._workers.values():
             if worker.state != WorkerState.idle or self._stopping.is_set():
                 continue
-            pending = self._next_pending()
+            pending = self._queues.pop()
             if pending is None:
                 return
             pending.attempts += 1
@@ -266,20 +257,6 @@ class WorkerPool:
             worker.task_started = time.monotonic()
             self._running[pending.task.task_id] = pending
             worker.inbox.put(pending.task)
-
-    def _next_pending(self) -> _Pending | None:
-        """Round robin: take from the first request, then move it to the back of the line."""
-        while self._queues:
-            request_id, tasks = next(iter(self._queues.items()))
-            self._queues.move_to_end(request_id)
-            while tasks:
-                pending = tasks.popleft()
-                if not pending.future.cancelled():
-                    if not tasks:
-                        del self._queues[request_id]
-                    return pending
-            del self._queues[request_id]
-        return None
 
     def _reap_dead(self) -> None:
         for worker_id, worker in list(self._workers.items()):
@@ -319,8 +296,7 @@ class WorkerPool:
             return
         if retry and pending.attempts < MAX_ATTEMPTS:
             log.warning("Chunk %s: %s; retrying", task_id.rsplit(":", 1)[-1], reason)
-            self._queues.setdefault(pending.task.request_id, deque()).appendleft(pending)
-            self._queues.move_to_end(pending.task.request_id, last=False)
+            self._queues.push(pending, retry=True)
         else:
             pending.future.set_exception(TranscriptionError(f"{reason} (after a retry)"))
 
@@ -338,8 +314,7 @@ class WorkerPool:
     def _fail_all(self, reason: str) -> None:
         with self._lock:
             running, self._running = self._running, {}
-            queued = [p for q in self._queues.values() for p in q]
-            self._queues.clear()
+            queued = self._queues.clear()
         for pending in [*running.values(), *queued]:
             if not pending.future.done():
                 pending.future.set_exception(TranscriptionError(reason))

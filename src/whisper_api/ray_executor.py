@@ -21,7 +21,6 @@ import os
 import threading
 import time
 import wave
-from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,12 +29,18 @@ from typing import Any
 import numpy as np
 
 from whisper_api.errors import ChunkTimeoutError, TranscriptionError, WhisperApiError
-from whisper_api.executor import ExecutorStats, WorkerConfig
+from whisper_api.executor import (
+    POLL_S,
+    ExecutorStats,
+    Pending,
+    RequestQueues,
+    WorkerConfig,
+    wait_until_ready,
+)
 from whisper_api.pool import ChunkTranscriber, TranscriberFactory, load_real_transcriber
 from whisper_api.transcript import ChunkResult, ChunkTask
 
 log = logging.getLogger("whisper_api.ray")
-POLL_S = 0.05
 INSTALL_HINT = "EXECUTOR=ray needs Ray: pip install 'whisper-api[ray]'"
 
 
@@ -76,18 +81,12 @@ class ChunkWorker:
 
 
 @dataclass
-class _Pending:
-    task: ChunkTask
-    future: "Future[ChunkResult]"
-
-
-@dataclass
 class _Actor:
     worker_id: int
     handle: Any
     pid: int | None = None
     ready: bool = False
-    task: _Pending | None = None
+    task: Pending | None = None
     task_ref: Any = None
     task_started: float = 0.0
     pings: list[Any] = field(default_factory=list)
@@ -117,7 +116,7 @@ class RayExecutor:
         self._ray: Any = None
         self._owns_ray = False
         self._actors: list[_Actor] = []
-        self._queues: OrderedDict[str, deque[_Pending]] = OrderedDict()
+        self._queues = RequestQueues()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._wake = threading.Event()  # set by submit: a chunk waits for an actor
@@ -152,13 +151,7 @@ class RayExecutor:
         self._thread.start()
 
     def wait_ready(self, timeout_s: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self.ready:
-            if self._load_failure:
-                raise TranscriptionError(f"workers cannot load the model: {self._load_failure}")
-            if time.monotonic() > deadline:
-                raise TranscriptionError("Ray workers did not load the model in time")
-            time.sleep(POLL_S)
+        wait_until_ready(lambda: self.ready, lambda: self._load_failure, timeout_s)
 
     def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stage one: stop taking work and let running chunks finish. Stage two: kill actors."""
@@ -187,7 +180,7 @@ class RayExecutor:
         with self._lock:
             self._stats.ready_workers = sum(a.ready for a in self._actors)
             self._stats.busy_workers = sum(a.task is not None for a in self._actors)
-            self._stats.queued_tasks = sum(len(q) for q in self._queues.values())
+            self._stats.queued_tasks = len(self._queues)
             return replace(self._stats, chunk_seconds=self._stats.chunk_seconds.copy())
 
     def worker_pids(self) -> dict[int, int | None]:
@@ -207,7 +200,7 @@ class RayExecutor:
             future.set_exception(TranscriptionError("the service is shutting down"))
             return future
         with self._lock:
-            self._queues.setdefault(task.request_id, deque()).append(_Pending(task, future))
+            self._queues.push(Pending(task, future))
         self._wake.set()
         return future
 
@@ -218,7 +211,7 @@ class RayExecutor:
         result is dropped, as in the local pool.
         """
         with self._lock:
-            dropped = self._queues.pop(request_id, deque())
+            dropped = self._queues.drop(request_id)
             running = [a for a in self._actors if a.task and a.task.task.request_id == request_id]
             for actor in running:
                 if actor.task:
@@ -276,7 +269,7 @@ class RayExecutor:
                  actor.worker_id, load_s, pid)
 
     def _on_result(
-        self, actor: _Actor, pending: _Pending, value: Any, error: Exception | None
+        self, actor: _Actor, pending: Pending, value: Any, error: Exception | None
     ) -> None:
         if error is not None:
             if not pending.future.done():
@@ -307,7 +300,7 @@ class RayExecutor:
         while not self._stopping.is_set():
             with self._lock:
                 idle = next((a for a in self._actors if a.ready and a.task is None), None)
-                pending = self._next_pending() if idle else None
+                pending = self._queues.pop() if idle else None
                 if idle is None or pending is None:
                     return
                 idle.task, idle.task_started = pending, time.monotonic()
@@ -322,20 +315,6 @@ class RayExecutor:
                 continue
             with self._lock:
                 idle.task_ref = ref
-
-    def _next_pending(self) -> _Pending | None:
-        """Round robin: take from the first request, then move it to the back of the line."""
-        while self._queues:
-            request_id, tasks = next(iter(self._queues.items()))
-            self._queues.move_to_end(request_id)
-            while tasks:
-                pending = tasks.popleft()
-                if not pending.future.cancelled():
-                    if not tasks:
-                        del self._queues[request_id]
-                    return pending
-            del self._queues[request_id]
-        return None
 
     def _enforce_timeouts(self) -> None:
         """Kill an actor stuck on a chunk; Ray restarts it. The cancelled chunk is not retried."""
@@ -377,8 +356,7 @@ class RayExecutor:
             running = [a.task for a in self._actors if a.task]
             for actor in self._actors:
                 actor.task, actor.task_ref = None, None
-            queued = [p for q in self._queues.values() for p in q]
-            self._queues.clear()
+            queued = self._queues.clear()
         for pending in [*running, *queued]:
             if not pending.future.done():
                 pending.future.set_exception(TranscriptionError(reason))
