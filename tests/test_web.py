@@ -51,6 +51,9 @@ def test_upload_progress_transcript_download_and_seek(
     expect(page.locator("#progress-box")).to_be_visible()
     expect(page.locator("#stage")).to_contain_text(re.compile("chunks|transcribing|converting"),
                                                    timeout=30_000)
+    # For the screenshot, some chunks done (or, on a fast machine, all of them).
+    expect(page.locator("#stage")).to_contain_text(re.compile(r"[1-9]\d*/\d+ chunks"),
+                                                   timeout=60_000)
     page.screenshot(path=str(SHOTS / "progress.png"), full_page=True)
     expect(page.locator("#result-box")).to_be_visible(timeout=90_000)
     expect(page.locator("#segments")).to_contain_text("ask not what your country")
