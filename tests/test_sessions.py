@@ -114,3 +114,32 @@ def test_sweep_removes_only_old_session_folders(manager: SessionManager) -> None
 def test_sweep_missing_temp_dir(manager: SessionManager) -> None:
     assert not manager.temp_dir.exists()
     assert manager.sweep() == 0
+
+
+def test_async_session_is_removed_on_success_error_and_cancel(manager: SessionManager) -> None:
+    import asyncio
+
+    async def use(fail: BaseException | None) -> Path:
+        async with manager.open(source="x") as session:
+            (session.chunks / "chunk_000.wav").write_bytes(b"\0" * 1024)
+            if fail:
+                raise fail
+            return session.root
+
+    async def cancelled() -> None:
+        async def hold() -> None:
+            async with manager.open() as session:
+                assert session.root.is_dir()
+                await asyncio.Event().wait()  # until cancelled, like a client that went away
+
+        held = asyncio.create_task(hold())
+        await asyncio.sleep(0.05)
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
+
+    root = asyncio.run(use(None))
+    assert not root.exists()
+    with pytest.raises(RuntimeError):
+        asyncio.run(use(RuntimeError("boom")))
+    asyncio.run(cancelled())
+    assert not any(manager.temp_dir.iterdir())

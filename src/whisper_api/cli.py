@@ -126,7 +126,7 @@ async def _transcribe(
             else ""
         print(f"\r[{progress.stage}] {bar} {speed:.1f}x realtime", end="", file=sys.stderr)
 
-    with sessions.session(source=str(media)) as session:
+    async with sessions.open(source=str(media)) as session:
         transcript = await pipeline.transcribe(media, session, request, show)
     print(file=sys.stderr)
     return transcript

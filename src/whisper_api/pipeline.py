@@ -81,7 +81,8 @@ class Pipeline:
                 f"{self._settings.max_audio_duration_s:.0f}s (MAX_AUDIO_DURATION_S)")
         spans = await asyncio.to_thread(self._plan, wav, duration_s)
         mode = "parallel" if len(spans) > 1 else "single"
-        session.update_metadata(duration_s=duration_s, chunks=len(spans), mode=mode)
+        await asyncio.to_thread(session.update_metadata, duration_s=duration_s,
+                                chunks=len(spans), mode=mode)
         tasks = await asyncio.to_thread(self._write_chunks, wav, spans, session, request)
         results = await self._run(tasks, duration_s, on_progress)
         on_progress(Progress("merging", len(tasks), len(tasks), duration_s, duration_s))

@@ -65,7 +65,7 @@ class Service:
 
         `keep_audio` moves the converted 16 kHz WAV there first (a job's player needs it).
         """
-        with self.sessions.session(client_ip, source=_describe(source)) as session:
+        async with self.sessions.open(client_ip, source=_describe(source)) as session:
             media = await self.fetch(source, session, on_progress)
             started = time.perf_counter()
             transcript = await self.pipeline.transcribe(media, session, request, on_progress)

@@ -1,5 +1,6 @@
 """Per-request folders: temp/{session_id}/ with metadata.json, download/, chunks/, results/."""
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -7,8 +8,8 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,6 +86,16 @@ class SessionManager:
             yield session
         finally:
             self.remove(session)
+
+    @asynccontextmanager
+    async def open(self, client_ip: str = "local", **metadata: object) -> AsyncIterator[Session]:
+        """`session()` for the event loop: creating and removing the folder (up to gigabytes of
+        chunk files) run in a thread. Removal runs to the end even if the request is cancelled."""
+        session = await asyncio.to_thread(self.create, client_ip, **metadata)
+        try:
+            yield session
+        finally:
+            await asyncio.shield(asyncio.to_thread(self.remove, session))
 
     def sweep(self) -> int:
         """Remove session folders older than MAX_TEMP_AGE_HOURS; returns how many."""
