@@ -263,6 +263,7 @@ def test_the_service_on_ray_reports_readiness_progress_and_metrics(
         samples = scrape(server)
         assert value(samples, "whisper_chunk_seconds_count") == result["chunks"]
         assert value(samples, "whisper_workers", state="idle") == 2
+        assert server.log.read_text().count("chunk_done task_id=") == result["chunks"]
         raylets = {int(p) for p in subprocess.run(["pgrep", "-f", "raylet"], capture_output=True,
                                                    text=True).stdout.split()}
     # The server's private Ray instance went away with it.

@@ -1,5 +1,6 @@
 """The seam between the pipeline and whatever runs chunks: the local pool or Ray actors."""
 
+import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from whisper_api.errors import TranscriptionError
 from whisper_api.transcript import ChunkResult, ChunkTask
 
 POLL_S = 0.05
+chunk_log = logging.getLogger("whisper_api.chunks")
 
 
 @dataclass(frozen=True)
@@ -139,3 +141,13 @@ def wait_until_ready(
         if time.monotonic() > deadline:
             raise TranscriptionError("workers did not load the model in time")
         time.sleep(POLL_S)
+
+
+def log_chunk_done(result: ChunkResult, task: ChunkTask) -> None:
+    """The one structured line per chunk, whichever executor ran it."""
+    chunk_log.info(
+        "chunk_done task_id=%s worker_id=%d elapsed_s=%.3f segments=%d audio_s=%.3f "
+        "redone_utterances=%d",
+        task.task_id, result.worker_id, result.elapsed_s, len(result.segments), task.duration_s,
+        result.redone_utterances,
+    )

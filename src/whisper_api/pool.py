@@ -30,6 +30,7 @@ from whisper_api.executor import (
     Pending,
     RequestQueues,
     WorkerConfig,
+    log_chunk_done,
     wait_until_ready,
 )
 from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Segment
@@ -236,11 +237,7 @@ class WorkerPool:
             return
         if result is not None:
             self._stats.chunk_seconds.observe(result.elapsed_s)
-            log.info(
-                "chunk_done task_id=%s worker_id=%d elapsed_s=%.3f segments=%d audio_s=%.3f",
-                task_id, result.worker_id, result.elapsed_s, len(result.segments),
-                pending.task.duration_s,
-            )
+            log_chunk_done(result, pending.task)
             pending.future.set_result(result)
         else:
             pending.future.set_exception(error or TranscriptionError("chunk failed"))

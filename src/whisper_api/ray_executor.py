@@ -35,6 +35,7 @@ from whisper_api.executor import (
     Pending,
     RequestQueues,
     WorkerConfig,
+    log_chunk_done,
     wait_until_ready,
 )
 from whisper_api.pool import ChunkTranscriber, TranscriberFactory, load_real_transcriber
@@ -284,8 +285,7 @@ class RayExecutor:
             pending.future.set_exception(TranscriptionError(outcome))
             return
         self._stats.chunk_seconds.observe(outcome.elapsed_s)
-        log.info("Chunk %s completed in %.2fs (%d segments)",
-                 outcome.task_id.rsplit(":", 1)[-1], outcome.elapsed_s, len(outcome.segments))
+        log_chunk_done(outcome, pending.task)
         pending.future.set_result(outcome)
 
     def _note_pid(self, actor: _Actor, pid: int) -> None:
