@@ -22,7 +22,7 @@ CONVERTED_NAME = "audio_16k.wav"  # the converted audio in a session's download/
 # Measured on the long dev and held-out files (docs/benchmarks.md).
 PRESETS: dict[str, DecodeOptions] = {
     "accurate": DecodeOptions(window_s=12.0, beam_size=1, coverage_min=0.6),
-    "fast": DecodeOptions(window_s=29.0, beam_size=1, coverage_min=0.3, batch_size=8),
+    "fast": DecodeOptions(window_s=22.0, beam_size=1, coverage_min=0.6, batch_size=8),
 }
 
 
