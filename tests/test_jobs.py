@@ -17,6 +17,7 @@ from whisper_api.jobs import (
     JobStatus,
     JobStore,
     database_path,
+    display_name,
     transcript_from_json,
     transcript_to_json,
 )
@@ -87,6 +88,12 @@ def test_transcript_round_trips_through_json() -> None:
     assert transcript_from_json(transcript_to_json(TRANSCRIPT)) == TRANSCRIPT
 
 
+def test_display_name_is_only_the_last_part() -> None:
+    assert display_name("..\\..\\etc/passwd.mp3") == "passwd.mp3"
+    assert display_name("a" * 300 + ".wav") == "a" * 100
+    assert display_name("dir/") is None
+
+
 def test_database_url(tmp_path: Path) -> None:
     assert database_path(make_settings(tmp_path)) == tmp_path / "data" / "jobs.db"
     settings = make_settings(tmp_path, database_url=f"sqlite:///{tmp_path}/x.db")
@@ -101,6 +108,7 @@ def test_job_runs_and_result_is_stored(tmp_path: Path) -> None:
         await runner.start()
         job = await runner.submit(upload(), JobInput(format="srt"))
         assert job.input.upload_name == "input.mp3"
+        assert job.to_dict()["request"]["source"] == "talk.MP3"
         seen = [j.to_dict()["progress"]["chunks_done"] async for j in runner.watch(job.id) if j]
         done = await runner.get(job.id)
         assert done and done.status == JobStatus.succeeded and done.processing_time_s is not None

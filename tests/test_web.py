@@ -123,7 +123,7 @@ def test_works_with_api_keys(browser: Browser, jfk: Path, tmp_path: Path) -> Non
         page.click("#submit")
         expect(page.locator("#segments")).to_contain_text("ask not what your country",
                                                           timeout=60_000)
-        expect(page.locator("#jobs")).to_contain_text("succeeded")
+        expect(page.locator("#jobs")).to_contain_text("jfk.flac · succeeded")
         page.reload()  # the key was kept in the browser's storage
         expect(page.locator("#api-key")).to_have_value("sesame")
         expect(page.locator("#jobs")).to_contain_text("succeeded")

@@ -60,6 +60,7 @@ class JobInput:
 
     url: str | None = None
     upload_name: str | None = None
+    filename: str | None = None  # the client's name for the upload: shown, never used as a path
     language: str | None = None
     word_timestamps: bool = False
     format: str = "json"
@@ -98,10 +99,17 @@ class Job:
                 "created_at": _iso(self.created_at), "started_at": _iso(self.started_at),
                 "finished_at": _iso(self.finished_at), "processing_time": self.processing_time_s,
             },
-            "request": {"source": self.input.url or "upload", "language": self.input.language,
+            "request": {"source": self.input.url or self.input.filename or "upload",
+                        "language": self.input.language,
                         "format": self.input.format,
                         "word_timestamps": self.input.word_timestamps},
         }
+
+
+def display_name(filename: str) -> str | None:
+    """The last path part of a client's file name, at most 100 characters."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name[:100] or None
 
 
 def _iso(stamp: float | None) -> str | None:
@@ -324,7 +332,8 @@ class JobRunner:
                 await asyncio.to_thread(self._check_url, url)
         job = Job(uuid.uuid4().hex, job_input)
         if isinstance(source, UploadSource):
-            job.input = replace(job_input, upload_name=INPUT_NAME + safe_suffix(source.filename))
+            job.input = replace(job_input, upload_name=INPUT_NAME + safe_suffix(source.filename),
+                                filename=display_name(source.filename))
         else:
             job.input = replace(job_input, url=source.url)
         self._active[job.id] = job  # counts as waiting while the upload is saved

@@ -237,7 +237,9 @@ async function refreshJobs() {
       const item = document.createElement("li");
       const button = document.createElement("button");
       button.type = "button";
-      button.textContent = `${job.id.slice(0, 8)} · ${job.status}`;
+      const source = (job.request && job.request.source) || job.id.slice(0, 8);
+      button.textContent = `${source} · ${job.status}`;
+      button.title = `job ${job.id}`;
       button.addEventListener("click", () => { setPlayer(null); follow(job.id); });
       item.append(button);
       if (job.error) item.append(` ${job.error}`);
