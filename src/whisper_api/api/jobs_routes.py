@@ -7,20 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile as StarletteUpload
 
-from whisper_api.api.routes import (
-    AuthDep,
-    TranscribeBody,
-    check_format,
-    check_language,
-    respond,
-)
-from whisper_api.errors import InvalidRequestError
+from whisper_api.api.routes import AuthDep, JobBody, check_format, read_media_form, respond
 from whisper_api.formats import FORMATS
 from whisper_api.jobs import Job, JobInput, JobRunner, JobStatus, JobStore, database_path
-from whisper_api.service import MediaSource, Service, UploadSource, UrlSource
+from whisper_api.service import Service
 
 
 def get_runner(request: Request) -> JobRunner:
@@ -30,10 +21,6 @@ def get_runner(request: Request) -> JobRunner:
 
 JobsDep = Annotated[JobRunner, Depends(get_runner)]
 jobs_router = APIRouter(prefix="/api/v1/jobs", dependencies=[AuthDep], tags=["jobs"])
-
-
-class JobBody(TranscribeBody):
-    callback_url: str | None = None
 
 
 # OpenAPI links tell clients (and schemathesis' stateful phase) where a new job's id goes.
@@ -52,36 +39,12 @@ JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#
         "format": {"type": "string", "enum": list(FORMATS)},
         "word_timestamps": {"type": "boolean"}, "callback_url": {"type": "string"}}}}}}})
 async def create_job(request: Request, runner: JobsDep) -> JSONResponse:
-    source, job_input = await _job_input(request)
-    job = await runner.submit(source, job_input)
+    form = await read_media_form(request, JobBody)
+    job_input = JobInput(language=form.language, word_timestamps=form.word_timestamps,
+                         format=form.format, callback_url=form.callback_url)
+    job = await runner.submit(form.source, job_input)
     return JSONResponse({"id": job.id, "status": str(job.status)}, 202,
                         {"Location": f"/api/v1/jobs/{job.id}"})
-
-
-async def _job_input(request: Request) -> tuple[MediaSource, JobInput]:
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form()
-        upload = form.get("file")
-        if not isinstance(upload, StarletteUpload):
-            raise InvalidRequestError("multipart requests need a 'file' field")
-        job_input = JobInput(
-            language=check_language(str(form.get("language") or "auto")),
-            word_timestamps=str(form.get("word_timestamps", "false")).lower() == "true",
-            format=check_format(str(form.get("format") or "json")),
-            callback_url=str(form.get("callback_url") or "") or None,
-        )
-        return UploadSource(upload.file, upload.filename or ""), job_input
-    try:
-        body = JobBody.model_validate(json.loads(await request.body() or b"null"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"the body is not valid JSON: {exc}") from exc
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"])
-        raise InvalidRequestError(f"{where}: {error['msg']}" if where else error["msg"]) from exc
-    job_input = JobInput(language=check_language(body.language), format=body.format,
-                         word_timestamps=body.word_timestamps, callback_url=body.callback_url)
-    return UrlSource(body.youtube_url or body.url or ""), job_input
 
 
 @jobs_router.get("")

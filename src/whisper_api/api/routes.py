@@ -5,6 +5,7 @@ import json
 import secrets
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
@@ -75,40 +76,64 @@ class TranscribeBody(BaseModel):
         return self
 
 
+class JobBody(TranscribeBody):
+    callback_url: str | None = None
+
+
+@dataclass(frozen=True)
+class MediaForm:
+    """What /api/v1/transcribe and /api/v1/jobs read from a request, already checked."""
+
+    source: MediaSource
+    language: str | None
+    format: str
+    word_timestamps: bool
+    callback_url: str | None = None
+
+
 @seed_router.post("/api/v1/transcribe", openapi_extra={"requestBody": {"content": {
     "application/json": {"schema": TranscribeBody.model_json_schema()},
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"}, "language": {"type": "string"},
         "format": {"type": "string", "enum": list(FORMATS)}}}}}}})
 async def transcribe(request: Request, service: ServiceDep) -> Response:
-    source, language, fmt, words = await _seed_input(request)
+    form = await read_media_form(request)
     started = time.perf_counter()
-    job = TranscribeRequest(language=check_language(language), word_timestamps=words)
+    job = TranscribeRequest(language=form.language, word_timestamps=form.word_timestamps)
     transcript = await run_sync(request, service, service.transcribe(
-        source, job, _client_ip(request)))
+        form.source, job, _client_ip(request)))
     extra = {"processing_time": round(time.perf_counter() - started, 3),
              "model": service.settings.whisper_model}
-    return respond(transcript, fmt, extra)
+    return respond(transcript, form.format, extra)
 
 
-async def _seed_input(request: Request) -> tuple[MediaSource, str, str, bool]:
+async def read_media_form(
+    request: Request, model: type[TranscribeBody] = TranscribeBody
+) -> MediaForm:
+    """A multipart upload, or a JSON body naming a URL (validated with `model`)."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form()
         upload = form.get("file")
         if not isinstance(upload, StarletteUpload):
             raise InvalidRequestError("multipart requests need a 'file' field")
-        fmt = str(form.get("format") or "json")
-        words = str(form.get("word_timestamps", "false")).lower() == "true"
-        return UploadSource(upload.file, upload.filename or ""), str(
-            form.get("language") or "auto"), check_format(fmt), words
+        fmt = check_format(str(form.get("format") or "json"))
+        return MediaForm(
+            UploadSource(upload.file, upload.filename or ""),
+            check_language(str(form.get("language") or "auto")), fmt,
+            str(form.get("word_timestamps", "false")).lower() == "true",
+            str(form.get("callback_url") or "") or None,
+        )
     try:
-        body = TranscribeBody.model_validate(json.loads(await request.body() or b"null"))
+        body = model.model_validate(json.loads(await request.body() or b"null"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"the body is not valid JSON: {exc}") from exc
     except ValidationError as exc:
         raise InvalidRequestError(_first_error(exc)) from exc
-    url = body.youtube_url or body.url or ""
-    return UrlSource(url), body.language, body.format, body.word_timestamps
+    return MediaForm(
+        UrlSource(body.youtube_url or body.url or ""), check_language(body.language),
+        body.format, body.word_timestamps,
+        body.callback_url if isinstance(body, JobBody) else None,
+    )
 
 
 def _first_error(exc: ValidationError) -> str:
