@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from whisper_api.cli import worker_config
+from whisper_api.cli import build_pool, worker_config
 from whisper_api.config import Settings
 from whisper_api.executor import ChunkExecutor
 from whisper_api.pipeline import PRESETS
@@ -47,8 +47,8 @@ def ray_installed() -> bool:
 @contextmanager
 def local_pool(settings: Settings) -> Iterator[tuple[WorkerPool, int]]:
     """The pool `whisper-api serve` starts with these settings, models loaded."""
-    count, _ = settings.worker_count()
-    pool = WorkerPool(count, worker_config(settings, count))
+    pool = build_pool(settings)
+    count = pool.stats().workers
     pool.start()
     try:
         pool.wait_ready()

@@ -29,8 +29,6 @@ def build_executor(settings: Settings, workers: int | None = None) -> "WorkerPoo
     """EXECUTOR=local: worker processes on this machine; EXECUTOR=ray: actors on a Ray cluster."""
     if settings.executor == "local":
         return build_pool(settings, workers)
-    from whisper_api.ray_executor import RayExecutor
-
     # PARALLEL_WORKERS=auto on Ray: as many actors as the cluster's CPUs (GPUs) allow at start.
     count = workers or (None if settings.parallel_workers == "auto" else settings.parallel_workers)
     threads = settings.worker_cpu_threads or max(1, round(settings.ray_num_cpus_per_worker))

@@ -7,7 +7,8 @@
     ├── DownloadError (422)       the URL could not be fetched
     ├── MediaTooLargeError (413)  over MAX_UPLOAD_MB or MAX_AUDIO_DURATION_S
     ├── ModelNotFoundError (500)  WHISPER_MODEL could not be resolved
-    ├── QueueFullError (429)      MAX_QUEUED_JOBS jobs are already waiting (with Retry-After)
+    ├── QueueFullError (429)      MAX_QUEUED_JOBS / MAX_SYNC_REQUESTS reached (with Retry-After)
+    ├── SyncTimeoutError (504)    a synchronous request ran past SYNC_TIMEOUT_S
     └── TranscriptionError (500)  a chunk failed even after its retry
         └── ChunkTimeoutError (504)
 """
@@ -71,3 +72,12 @@ class QueueFullError(WhisperApiError):
     @property
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class SyncTimeoutError(WhisperApiError):
+    status_code = 504
+    code = "timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"transcription took longer than {seconds:.0f}s; "
+                         "use the jobs API (POST /api/v1/jobs) for long media")

@@ -29,8 +29,7 @@ from typing import Any, BinaryIO, Protocol, TypeVar
 from whisper_api.config import Settings
 from whisper_api.errors import InvalidRequestError, QueueFullError, WhisperApiError
 from whisper_api.pipeline import Progress, TranscribeRequest
-from whisper_api.service import MediaSource, UploadSource, UrlSource, save_stream
-from whisper_api.service import _suffix as safe_suffix
+from whisper_api.service import MediaSource, UploadSource, UrlSource, safe_suffix, save_stream
 from whisper_api.transcript import Segment, Transcript, Word
 
 log = logging.getLogger(__name__)

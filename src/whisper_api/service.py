@@ -79,7 +79,7 @@ class Service:
         self, source: MediaSource, session: Session, on_progress: Callable[[Progress], None]
     ) -> Path:
         if isinstance(source, UploadSource):
-            target = session.download / f"upload{_suffix(source.filename)}"
+            target = session.download / f"upload{safe_suffix(source.filename)}"
             await asyncio.to_thread(save_stream, source.stream, target,
                                     self.settings.max_upload_bytes)
             return target
@@ -103,10 +103,10 @@ def save_stream(stream: BinaryIO, target: Path, max_bytes: int) -> None:
             out.write(block)
 
 
-def _suffix(filename: str) -> str:
+def safe_suffix(filename: str) -> str:
     suffix = Path(filename.replace("\\", "/")).suffix
     return suffix.lower() if SAFE_SUFFIX.fullmatch(suffix) else ""
 
 
 def _describe(source: MediaSource) -> str:
-    return source.url if isinstance(source, UrlSource) else f"upload{_suffix(source.filename)}"
+    return source.url if isinstance(source, UrlSource) else f"upload{safe_suffix(source.filename)}"

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError, model_validator
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from whisper_api.errors import InvalidRequestError, QueueFullError, WhisperApiError
+from whisper_api.errors import InvalidRequestError, QueueFullError, SyncTimeoutError
 from whisper_api.formats import FORMATS, content_type, render
 from whisper_api.pipeline import TranscribeRequest
 from whisper_api.service import MediaSource, Service, UploadSource, UrlSource
@@ -190,22 +190,13 @@ async def run_sync(
             if await request.is_disconnected():
                 raise HTTPException(499, "client disconnected")
             if time.monotonic() > deadline:
-                raise TimeoutTooLong(service.settings.sync_timeout_s)
+                raise SyncTimeoutError(service.settings.sync_timeout_s)
         return task.result()
     finally:
         service.sync_requests -= 1
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-
-
-class TimeoutTooLong(WhisperApiError):
-    status_code = 504
-    code = "timeout"
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"transcription took longer than {seconds:.0f}s; "
-                         "use the jobs API (POST /api/v1/jobs) for long media")
 
 
 def _client_ip(request: Request) -> str:
