@@ -186,6 +186,9 @@ def test_sync_requests_beyond_the_limit_get_429(server: Server, long_speech: Pat
 
 
 def test_bad_job_requests(server: Server) -> None:
+    empty = httpx.post(f"{server.url}/api/v1/jobs", files={"file": ("a.mp3", b"")})
+    assert empty.status_code == 415 and empty.json()["error"]["message"] == "the file is empty"
+    assert not any((server.temp_dir.parent / "data" / "jobs").glob("*/input*"))
     bad = httpx.post(f"{server.url}/api/v1/jobs", json={"url": "file:///etc/passwd"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "url_not_allowed"
     unknown = httpx.post(f"{server.url}/api/v1/jobs", json={"url": "http://x/a", "format": "doc"})

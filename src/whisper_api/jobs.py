@@ -27,7 +27,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from whisper_api.config import Settings
-from whisper_api.errors import InvalidRequestError, QueueFullError, WhisperApiError
+from whisper_api.errors import (
+    InvalidAudioError,
+    InvalidRequestError,
+    QueueFullError,
+    WhisperApiError,
+)
 from whisper_api.pipeline import Progress, TranscribeRequest
 from whisper_api.service import MediaSource, UploadSource, UrlSource, safe_suffix, save_stream
 from whisper_api.transcript import Segment, Transcript, Word
@@ -350,6 +355,8 @@ class JobRunner:
     def _save_upload(self, stream: BinaryIO, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         save_stream(stream, target, self.settings.max_upload_bytes)
+        if target.stat().st_size == 0:  # refuse now, not as a job that fails a moment later
+            raise InvalidAudioError("the file is empty")
 
     def _enqueue(self, job: Job) -> None:
         self._active[job.id] = job
