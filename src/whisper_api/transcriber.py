@@ -6,6 +6,7 @@ in one batch with timestamps. tiny.en sometimes skips a whole sentence inside a 
 utterance that the returned timestamps do not cover is decoded again on its own.
 """
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -179,6 +180,7 @@ def load_transcriber(model: str, device: str, compute_type: str, cpu_threads: in
     return transcriber
 
 
+@functools.cache  # asked on every request that names a language
 def supported_languages() -> frozenset[str]:
     """Language codes Whisper knows (for validating requests before any work starts)."""
     from faster_whisper.tokenizer import _LANGUAGE_CODES
