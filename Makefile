@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean sysdeps
+.PHONY: install run test test-fast lint bench clean sysdeps
 
 install: $(STAMP)
 
@@ -20,6 +20,7 @@ run: install
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Test fixtures need the ffmpeg binary; browser tests need Debian's chromium (no browser download).
 sysdeps:
@@ -33,6 +34,10 @@ sysdeps:
 
 test: sysdeps lint
 	$(BIN)/pytest
+
+# The edit loop: everything but the browser, Ray, schemathesis and load tests (a few minutes).
+test-fast: sysdeps lint
+	$(BIN)/pytest -m "not slow and not browser and not ray"
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -14,12 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from whisper_api.cli import build_pool, worker_config
 from whisper_api.config import Settings
-from whisper_api.executor import ChunkExecutor
+from whisper_api.executors import ChunkExecutor, build_executor, worker_config
+from whisper_api.executors.ray_actors import RayExecutor
 from whisper_api.pipeline import PRESETS
-from whisper_api.pool import WorkerPool
-from whisper_api.ray_executor import RayExecutor
 from whisper_api.transcript import ChunkTask
 
 RAY_ACTORS = 2
@@ -45,9 +43,9 @@ def ray_installed() -> bool:
 
 
 @contextmanager
-def local_pool(settings: Settings) -> Iterator[tuple[WorkerPool, int]]:
+def local_pool(settings: Settings) -> Iterator[tuple[ChunkExecutor, int]]:
     """The pool `whisper-api serve` starts with these settings, models loaded."""
-    pool = build_pool(settings)
+    pool = build_executor(settings)
     count = pool.stats().workers
     pool.start()
     try:

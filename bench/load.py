@@ -11,8 +11,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import DATA, speech  # noqa: E402
-from tests.load import load_run, summary  # noqa: E402
-from tests.server import run_server  # noqa: E402
+from tests.support.load import load_run, summary  # noqa: E402
+from tests.support.server import run_server  # noqa: E402
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from executors import (
     report_overheads,
 )
 from whisper_api.config import Settings
-from whisper_api.executor import ChunkExecutor
+from whisper_api.executors import ChunkExecutor
 from whisper_api.pipeline import PRESETS, Pipeline, TranscribeRequest
 from whisper_api.sessions import SessionManager
 from whisper_api.transcriber import resolve_model

@@ -10,7 +10,9 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import DATA, ffmpeg, write_wav
-from tests.server import Server, run_server
+from tests.support.server import Server, run_server
+
+pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")

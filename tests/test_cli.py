@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from whisper_api.config import load_settings
-from whisper_api.errors import ModelNotFoundError
+from whisper_api.errors import ConfigError, ModelNotFoundError
 from whisper_api.transcriber import Transcriber, resolve_model
+
+pytestmark = pytest.mark.model
 
 CLI = [sys.executable, "-m", "whisper_api.cli"]
 
@@ -60,7 +62,7 @@ def test_invalid_setting_names_the_variable(jfk: Path, tmp_path: Path) -> None:
 
 def test_settings_reject_bad_worker_count(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARALLEL_WORKERS", "zero")
-    with pytest.raises(SystemExit, match="PARALLEL_WORKERS"):
+    with pytest.raises(ConfigError, match="PARALLEL_WORKERS"):
         load_settings()
 
 

@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from tests.conftest import DATA
-from tests.server import Server, run_server, worker_pids
+from tests.support.server import Server, run_server, worker_pids
+
+pytestmark = pytest.mark.model
 
 # jfk.flac (11 s) stays on one worker; the ~75 s long_speech clip fans out in 20 s chunks.
 FAN_OUT = {"AUDIO_LIMIT_SINGLE_CORE": "15", "PARALLEL_CHUNK_DURATION": "20"}

@@ -3,8 +3,12 @@
 import logging
 from pathlib import Path
 
-from tests.load import load_run, summary
-from tests.server import run_server
+import pytest
+
+from tests.support.load import load_run, summary
+from tests.support.server import run_server
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,12 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from openapi_spec_validator import validate
 
-from tests.server import run_server
+from tests.support.server import run_server
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 # Property-based requests from the schema: every route, random bodies, parameters and uploads.
 CHECKS = "not_a_server_error"

@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import JFK_TEXT
-from whisper_api.cli import worker_config
 from whisper_api.config import Settings
 from whisper_api.errors import InvalidAudioError
+from whisper_api.executors import worker_config
+from whisper_api.executors.local import WorkerPool
 from whisper_api.pipeline import Pipeline, Progress, TranscribeRequest
-from whisper_api.pool import WorkerPool
 from whisper_api.sessions import SessionManager
 from whisper_api.transcript import Transcript
+
+pytestmark = pytest.mark.model
 
 
 def words(text: str) -> list[str]:

@@ -7,39 +7,36 @@ the timeout and the real-model executors fit on two cores at once.
 
 import asyncio
 import os
-import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import CancelledError
 from pathlib import Path
 
 import pytest
 
-from tests.fakes import echo_factory
-from tests.test_pool import (
-    CONFIG,
-    RESULT_TIMEOUT_S,
-    assert_belongs,
-    make_task,
-    submit_concurrently,
-    wait_for,
-)
-from whisper_api.cli import build_executor, worker_config
+from tests.support.chunks import CONFIG, make_task
+from tests.support.fakes import echo_factory
+from tests.support.processes import alive, descendants, kill_all, pids_mentioning
+from tests.support.server import free_port
 from whisper_api.config import Settings
-from whisper_api.errors import ChunkTimeoutError, TranscriptionError, WhisperApiError
-from whisper_api.executor import ChunkExecutor
+from whisper_api.errors import TranscriptionError, WhisperApiError
+from whisper_api.executors import build_executor, worker_config
+from whisper_api.executors.base import ChunkExecutor
+from whisper_api.executors.local import WorkerPool
+from whisper_api.executors.ray_actors import INSTALL_HINT, RayExecutor
 from whisper_api.pipeline import Pipeline, TranscribeRequest
-from whisper_api.pool import WorkerPool
-from whisper_api.ray_executor import INSTALL_HINT, RayExecutor
 from whisper_api.sessions import SessionManager
 from whisper_api.transcript import Transcript
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 pytest.importorskip("ray", reason="pip install 'whisper-api[ray]'")
 
 REPO = Path(__file__).resolve().parent.parent
-# Ray workers must import `tests.fakes` to unpickle the fake factory.
+# Ray workers must import `tests.support.fakes` to unpickle the fake factory.
 TEST_RUNTIME_ENV = {"env_vars": {"PYTHONPATH": str(REPO)}}
 HALF_CPU = 0.5
 
@@ -61,30 +58,6 @@ def fake_ray() -> Iterator[RayExecutor]:
     )
     yield executor
     executor.stop(drain_timeout_s=1)
-
-
-def descendants(root: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z":
-            parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def run_pipeline(executor: ChunkExecutor, media: Path, tmp: Path) -> Transcript:
@@ -114,84 +87,6 @@ def test_serve_without_ray_exits_with_the_install_hint() -> None:
     run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "EXECUTOR": "ray"},
                          capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and INSTALL_HINT in run.stderr and "Traceback" not in run.stderr
-
-
-def test_results_are_routed_to_their_futures_under_concurrent_requests(
-    fake_ray: RayExecutor, tmp_path: Path
-) -> None:
-    submitted = submit_concurrently(fake_ray, tmp_path)
-    assert len(submitted) == 24
-    for task, future in submitted:
-        assert_belongs(future.result(timeout=RESULT_TIMEOUT_S), task)
-    assert {f.result().worker_id for _, f in submitted} == {0, 1}
-    stats = fake_ray.stats()
-    assert stats.workers == stats.ready_workers == 2 and stats.queued_tasks == 0
-
-
-def test_a_killed_actor_is_restarted_and_its_chunk_retried(
-    fake_ray: RayExecutor, tmp_path: Path
-) -> None:
-    restarts = fake_ray.stats().restarts
-    marker = tmp_path / "started"
-    task = make_task(tmp_path, "req", 0, 4321, f"sleep=1.5;mark={marker}")
-    future = fake_ray.submit(task)
-    wait_for(lambda: fake_ray.busy_worker_pid(task.task_id) is not None and marker.exists())
-    pid = fake_ray.busy_worker_pid(task.task_id)
-    assert pid is not None
-
-    os.kill(pid, signal.SIGKILL)
-
-    assert_belongs(future.result(timeout=RESULT_TIMEOUT_S), task)
-    assert fake_ray.stats().restarts == restarts + 1
-    assert pid not in fake_ray.worker_pids().values()
-
-
-def test_cancel_drops_queued_chunks_and_other_requests_go_on(
-    fake_ray: RayExecutor, tmp_path: Path
-) -> None:
-    running = [make_task(tmp_path, "X", i, 1000 + i, "sleep=0.5") for i in range(2)]
-    running_futures = [fake_ray.submit(t) for t in running]
-    wait_for(lambda: all(fake_ray.busy_worker_pid(t.task_id) for t in running))
-    queued_futures = [fake_ray.submit(make_task(tmp_path, "X", i, 1000 + i)) for i in range(2, 5)]
-    other = make_task(tmp_path, "Y", 0, 3000)
-    other_future = fake_ray.submit(other)
-
-    assert fake_ray.cancel("X") == 3
-
-    assert all(f.cancelled() for f in [*queued_futures, *running_futures])
-    with pytest.raises(CancelledError):
-        queued_futures[0].result(timeout=1)
-    assert_belongs(other_future.result(timeout=RESULT_TIMEOUT_S), other)
-    wait_for(lambda: fake_ray.stats().busy_workers == 0)
-    assert fake_ray.stats().queued_tasks == 0
-
-
-def test_a_transcriber_exception_fails_only_that_future(
-    fake_ray: RayExecutor, tmp_path: Path
-) -> None:
-    bad = make_task(tmp_path, "req", 1, 1600, "raise")
-    good = make_task(tmp_path, "other", 0, 1700)
-    bad_future, good_future = fake_ray.submit(bad), fake_ray.submit(good)
-
-    with pytest.raises(TranscriptionError, match="RuntimeError: fake failure on 1600 samples"):
-        bad_future.result(timeout=RESULT_TIMEOUT_S)
-    assert_belongs(good_future.result(timeout=RESULT_TIMEOUT_S), good)
-
-
-def test_a_chunk_over_the_timeout_fails_and_the_actor_comes_back(
-    fake_ray: RayExecutor, tmp_path: Path
-) -> None:
-    executor = ray_executor(1, chunk_timeout_s=2.0)
-    try:
-        slow = make_task(tmp_path, "req", 0, 1111, "sleep=60")
-        with pytest.raises(ChunkTimeoutError):
-            executor.submit(slow).result(timeout=RESULT_TIMEOUT_S)
-        # The timed-out chunk is not retried on the restarted actor: the next one is served now.
-        quick = make_task(tmp_path, "req", 1, 2222)
-        assert_belongs(executor.submit(quick).result(timeout=RESULT_TIMEOUT_S), quick)
-        assert executor.stats().restarts == 1
-    finally:
-        executor.stop(drain_timeout_s=1)
 
 
 def test_long_file_gives_the_same_transcript_as_the_local_pool(
@@ -245,7 +140,7 @@ def test_the_service_on_ray_reports_readiness_progress_and_metrics(
     """`whisper-api serve` with EXECUTOR=ray: the same API, jobs, SSE and metrics as locally."""
     import httpx
 
-    from tests.server import run_server
+    from tests.support.server import run_server
     from tests.test_jobs_api import events, submit_ok
     from tests.test_metrics import scrape, value
 
@@ -276,9 +171,9 @@ def test_the_service_on_ray_reports_readiness_progress_and_metrics(
 CLIENT_DRIVER = """
 import sys
 from pathlib import Path
-from tests.fakes import echo_factory
-from tests.test_pool import CONFIG, make_task
-from whisper_api.ray_executor import RayExecutor
+from tests.support.fakes import echo_factory
+from tests.support.chunks import CONFIG, make_task
+from whisper_api.executors.ray_actors import RayExecutor
 
 env = {"env_vars": {"PYTHONPATH": sys.argv[3]}}
 executor = RayExecutor(1, CONFIG, factory=echo_factory, address=sys.argv[1],
@@ -294,10 +189,10 @@ executor.stop()
 def test_ray_client_address_works(tmp_path: Path) -> None:
     """RAY_ADDRESS=ray://head:port against a `ray start --head` cluster, from a separate driver.
 
-    Last in this module: `ray stop` stops every Ray process on the machine.
+    The cluster gets a temp dir of its own, and only the processes naming it are stopped after:
+    never `ray stop`, which would stop every Ray process on the machine.
     """
-    from tests.server import free_port
-
+    ray_temp = tempfile.mkdtemp(prefix="rt")  # short: Ray's socket paths must stay under 108
     ray_cli = str(Path(sys.executable).with_name("ray"))
     client_port = free_port()
     # The head starts one "specific server" per client; on a loaded 2-core machine that can take
@@ -306,7 +201,7 @@ def test_ray_client_address_works(tmp_path: Path) -> None:
            "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "90"}
     subprocess.run([ray_cli, "start", "--head", f"--port={free_port()}", "--num-cpus=1",
                     f"--ray-client-server-port={client_port}", "--node-ip-address=127.0.0.1",
-                    "--include-dashboard=false", "--disable-usage-stats"],
+                    "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={ray_temp}"],
                    env=env, check=True, capture_output=True, timeout=120)
     try:
         for _ in range(2):  # a second try if Ray's client server itself failed to start
@@ -319,6 +214,7 @@ def test_ray_client_address_works(tmp_path: Path) -> None:
             if "Starting Ray client server failed" not in driver.stderr:
                 break
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        kill_all(pids_mentioning(ray_temp))
+        shutil.rmtree(ray_temp, ignore_errors=True)
     assert driver.returncode == 0, driver.stderr[-3000:]
     assert driver.stdout.split() == ["client:0", "client:1", "client:2"]

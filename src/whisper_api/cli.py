@@ -8,50 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from whisper_api.config import Settings, load_settings
-from whisper_api.errors import WhisperApiError
-from whisper_api.executor import WorkerConfig
+from whisper_api.config import load_settings
+from whisper_api.errors import ConfigError, WhisperApiError
+from whisper_api.executors.ray_actors import INSTALL_HINT
 from whisper_api.formats import FORMATS, render
-from whisper_api.pipeline import Pipeline, Progress, TranscribeRequest
-from whisper_api.pool import WorkerPool
-from whisper_api.ray_executor import INSTALL_HINT, RayExecutor
-from whisper_api.sessions import SessionManager
-
-
-def build_pool(settings: Settings, workers: int | None = None) -> WorkerPool:
-    count, reason = settings.worker_count()
-    count = workers or count
-    logging.getLogger("whisper_api").info("Starting %d workers (%s)", count, reason)
-    return WorkerPool(count, worker_config(settings, count), settings.chunk_timeout_s)
-
-
-def build_executor(settings: Settings, workers: int | None = None) -> "WorkerPool | RayExecutor":
-    """EXECUTOR=local: worker processes on this machine; EXECUTOR=ray: actors on a Ray cluster."""
-    if settings.executor == "local":
-        return build_pool(settings, workers)
-    # PARALLEL_WORKERS=auto on Ray: as many actors as the cluster's CPUs (GPUs) allow at start.
-    count = workers or (None if settings.parallel_workers == "auto" else settings.parallel_workers)
-    threads = settings.worker_cpu_threads or max(1, round(settings.ray_num_cpus_per_worker))
-    config = WorkerConfig(
-        settings.whisper_model, settings.whisper_device, settings.compute_type, threads
-    )
-    return RayExecutor(
-        count, config, settings.chunk_timeout_s, address=settings.ray_address,
-        num_cpus_per_worker=settings.ray_num_cpus_per_worker,
-        num_gpus_per_worker=settings.ray_num_gpus_per_worker,
-    )
-
-
-def worker_config(settings: Settings, workers: int) -> WorkerConfig:
-    import os
-
-    cores = os.cpu_count() or 1
-    # Two threads per core share: measured as fast as one thread per worker when all are busy,
-    # and twice as fast for a lone request (docs/benchmarks.md).
-    threads = settings.worker_cpu_threads or max(1, min(cores, 2 * cores // workers))
-    return WorkerConfig(
-        settings.whisper_model, settings.whisper_device, settings.compute_type, threads
-    )
+from whisper_api.pipeline import Progress, TranscribeRequest
+from whisper_api.service import FileSource, Service, start_service
+from whisper_api.transcript import Transcript
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,11 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         # Start a fresh line: the progress bar may have left the cursor mid-line.
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
-    except SystemExit as exc:
-        if isinstance(exc.code, str):
-            print(f"error: {exc.code}", file=sys.stderr)
-            return 2
-        raise
 
 
 def transcribe_command(args: argparse.Namespace) -> int:
@@ -94,13 +52,12 @@ def transcribe_command(args: argparse.Namespace) -> int:
     language = None if args.language in (None, "auto") else args.language
     request = TranscribeRequest(language=language, word_timestamps=args.word_timestamps,
                                 preset=args.preset)
-    pool = build_executor(settings, args.workers)
-    pool.start()
+    service = start_service(settings, workers=args.workers)
     try:
-        pool.wait_ready()
-        transcript = asyncio.run(_transcribe(settings, pool, args.input, request))
+        service.executor.wait_ready()
+        transcript = asyncio.run(_transcribe(service, args.input, request))
     finally:
-        pool.stop()
+        service.executor.stop()
     body = render(transcript, args.format)
     text = json.dumps(body, indent=2, ensure_ascii=False) if isinstance(body, dict) else body
     if args.output:
@@ -110,11 +67,7 @@ def transcribe_command(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _transcribe(
-    settings: Settings, pool: "WorkerPool | RayExecutor", media: Path, request: TranscribeRequest
-) -> "Transcript":
-    sessions = SessionManager(settings.temp_dir, settings.max_temp_age_hours)
-    pipeline = Pipeline(settings, pool, pool.stats().workers)
+async def _transcribe(service: Service, media: Path, request: TranscribeRequest) -> Transcript:
     started = time.perf_counter()
 
     def show(progress: Progress) -> None:
@@ -124,8 +77,7 @@ async def _transcribe(
             else ""
         print(f"\r[{progress.stage}] {bar} {speed:.1f}x realtime", end="", file=sys.stderr)
 
-    async with sessions.open(source=str(media)) as session:
-        transcript = await pipeline.transcribe(media, session, request, show)
+    transcript = await service.transcribe(FileSource(media), request, on_progress=show)
     print(file=sys.stderr)
     return transcript
 
@@ -134,7 +86,7 @@ def _require_ray() -> None:
     try:
         import ray  # noqa: F401
     except ImportError:
-        raise SystemExit(INSTALL_HINT) from None
+        raise ConfigError(INSTALL_HINT) from None
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -150,8 +102,6 @@ def serve_command(args: argparse.Namespace) -> int:
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
     return 0
 
-
-from whisper_api.transcript import Transcript  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -97,8 +97,10 @@ def _available_memory_mb() -> int:
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Build settings; an invalid variable raises SystemExit naming it."""
+    """Build settings; an invalid variable raises ConfigError naming it."""
     from pydantic import ValidationError
+
+    from whisper_api.errors import ConfigError
 
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
@@ -106,4 +108,4 @@ def load_settings(**overrides: object) -> Settings:
         problems = "; ".join(
             f"{str(err['loc'][0]).upper()}: {err['msg']}" for err in exc.errors()
         )
-        raise SystemExit(f"invalid configuration: {problems}") from exc
+        raise ConfigError(f"invalid configuration: {problems}") from exc

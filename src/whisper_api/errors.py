@@ -1,9 +1,15 @@
 """One exception tree; each error knows its HTTP status.
 
     WhisperApiError (500)
+    ├── ConfigError (500)         an invalid setting (the CLI exits 2 with it)
     ├── InvalidAudioError (415)   the media cannot be decoded or has no audio
     ├── InvalidRequestError (400) a bad argument from the caller
     │   └── UrlNotAllowedError (400) scheme or address refused (SSRF guard)
+    ├── UnauthorizedError (401)   missing or wrong API key (with WWW-Authenticate)
+    ├── JobNotFoundError (404)    no such job, or its result or audio has expired
+    ├── JobStateError (409)       the job is not in a state that allows this
+    ├── ClientDisconnectedError (499) the caller went away before the answer
+    ├── InputLostError (500)      a job's stored input is missing on the server's disk
     ├── DownloadError (422)       the URL could not be fetched
     ├── MediaTooLargeError (413)  over MAX_UPLOAD_MB or MAX_AUDIO_DURATION_S
     ├── ModelNotFoundError (500)  WHISPER_MODEL could not be resolved
@@ -22,6 +28,38 @@ class WhisperApiError(Exception):
     def headers(self) -> dict[str, str]:
         """Extra HTTP response headers (Retry-After for QueueFullError)."""
         return {}
+
+
+class ConfigError(WhisperApiError):
+    code = "invalid_configuration"
+
+
+class UnauthorizedError(WhisperApiError):
+    status_code = 401
+    code = "unauthorized"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class JobNotFoundError(WhisperApiError):
+    status_code = 404
+    code = "not_found"
+
+
+class JobStateError(WhisperApiError):
+    status_code = 409
+    code = "conflict"
+
+
+class ClientDisconnectedError(WhisperApiError):
+    status_code = 499
+    code = "client_disconnected"
+
+
+class InputLostError(WhisperApiError):
+    code = "input_lost"
 
 
 class InvalidAudioError(WhisperApiError):

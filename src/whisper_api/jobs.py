@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, Protocol, TypeVar
 
 from whisper_api.config import Settings
 from whisper_api.errors import (
+    InputLostError,
     InvalidAudioError,
     InvalidRequestError,
     QueueFullError,
@@ -338,8 +339,10 @@ class JobRunner:
         if isinstance(source, UploadSource):
             job.input = replace(job_input, upload_name=INPUT_NAME + safe_suffix(source.filename),
                                 filename=display_name(source.filename))
-        else:
+        elif isinstance(source, UrlSource):
             job.input = replace(job_input, url=source.url)
+        else:
+            raise InvalidRequestError("a job takes an upload or a URL")
         self._active[job.id] = job  # counts as waiting while the upload is saved
         try:
             if isinstance(source, UploadSource):
@@ -463,7 +466,7 @@ class JobRunner:
         try:
             stream = await asyncio.to_thread(path.open, "rb")
         except FileNotFoundError as exc:
-            raise InvalidRequestError("the job's input file is missing") from exc
+            raise InputLostError("the job's input file is missing on the server") from exc
         try:
             return await self._transcribe(UploadSource(stream, path.name), job.input.request,
                                           "job", on_progress, keep_audio=keep)

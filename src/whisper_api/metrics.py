@@ -17,7 +17,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from whisper_api.executor import ChunkExecutor, LatencyHistogram
+from whisper_api.executors.base import ChunkExecutor, LatencyHistogram
 
 REQUEST_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 REALTIME_FACTOR_BUCKETS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200)

@@ -11,7 +11,7 @@ from whisper_api.audio import convert_to_wav, copy_wav_slice
 from whisper_api.chunking import ChunkSpan, frame_energies_db, plan_chunks
 from whisper_api.config import Preset, Settings
 from whisper_api.errors import MediaTooLargeError
-from whisper_api.executor import ChunkExecutor
+from whisper_api.executors.base import ChunkExecutor
 from whisper_api.merging import join_text, merge_results
 from whisper_api.sessions import Session
 from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Transcript

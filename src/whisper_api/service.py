@@ -1,6 +1,11 @@
-"""Shared by every surface (sync routes, jobs, CLI): settings, executor, sessions, pipeline."""
+"""The composition root and the one transcription entry point every surface uses.
+
+`start_service(settings)` builds settings → executor → sessions → pipeline once; the app, the
+CLI and the bench all call it, and nothing below `api/` or `cli` builds these parts itself.
+""" 
 
 import asyncio
+import logging
 import re
 import shutil
 import time
@@ -11,11 +16,12 @@ from typing import BinaryIO, Protocol
 
 from whisper_api.config import Settings
 from whisper_api.errors import MediaTooLargeError
-from whisper_api.executor import ChunkExecutor
+from whisper_api.executors import ChunkExecutor, build_executor
 from whisper_api.pipeline import CONVERTED_NAME, Pipeline, Progress, TranscribeRequest
 from whisper_api.sessions import Session, SessionManager
 from whisper_api.transcript import Transcript
 
+log = logging.getLogger("whisper_api")
 SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 COPY_BLOCK = 1 << 20
 
@@ -33,7 +39,14 @@ class UrlSource:
     url: str
 
 
-MediaSource = UploadSource | UrlSource
+@dataclass(frozen=True)
+class FileSource:
+    """A file on this machine (the CLI): read in place, never copied."""
+
+    path: Path
+
+
+MediaSource = UploadSource | UrlSource | FileSource
 
 
 class TranscriptionObserver(Protocol):
@@ -78,6 +91,8 @@ class Service:
     async def fetch(
         self, source: MediaSource, session: Session, on_progress: Callable[[Progress], None]
     ) -> Path:
+        if isinstance(source, FileSource):
+            return source.path
         if isinstance(source, UploadSource):
             target = session.download / f"upload{safe_suffix(source.filename)}"
             await asyncio.to_thread(save_stream, source.stream, target,
@@ -109,4 +124,31 @@ def safe_suffix(filename: str) -> str:
 
 
 def _describe(source: MediaSource) -> str:
-    return source.url if isinstance(source, UrlSource) else f"upload{safe_suffix(source.filename)}"
+    if isinstance(source, UrlSource):
+        return source.url
+    if isinstance(source, FileSource):
+        return str(source.path)
+    return f"upload{safe_suffix(source.filename)}"
+
+
+def start_service(
+    settings: Settings, executor: ChunkExecutor | None = None,
+    observer: TranscriptionObserver | None = None, workers: int | None = None,
+) -> Service:
+    """Sweep old sessions, build and start the executor, wire the service (blocking).
+
+    `executor` is injectable (tests, the bench); models load in the background, so callers that
+    must wait call `service.executor.wait_ready()`.
+    """
+    if settings.cleanup_on_startup:
+        SessionManager(settings.temp_dir, settings.max_temp_age_hours).sweep()
+    chunk_executor = executor or build_executor(settings, workers)
+    chunk_executor.start()  # a Ray pool knows its size only now (PARALLEL_WORKERS=auto)
+    size = chunk_executor.stats().workers
+    if settings.enable_parallel_transcription:
+        reason = settings.worker_count()[1] if settings.executor == "local" else \
+            f"Ray actors, RAY_ADDRESS={settings.ray_address or 'a private local instance'}"
+        log.info("PARALLEL MODE ENABLED: %d workers (%s), chunk duration %.0fs, "
+                 "single-core below %.0fs", size, reason,
+                 settings.parallel_chunk_duration, settings.audio_limit_single_core)
+    return Service(settings, chunk_executor, size, observer=observer)

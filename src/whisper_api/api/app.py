@@ -16,9 +16,9 @@ from whisper_api.api.metrics import RequestMetricsMiddleware, metrics_router
 from whisper_api.api.page import STATIC_DIR, page_router
 from whisper_api.api.routes import health_router, openai_router, seed_router
 from whisper_api.config import Settings
-from whisper_api.executor import ChunkExecutor
+from whisper_api.executors import ChunkExecutor
 from whisper_api.metrics import Metrics
-from whisper_api.service import Service
+from whisper_api.service import start_service
 
 log = logging.getLogger("whisper_api")
 
@@ -29,7 +29,10 @@ def create_app(settings: Settings, executor: ChunkExecutor | None = None) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = await asyncio.to_thread(_start, settings, executor, metrics)
+        log.info("Starting Whisper Transcription API v%s", __version__)
+        service = await asyncio.to_thread(start_service, settings, executor, metrics)
+        log.info("Worker pool started successfully (models load in the background)")
+        metrics.watch(service.executor)
         app.state.service = service
         app.state.jobs = runner = await start_runner(service)
         try:
@@ -51,23 +54,3 @@ def create_app(settings: Settings, executor: ChunkExecutor | None = None) -> Fas
     app.include_router(page_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
-
-
-def _start(settings: Settings, executor: ChunkExecutor | None, metrics: Metrics) -> Service:
-    from whisper_api.cli import build_executor
-    from whisper_api.sessions import SessionManager
-
-    log.info("Starting Whisper Transcription API v%s", __version__)
-    if settings.cleanup_on_startup:
-        SessionManager(settings.temp_dir, settings.max_temp_age_hours).sweep()
-    pool = executor or build_executor(settings)
-    pool.start()  # a Ray pool knows its size only now (PARALLEL_WORKERS=auto: cluster CPUs)
-    if settings.enable_parallel_transcription:
-        reason = settings.worker_count()[1] if settings.executor == "local" else \
-            f"Ray actors, RAY_ADDRESS={settings.ray_address or 'a private local instance'}"
-        log.info("PARALLEL MODE ENABLED: %d workers (%s), chunk duration %.0fs, "
-                 "single-core below %.0fs", pool.stats().workers, reason,
-                 settings.parallel_chunk_duration, settings.audio_limit_single_core)
-    log.info("Worker pool started successfully (models load in the background)")
-    metrics.watch(pool)
-    return Service(settings, pool, pool.stats().workers, observer=metrics)

@@ -5,10 +5,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from whisper_api.api.routes import AuthDep, JobBody, check_format, read_media_form, respond
+from whisper_api.errors import JobNotFoundError, JobStateError
 from whisper_api.formats import FORMATS
 from whisper_api.jobs import Job, JobInput, JobRunner, JobStatus, JobStore, database_path
 from whisper_api.service import Service
@@ -56,7 +57,7 @@ async def list_jobs(runner: JobsDep,
 async def _job(runner: JobRunner, job_id: str) -> Job:
     job = await runner.get(job_id)
     if job is None:
-        raise HTTPException(404, f"no job {job_id!r}")
+        raise JobNotFoundError(f"no job {job_id!r}")
     return job
 
 
@@ -69,12 +70,12 @@ async def get_job(job_id: str, runner: JobsDep) -> dict[str, Any]:
 async def get_result(job_id: str, runner: JobsDep, format: str | None = None) -> Response:
     job = await _job(runner, job_id)
     if job.status != JobStatus.succeeded:
-        raise HTTPException(409, f"job {job_id} is {job.status}; the result exists once it "
+        raise JobStateError(f"job {job_id} is {job.status}; the result exists once it "
                                  "has succeeded")
     fmt = check_format(format or job.input.format)
     transcript = await runner.result(job_id)
     if transcript is None:
-        raise HTTPException(404, f"the result of job {job_id} has expired")
+        raise JobNotFoundError(f"the result of job {job_id} has expired")
     return respond(transcript, fmt, {"job_id": job.id,
                                      "processing_time": job.processing_time_s})
 
@@ -85,7 +86,7 @@ async def get_audio(job_id: str, runner: JobsDep) -> FileResponse:
     job = await _job(runner, job_id)
     path = runner.audio_path(job.id)
     if job.status != JobStatus.succeeded or not await asyncio.to_thread(path.is_file):
-        raise HTTPException(404, f"job {job_id} has no audio (it exists once the job succeeded)")
+        raise JobNotFoundError(f"job {job_id} has no audio (it exists once the job succeeded)")
     return FileResponse(path, media_type="audio/wav", filename=f"{job.id}.wav",
                         content_disposition_type="inline")
 
@@ -94,7 +95,7 @@ async def get_audio(job_id: str, runner: JobsDep) -> FileResponse:
 async def cancel_job(job_id: str, runner: JobsDep) -> dict[str, Any]:
     job = await _job(runner, job_id)
     if job.status in (JobStatus.succeeded, JobStatus.failed):
-        raise HTTPException(409, f"job {job_id} has already {job.status}")
+        raise JobStateError(f"job {job_id} has already {job.status}")
     cancelled = await runner.cancel(job_id)
     return (cancelled or job).to_dict()
 

@@ -8,12 +8,18 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError, model_validator
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from whisper_api.errors import InvalidRequestError, QueueFullError, SyncTimeoutError
+from whisper_api.errors import (
+    ClientDisconnectedError,
+    InvalidRequestError,
+    QueueFullError,
+    SyncTimeoutError,
+    UnauthorizedError,
+)
 from whisper_api.formats import FORMATS, content_type, render
 from whisper_api.pipeline import TranscribeRequest
 from whisper_api.service import MediaSource, Service, UploadSource, UrlSource
@@ -36,7 +42,7 @@ def require_key(request: Request, service: ServiceDep) -> None:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not any(secrets.compare_digest(token, k) for k in keys):
-        raise HTTPException(401, "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
+        raise UnauthorizedError("missing or invalid API key")
 
 
 AuthDep = Depends(require_key)
@@ -188,7 +194,7 @@ async def run_sync(
             if task.done():
                 break
             if await request.is_disconnected():
-                raise HTTPException(499, "client disconnected")
+                raise ClientDisconnectedError("client disconnected")
             if time.monotonic() > deadline:
                 raise SyncTimeoutError(service.settings.sync_timeout_s)
         return task.result()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.server import Server
+from tests.support.server import Server
 
 
 @dataclass

@@ -4,10 +4,11 @@ Each worker is a restartable actor that loads the model once in its constructor.
 actor whose process dies and retries the chunk it was running once (`max_task_retries=1`), so a
 killed or OOM-ed worker costs one chunk's time, not the request.
 
-One dispatcher thread in the driver owns all state, like the local pool's supervisor: it hands
-chunks to idle actors round robin across requests (not everything at once, so `cancel()` can
-still drop a request's queued chunks and a long file cannot starve a short one), waits on the
-result refs with `ray.wait` and routes each result to the future of the task that asked for it.
+A dispatcher thread in the driver, like the local pool's supervisor, hands chunks to idle actors
+round robin across requests (not everything at once, so `cancel()` can still drop a request's
+queued chunks and a long file cannot starve a short one), waits on the result refs with
+`ray.wait` and routes each result to the future of the task that asked for it. Shared state is
+guarded by the Dispatcher's lock.
 
 Chunk audio travels through Ray's object store: the driver reads the chunk WAV and `ray.put`s its
 bytes, the actor decodes them, so no filesystem is shared between the API and the cluster.
@@ -15,41 +16,29 @@ bytes, the actor decodes them, so no filesystem is shared between the API and th
 Ray is an optional dependency (`pip install 'whisper-api[ray]'`); it is imported in `start()`.
 """
 
-import io
 import logging
 import os
 import threading
 import time
-import wave
-from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from whisper_api.errors import ChunkTimeoutError, TranscriptionError, WhisperApiError
-from whisper_api.executor import (
-    POLL_S,
-    ExecutorStats,
-    Pending,
-    RequestQueues,
-    WorkerConfig,
-    log_chunk_done,
-    wait_until_ready,
+from whisper_api.errors import TranscriptionError, WhisperApiError
+from whisper_api.executors.base import POLL_S, Dispatcher, Pending, WorkerConfig, WorkerSlot
+from whisper_api.executors.worker import (
+    ChunkTranscriber,
+    Done,
+    Failed,
+    TranscriberFactory,
+    decode,
+    decode_wav_bytes,
+    load_real_transcriber,
 )
-from whisper_api.pool import ChunkTranscriber, TranscriberFactory, load_real_transcriber
-from whisper_api.transcript import ChunkResult, ChunkTask
+from whisper_api.transcript import ChunkTask
 
 log = logging.getLogger("whisper_api.ray")
 INSTALL_HINT = "EXECUTOR=ray needs Ray: pip install 'whisper-api[ray]'"
-
-
-def decode_wav_bytes(data: bytes) -> np.ndarray:
-    """A 16 kHz mono s16 WAV file's bytes as float32 in [-1, 1] (what `audio.read_wav` gives)."""
-    with wave.open(io.BytesIO(data), "rb") as wav:
-        raw = wav.readframes(wav.getnframes())
-    return np.frombuffer(raw, dtype=np.int16).astype(np.float32) / 32768.0
 
 
 class ChunkWorker:
@@ -65,35 +54,26 @@ class ChunkWorker:
         """This actor's process id and how long the model took to load."""
         return os.getpid(), self._load_s
 
-    def transcribe(self, task: ChunkTask, wav_bytes: bytes) -> tuple[ChunkResult | str, int]:
-        """The result, or the error text (a model error is not retried), and the process id."""
-        began = time.perf_counter()
-        try:
-            segments, language, redone = self._transcriber.transcribe(
-                decode_wav_bytes(wav_bytes), task.options
-            )
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}", os.getpid()
-        result = ChunkResult(
-            task.task_id, tuple(segments), language, self._worker_id,
-            time.perf_counter() - began, redone,
-        )
-        return result, os.getpid()
+    def transcribe(self, task: ChunkTask, wav_bytes: bytes) -> tuple[Done | Failed, int]:
+        """The outcome (a model error is not retried) and this actor's process id."""
+        outcome = decode(self._worker_id, self._transcriber, task,
+                         lambda: decode_wav_bytes(wav_bytes))
+        return outcome, os.getpid()
 
 
 @dataclass
-class _Actor:
-    worker_id: int
-    handle: Any
-    pid: int | None = None
-    ready: bool = False
-    task: Pending | None = None
+class _Actor(WorkerSlot):
+    handle: Any = None
+    actor_pid: int | None = None
     task_ref: Any = None
-    task_started: float = 0.0
     pings: list[Any] = field(default_factory=list)
 
+    @property
+    def pid(self) -> int | None:
+        return self.actor_pid
 
-class RayExecutor:
+
+class RayExecutor(Dispatcher):
     """`size=None` sizes the pool from the cluster's CPUs (or GPUs) per actor at start."""
 
     def __init__(
@@ -108,8 +88,8 @@ class RayExecutor:
         init_options: dict[str, Any] | None = None,
         runtime_env: dict[str, Any] | None = None,
     ) -> None:
+        super().__init__(size or 0, chunk_timeout_s)
         self._size, self._config, self._factory = size, config, factory
-        self._timeout_s = chunk_timeout_s
         self._address = address
         self._resources = {"num_cpus": num_cpus_per_worker, "num_gpus": num_gpus_per_worker}
         self._init_options = init_options or {}
@@ -117,13 +97,11 @@ class RayExecutor:
         self._ray: Any = None
         self._owns_ray = False
         self._actors: list[_Actor] = []
-        self._queues = RequestQueues()
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
         self._wake = threading.Event()  # set by submit: a chunk waits for an actor
         self._thread: threading.Thread | None = None
-        self._stats = ExecutorStats(workers=size or 0)
-        self._load_failure: str | None = None
+
+    def _slots(self) -> list[_Actor]:  # type: ignore[override]
+        return list(self._actors)
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -151,9 +129,6 @@ class RayExecutor:
                                         daemon=True)
         self._thread.start()
 
-    def wait_ready(self, timeout_s: float = 300.0) -> None:
-        wait_until_ready(lambda: self.ready, lambda: self._load_failure, timeout_s)
-
     def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stage one: stop taking work and let running chunks finish. Stage two: kill actors."""
         self._stopping.set()
@@ -172,38 +147,8 @@ class RayExecutor:
             ray.shutdown()
             self._owns_ray = False
 
-    @property
-    def ready(self) -> bool:
-        actors = list(self._actors)
-        return bool(actors) and all(a.ready for a in actors)
-
-    def stats(self) -> ExecutorStats:
-        with self._lock:
-            self._stats.ready_workers = sum(a.ready for a in self._actors)
-            self._stats.busy_workers = sum(a.task is not None for a in self._actors)
-            self._stats.queued_tasks = len(self._queues)
-            return replace(self._stats, chunk_seconds=self._stats.chunk_seconds.copy())
-
-    def worker_pids(self) -> dict[int, int | None]:
-        return {a.worker_id: a.pid for a in self._actors}
-
-    def busy_worker_pid(self, task_id: str) -> int | None:
-        with self._lock:
-            for actor in self._actors:
-                if actor.task and actor.task.task.task_id == task_id:
-                    return actor.pid
-        return None
-
-    # --- tasks -----------------------------------------------------------------------------
-    def submit(self, task: ChunkTask) -> "Future[ChunkResult]":
-        future: Future[ChunkResult] = Future()
-        if self._stopping.is_set():
-            future.set_exception(TranscriptionError("the service is shutting down"))
-            return future
-        with self._lock:
-            self._queues.push(Pending(task, future))
+    def _on_queued(self) -> None:
         self._wake.set()
-        return future
 
     def cancel(self, request_id: str) -> int:
         """Drop a request's queued chunks and ask Ray to cancel its running ones.
@@ -212,16 +157,12 @@ class RayExecutor:
         result is dropped, as in the local pool.
         """
         with self._lock:
-            dropped = self._queues.drop(request_id)
-            running = [a for a in self._actors if a.task and a.task.task.request_id == request_id]
-            for actor in running:
-                if actor.task:
-                    actor.task.future.cancel()
-                if actor.task_ref is not None:
-                    self._ray.cancel(actor.task_ref)
-        for pending in dropped:
-            pending.future.cancel()
-        return len(dropped)
+            for actor in self._actors:
+                if actor.running and actor.running.task.request_id == request_id:
+                    actor.running.future.cancel()
+                    if actor.task_ref is not None:
+                        self._ray.cancel(actor.task_ref)
+        return super().cancel(request_id)
 
     # --- dispatcher ------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
@@ -239,7 +180,7 @@ class RayExecutor:
             else:
                 self._wake.wait(POLL_S)
             with self._lock:
-                self._enforce_timeouts()
+                self._restart_late()
             self._dispatch()
 
     def _collect(self, actor: _Actor, ref: Any) -> None:
@@ -253,8 +194,7 @@ class RayExecutor:
                 actor.pings.remove(ref)
                 self._on_ping(actor, value, error)
             elif ref == actor.task_ref:  # Ray Client hands back new ref objects: not `is`
-                pending = actor.task
-                actor.task, actor.task_ref = None, None
+                pending, actor.running, actor.task_ref = actor.running, None, None
                 if pending is not None:
                     self._on_result(actor, pending, value, error)
 
@@ -273,63 +213,50 @@ class RayExecutor:
         self, actor: _Actor, pending: Pending, value: Any, error: Exception | None
     ) -> None:
         if error is not None:
-            if not pending.future.done():
-                pending.future.set_exception(TranscriptionError(
-                    f"the Ray worker failed (after a retry): {_describe(error)}"))
+            self._deliver(pending, TranscriptionError(
+                f"the Ray worker failed (after a retry): {_describe(error)}"))
             return
         outcome, pid = value
         self._note_pid(actor, pid)
-        if pending.future.done():
-            return
-        if isinstance(outcome, str):
-            pending.future.set_exception(TranscriptionError(outcome))
-            return
-        self._stats.chunk_seconds.observe(outcome.elapsed_s)
-        log_chunk_done(outcome, pending.task)
-        pending.future.set_result(outcome)
+        if isinstance(outcome, Failed):
+            self._deliver(pending, TranscriptionError(outcome.reason))
+        elif isinstance(outcome, Done):
+            self._deliver(pending, outcome.result)
 
     def _note_pid(self, actor: _Actor, pid: int) -> None:
         """A new process id for a known actor means Ray restarted it."""
-        if actor.pid is not None and pid != actor.pid:
+        if actor.actor_pid is not None and pid != actor.actor_pid:
             self._stats.restarts += 1
             log.warning("[WORKER %d] was restarted by Ray (pid %d -> %d)",
-                        actor.worker_id, actor.pid, pid)
-        actor.pid = pid
+                        actor.worker_id, actor.actor_pid, pid)
+        actor.actor_pid = pid
 
     def _dispatch(self) -> None:
         while not self._stopping.is_set():
             with self._lock:
-                idle = next((a for a in self._actors if a.ready and a.task is None), None)
-                pending = self._queues.pop() if idle else None
+                idle = next((a for a in self._actors if a.ready and a.running is None), None)
+                pending = self._next_for(idle) if idle else None
                 if idle is None or pending is None:
                     return
-                idle.task, idle.task_started = pending, time.monotonic()
             try:
                 audio_ref = self._ray.put(Path(pending.task.audio_path).read_bytes())
                 ref = idle.handle.transcribe.remote(pending.task, audio_ref)
             except Exception as exc:
                 with self._lock:
-                    idle.task = None
-                pending.future.set_exception(
-                    TranscriptionError(f"cannot send the chunk to Ray: {exc}"))
+                    idle.running = None
+                self._deliver(pending, TranscriptionError(f"cannot send the chunk to Ray: {exc}"))
                 continue
             with self._lock:
                 idle.task_ref = ref
 
-    def _enforce_timeouts(self) -> None:
-        """Kill an actor stuck on a chunk; Ray restarts it. The cancelled chunk is not retried."""
-        now = time.monotonic()
-        for actor in self._actors:
-            if actor.task is None or actor.task_ref is None:
-                continue
-            if now - actor.task_started < self._timeout_s:
-                continue
-            if not actor.task.future.done():
-                actor.task.future.set_exception(
-                    ChunkTimeoutError(f"a chunk took longer than {self._timeout_s:.0f}s"))
-            self._ray.cancel(actor.task_ref)
+    def _restart_late(self) -> None:
+        """Kill an actor stuck on a chunk; Ray restarts it. The late chunk is not retried."""
+        for slot in self._timed_out():
+            actor = self._actors[slot.worker_id]
+            if actor.task_ref is not None:
+                self._ray.cancel(actor.task_ref)
             self._ray.kill(actor.handle, no_restart=False)
-            actor.task, actor.task_ref, actor.ready = None, None, False
+            actor.task_ref, actor.ready = None, False
             actor.pings.append(actor.handle.ping.remote())
 
     # --- helpers ---------------------------------------------------------------------------
@@ -338,7 +265,7 @@ class RayExecutor:
             max_restarts=-1, max_task_retries=1, **self._resources,
         )
         handle = remote_class.remote(worker_id, self._config, self._factory)
-        return _Actor(worker_id, handle, pings=[handle.ping.remote()])
+        return _Actor(worker_id, handle=handle, pings=[handle.ping.remote()])
 
     def _size_from_cluster(self) -> int:
         resources = self._ray.cluster_resources()
@@ -349,17 +276,7 @@ class RayExecutor:
 
     def _busy(self) -> bool:
         with self._lock:
-            return any(a.task is not None for a in self._actors)
-
-    def _fail_all(self, reason: str) -> None:
-        with self._lock:
-            running = [a.task for a in self._actors if a.task]
-            for actor in self._actors:
-                actor.task, actor.task_ref = None, None
-            queued = self._queues.clear()
-        for pending in [*running, *queued]:
-            if not pending.future.done():
-                pending.future.set_exception(TranscriptionError(reason))
+            return any(a.running is not None for a in self._actors)
 
 
 def _describe(error: BaseException) -> str:

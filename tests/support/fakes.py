@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whisper_api.executor import WorkerConfig
+from whisper_api.executors.base import WorkerConfig
 from whisper_api.transcript import DecodeOptions, Segment
 
 SAMPLE_RATE_HZ = 16000

@@ -1,0 +1,50 @@
+"""What runs chunks: worker processes on this machine (`local`) or actors on a Ray cluster (`ray`).
+
+    base.py        the ChunkExecutor protocol and the Dispatcher skeleton both executors share
+    worker.py      the worker side: load the model once, decode chunks, typed messages back
+    local.py       WorkerPool: spawned processes supervised by one thread
+    ray_actors.py  RayExecutor: restartable Ray actors fed by one dispatcher thread
+"""
+
+import logging
+import os
+
+from whisper_api.config import Settings
+from whisper_api.executors.base import ChunkExecutor, ExecutorStats, WorkerConfig
+
+__all__ = ["ChunkExecutor", "ExecutorStats", "WorkerConfig", "build_executor", "worker_config"]
+log = logging.getLogger("whisper_api")
+
+
+def build_executor(settings: Settings, workers: int | None = None) -> ChunkExecutor:
+    """EXECUTOR=local: worker processes on this machine; EXECUTOR=ray: actors on a Ray cluster."""
+    if settings.executor == "local":
+        from whisper_api.executors.local import WorkerPool
+
+        count, reason = settings.worker_count()
+        count = workers or count
+        log.info("Starting %d workers (%s)", count, reason)
+        return WorkerPool(count, worker_config(settings, count), settings.chunk_timeout_s)
+    from whisper_api.executors.ray_actors import RayExecutor
+
+    # PARALLEL_WORKERS=auto on Ray: as many actors as the cluster's CPUs (GPUs) allow at start.
+    size = workers or (None if settings.parallel_workers == "auto" else settings.parallel_workers)
+    threads = settings.worker_cpu_threads or max(1, round(settings.ray_num_cpus_per_worker))
+    config = WorkerConfig(
+        settings.whisper_model, settings.whisper_device, settings.compute_type, threads
+    )
+    return RayExecutor(
+        size, config, settings.chunk_timeout_s, address=settings.ray_address,
+        num_cpus_per_worker=settings.ray_num_cpus_per_worker,
+        num_gpus_per_worker=settings.ray_num_gpus_per_worker,
+    )
+
+
+def worker_config(settings: Settings, workers: int) -> WorkerConfig:
+    cores = os.cpu_count() or 1
+    # Two threads per core share: measured as fast as one thread per worker when all are busy,
+    # and twice as fast for a lone request (docs/benchmarks.md).
+    threads = settings.worker_cpu_threads or max(1, min(cores, 2 * cores // workers))
+    return WorkerConfig(
+        settings.whisper_model, settings.whisper_device, settings.compute_type, threads
+    )

@@ -1,0 +1,285 @@
+"""The seam between the pipeline and whatever runs chunks, and the skeleton both executors share.
+
+`ChunkExecutor` is the protocol the pipeline sees. `Dispatcher` holds what the local pool and the
+Ray executor have in common: the round-robin queues, the futures of running chunks, stats,
+cancellation and failing everything at shutdown. A subclass only knows how to start, feed, watch
+and stop its own kind of worker; each worker is a `WorkerSlot`.
+
+Locking: every field below is guarded by `Dispatcher._lock`. Callers' threads (submit, cancel,
+stats) and the executor's own thread (supervisor or dispatcher) both take it.
+"""
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from whisper_api.errors import ChunkTimeoutError, TranscriptionError
+from whisper_api.transcript import ChunkResult, ChunkTask
+
+POLL_S = 0.05
+chunk_log = logging.getLogger("whisper_api.chunks")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What each worker needs to load its model, once."""
+
+    model: str
+    device: str
+    compute_type: str
+    cpu_threads: int
+
+
+# Upper bounds of the chunk latency buckets, in seconds: a chunk is 0.1 s to CHUNK_TIMEOUT_S long.
+CHUNK_SECONDS_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+@dataclass
+class LatencyHistogram:
+    """Per-bucket counts and a sum: fixed memory however long the service runs.
+
+    `counts[i]` holds observations in (bounds_s[i-1], bounds_s[i]]; the last entry is +Inf.
+    """
+
+    bounds_s: tuple[float, ...] = CHUNK_SECONDS_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(CHUNK_SECONDS_BUCKETS) + 1))
+    sum_s: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def observe(self, seconds: float) -> None:
+        index = next((i for i, bound in enumerate(self.bounds_s) if seconds <= bound),
+                     len(self.bounds_s))
+        self.counts[index] += 1
+        self.sum_s += seconds
+
+    def copy(self) -> "LatencyHistogram":
+        return LatencyHistogram(self.bounds_s, list(self.counts), self.sum_s)
+
+
+@dataclass
+class ExecutorStats:
+    workers: int = 0
+    ready_workers: int = 0
+    busy_workers: int = 0
+    queued_tasks: int = 0
+    restarts: int = 0
+    chunk_seconds: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+class ChunkExecutor(Protocol):
+    def start(self) -> None: ...
+
+    def wait_ready(self, timeout_s: float = 300.0) -> None: ...
+
+    def stop(self, drain_timeout_s: float = 30.0) -> None: ...
+
+    def submit(self, task: ChunkTask) -> "Future[ChunkResult]": ...
+
+    def cancel(self, request_id: str) -> int: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    def stats(self) -> ExecutorStats: ...
+
+
+@dataclass
+class Pending:
+    """A submitted chunk and the future its caller awaits."""
+
+    task: ChunkTask
+    future: "Future[ChunkResult]"
+    attempts: int = 0
+
+
+class RequestQueues:
+    """Chunks waiting for a worker: one FIFO per request, served round robin across requests,
+    so a long file's chunks cannot starve a short request. Callers hold their own lock."""
+
+    def __init__(self) -> None:
+        self._queues: OrderedDict[str, deque[Pending]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def push(self, pending: Pending, retry: bool = False) -> None:
+        request_id = pending.task.request_id
+        queue = self._queues.setdefault(request_id, deque())
+        if retry:  # a retried chunk goes first: its request has already waited once
+            queue.appendleft(pending)
+            self._queues.move_to_end(request_id, last=False)
+        else:
+            queue.append(pending)
+
+    def pop(self) -> Pending | None:
+        """Take from the first request, then move it to the back of the line."""
+        while self._queues:
+            request_id, tasks = next(iter(self._queues.items()))
+            self._queues.move_to_end(request_id)
+            while tasks:
+                pending = tasks.popleft()
+                if not pending.future.cancelled():
+                    if not tasks:
+                        del self._queues[request_id]
+                    return pending
+            del self._queues[request_id]
+        return None
+
+    def drop(self, request_id: str) -> list[Pending]:
+        return list(self._queues.pop(request_id, ()))
+
+    def clear(self) -> list[Pending]:
+        queued = [p for q in self._queues.values() for p in q]
+        self._queues.clear()
+        return queued
+
+
+def wait_until_ready(
+    is_ready: Callable[[], bool], load_failure: Callable[[], str | None], timeout_s: float
+) -> None:
+    """Block until every worker has loaded its model; raise at once if loading fails."""
+    deadline = time.monotonic() + timeout_s
+    while not is_ready():
+        if failure := load_failure():
+            raise TranscriptionError(f"workers cannot load the model: {failure}")
+        if time.monotonic() > deadline:
+            raise TranscriptionError("workers did not load the model in time")
+        time.sleep(POLL_S)
+
+
+def log_chunk_done(result: ChunkResult, task: ChunkTask) -> None:
+    """The one structured line per chunk, whichever executor ran it."""
+    chunk_log.info(
+        "chunk_done task_id=%s worker_id=%d elapsed_s=%.3f segments=%d audio_s=%.3f "
+        "redone_utterances=%d",
+        task.task_id, result.worker_id, result.elapsed_s, len(result.segments), task.duration_s,
+        result.redone_utterances,
+    )
+
+
+@dataclass
+class WorkerSlot:
+    """One worker as its executor sees it; `running` is the chunk it holds, if any."""
+
+    worker_id: int
+    ready: bool = False
+    running: Pending | None = None
+    started_at: float = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+
+class Dispatcher:
+    """Queues, futures and bookkeeping shared by the local pool and the Ray executor."""
+
+    def __init__(self, size: int, chunk_timeout_s: float) -> None:
+        self._timeout_s = chunk_timeout_s
+        self._queues = RequestQueues()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._stats = ExecutorStats(workers=size)
+        self._load_failure: str | None = None
+
+    def _slots(self) -> list[WorkerSlot]:
+        raise NotImplementedError
+
+    def _on_queued(self) -> None:
+        """Called with the lock held after a chunk was queued: start it if a worker is idle."""
+
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        wait_until_ready(lambda: self.ready, lambda: self._load_failure, timeout_s)
+
+    @property
+    def ready(self) -> bool:
+        slots = list(self._slots())
+        return bool(slots) and all(s.ready for s in slots)
+
+    def stats(self) -> ExecutorStats:
+        with self._lock:
+            slots = self._slots()
+            self._stats.ready_workers = sum(s.ready for s in slots)
+            self._stats.busy_workers = sum(s.running is not None for s in slots)
+            self._stats.queued_tasks = len(self._queues)
+            return replace(self._stats, chunk_seconds=self._stats.chunk_seconds.copy())
+
+    def worker_pids(self) -> dict[int, int | None]:
+        return {s.worker_id: s.pid for s in self._slots()}
+
+    def busy_worker_pid(self, task_id: str) -> int | None:
+        with self._lock:
+            slot = self._holding(task_id)
+            return slot.pid if slot else None
+
+    def submit(self, task: ChunkTask) -> "Future[ChunkResult]":
+        future: Future[ChunkResult] = Future()
+        if self._stopping.is_set():
+            future.set_exception(TranscriptionError("the service is shutting down"))
+            return future
+        with self._lock:
+            self._queues.push(Pending(task, future))
+            self._on_queued()
+        return future
+
+    def cancel(self, request_id: str) -> int:
+        """Drop a request's queued chunks; a running chunk finishes and its result is dropped."""
+        with self._lock:
+            dropped = self._queues.drop(request_id)
+        for pending in dropped:
+            pending.future.cancel()
+        return len(dropped)
+
+    def _holding(self, task_id: str) -> WorkerSlot | None:
+        return next((s for s in self._slots()
+                     if s.running and s.running.task.task_id == task_id), None)
+
+    def _next_for(self, slot: WorkerSlot) -> Pending | None:
+        """Hand the next queued chunk to an idle slot (lock held)."""
+        pending = self._queues.pop()
+        if pending is not None:
+            pending.attempts += 1
+            slot.running, slot.started_at = pending, time.monotonic()
+        return pending
+
+    def _timed_out(self) -> list[WorkerSlot]:
+        """Slots whose chunk ran past CHUNK_TIMEOUT_S; their futures fail here (lock held)."""
+        now = time.monotonic()
+        late = [s for s in self._slots()
+                if s.running is not None and now - s.started_at >= self._timeout_s]
+        for slot in late:
+            assert slot.running is not None
+            if not slot.running.future.done():
+                slot.running.future.set_exception(
+                    ChunkTimeoutError(f"a chunk took longer than {self._timeout_s:.0f}s"))
+            slot.running = None
+        return late
+
+    def _deliver(self, pending: Pending, outcome: ChunkResult | Exception) -> None:
+        """Complete a chunk's future, unless its caller cancelled it meanwhile."""
+        if pending.future.done():
+            return
+        if isinstance(outcome, Exception):
+            pending.future.set_exception(outcome)
+            return
+        self._stats.chunk_seconds.observe(outcome.elapsed_s)
+        log_chunk_done(outcome, pending.task)
+        pending.future.set_result(outcome)
+
+    def _fail_all(self, reason: str) -> None:
+        with self._lock:
+            running = [s.running for s in self._slots() if s.running]
+            for slot in self._slots():
+                slot.running = None
+            queued = self._queues.clear()
+        for pending in [*running, *queued]:
+            if not pending.future.done():
+                pending.future.set_exception(TranscriptionError(reason))

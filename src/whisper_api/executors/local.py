@@ -1,0 +1,191 @@
+"""Persistent worker processes on this machine: each loads the model once, then decodes chunks.
+
+A supervisor thread reads the workers' messages, routes each result to the future of the task
+that asked for it, replaces dead workers (retrying their chunk once) and kills workers whose
+chunk exceeds the timeout. Each worker has its own inbox, so the supervisor always knows which
+chunk a dead worker was holding. Shared state is guarded by the Dispatcher's lock.
+"""
+
+import logging
+import multiprocessing as mp
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from whisper_api.errors import TranscriptionError
+from whisper_api.executors.base import POLL_S, Dispatcher, Pending, WorkerConfig, WorkerSlot
+from whisper_api.executors.worker import (
+    Done,
+    Failed,
+    LoadFailed,
+    Ready,
+    TranscriberFactory,
+    WorkerMessage,
+    load_real_transcriber,
+    process_main,
+)
+from whisper_api.transcript import ChunkResult
+
+log = logging.getLogger("whisper_api.pool")
+MAX_ATTEMPTS = 2
+
+
+@dataclass
+class _Process(WorkerSlot):
+    process: BaseProcess | None = None
+    inbox: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+
+class WorkerPool(Dispatcher):
+    """The local ChunkExecutor."""
+
+    def __init__(
+        self,
+        size: int,
+        config: WorkerConfig,
+        chunk_timeout_s: float = 600.0,
+        factory: TranscriberFactory = load_real_transcriber,
+    ) -> None:
+        super().__init__(size, chunk_timeout_s)
+        self._size, self._config, self._factory = size, config, factory
+        self._ctx = mp.get_context("spawn")
+        self._outbox: Any = self._ctx.Queue()
+        self._workers: dict[int, _Process] = {}
+        self._thread: threading.Thread | None = None
+
+    def _slots(self) -> list[_Process]:  # type: ignore[override]
+        return list(self._workers.values())
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        for worker_id in range(self._size):
+            self._spawn(worker_id)
+        self._thread = threading.Thread(target=self._supervise, name="pool-supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Stage one: stop taking work and let running chunks finish. Stage two: force."""
+        self._stopping.set()
+        deadline = time.monotonic() + drain_timeout_s
+        while self._busy() and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        with self._lock:
+            for worker in self._workers.values():
+                worker.inbox.put(None)
+        if self._thread:
+            self._thread.join(timeout=drain_timeout_s + 5)
+        for worker in self._workers.values():
+            assert worker.process is not None
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5)
+        self._fail_all("the service is shutting down")
+
+    def _busy(self) -> bool:
+        with self._lock:
+            return any(w.running for w in self._workers.values())
+
+    def _on_queued(self) -> None:
+        self._dispatch()  # an idle worker starts now, not at the supervisor's next poll
+
+    # --- supervisor ------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        while not self._stopping.is_set() or any(
+            w.process and w.process.is_alive() for w in list(self._workers.values())
+        ):
+            try:
+                self._handle(self._outbox.get(timeout=POLL_S))
+            except queue.Empty:
+                pass
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                self._reap_dead()
+                self._kill_late()
+                self._dispatch()
+
+    def _handle(self, message: WorkerMessage) -> None:
+        with self._lock:
+            worker = self._workers.get(message.worker_id)
+            if isinstance(message, Ready) and worker:
+                worker.ready = True
+                log.info("[WORKER %d] Model loaded in %.2fs", message.worker_id, message.load_s)
+            elif isinstance(message, LoadFailed):
+                self._load_failure = message.reason
+                log.error("[WORKER %d] cannot load the model: %s", message.worker_id,
+                          message.reason)
+            elif isinstance(message, Done):
+                self._finish(worker, message.result.task_id, message.result)
+            elif isinstance(message, Failed):
+                self._finish(worker, message.task_id, TranscriptionError(message.reason))
+
+    def _finish(self, worker: _Process | None, task_id: str,
+                outcome: ChunkResult | Exception) -> None:
+        if worker is None or worker.running is None or worker.running.task.task_id != task_id:
+            return  # a late answer for a chunk that timed out or was failed meanwhile
+        pending, worker.running = worker.running, None
+        self._deliver(pending, outcome)
+
+    def _dispatch(self) -> None:
+        if self._stopping.is_set():
+            return
+        for worker in self._workers.values():
+            if worker.ready and worker.running is None:
+                pending = self._next_for(worker)
+                if pending is None:
+                    return
+                worker.inbox.put(pending.task)
+
+    def _reap_dead(self) -> None:
+        for worker_id, worker in list(self._workers.items()):
+            assert worker.process is not None
+            if worker.process.is_alive():
+                continue
+            pending, worker.running = worker.running, None
+            if self._stopping.is_set() or self._load_failure:
+                # Stopping, or the model cannot load: a replacement would die the same way.
+                if pending is not None:
+                    self._retry_or_fail(pending, "the worker stopped", retry=False)
+                continue
+            log.warning(
+                "[WORKER %d] died (exit code %s); starting a replacement",
+                worker_id, worker.process.exitcode,
+            )
+            self._stats.restarts += 1
+            if pending is not None:
+                self._retry_or_fail(pending, "the worker process died")
+            self._spawn(worker_id)
+
+    def _kill_late(self) -> None:
+        """A worker stuck past CHUNK_TIMEOUT_S is killed; `_reap_dead` replaces it."""
+        for slot in self._timed_out():
+            if process := self._workers[slot.worker_id].process:
+                process.kill()
+
+    def _retry_or_fail(self, pending: Pending, reason: str, retry: bool = True) -> None:
+        if pending.future.done():
+            return
+        if retry and pending.attempts < MAX_ATTEMPTS:
+            log.warning("Chunk %s: %s; retrying", pending.task.task_id.rsplit(":", 1)[-1], reason)
+            self._queues.push(pending, retry=True)
+        else:
+            pending.future.set_exception(TranscriptionError(f"{reason} (after a retry)"))
+
+    def _spawn(self, worker_id: int) -> None:
+        inbox = self._ctx.Queue()
+        process = self._ctx.Process(
+            target=process_main,
+            args=(worker_id, self._config, self._factory, inbox, self._outbox),
+            name=f"whisper-worker-{worker_id}",
+            daemon=True,
+        )
+        process.start()
+        self._workers[worker_id] = _Process(worker_id, process=process, inbox=inbox)

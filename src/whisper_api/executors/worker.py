@@ -1,0 +1,115 @@
+"""The worker side, whichever executor runs it: load the model once, decode chunks, report back.
+
+What a worker sends its executor are small frozen dataclasses (`Ready`, `LoadFailed`, `Done`,
+`Failed`), never tagged tuples or strings that mean errors.
+"""
+
+import io
+import logging
+import time
+import traceback
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from whisper_api.executors.base import WorkerConfig
+from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Segment
+
+log = logging.getLogger("whisper_api.worker")
+
+
+class ChunkTranscriber(Protocol):
+    def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions
+    ) -> tuple[list[Segment], str, int]: ...
+
+
+TranscriberFactory = Callable[[WorkerConfig], ChunkTranscriber]
+
+
+def load_real_transcriber(config: WorkerConfig) -> ChunkTranscriber:
+    from whisper_api.transcriber import Transcriber
+
+    return Transcriber(config.model, config.device, config.compute_type, config.cpu_threads)
+
+
+@dataclass(frozen=True)
+class Ready:
+    worker_id: int
+    load_s: float
+
+
+@dataclass(frozen=True)
+class LoadFailed:
+    worker_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Done:
+    worker_id: int
+    result: ChunkResult
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The transcriber raised on this chunk: the chunk fails, the worker lives on."""
+
+    worker_id: int
+    task_id: str
+    reason: str
+
+
+WorkerMessage = Ready | LoadFailed | Done | Failed
+
+
+def load(worker_id: int, config: WorkerConfig,
+         factory: TranscriberFactory) -> tuple[ChunkTranscriber | None, Ready | LoadFailed]:
+    started = time.perf_counter()
+    try:
+        transcriber = factory(config)
+    except Exception as exc:
+        return None, LoadFailed(worker_id, f"{type(exc).__name__}: {exc}")
+    return transcriber, Ready(worker_id, time.perf_counter() - started)
+
+
+def decode(
+    worker_id: int, transcriber: ChunkTranscriber, task: ChunkTask,
+    read_audio: Callable[[], np.ndarray],
+) -> Done | Failed:
+    """Decode one chunk; any error (unreadable audio, a model error) fails only this chunk."""
+    began = time.perf_counter()
+    try:
+        segments, language, redone = transcriber.transcribe(read_audio(), task.options)
+    except Exception as exc:
+        log.debug("worker %d failed: %s", worker_id, traceback.format_exc())
+        return Failed(worker_id, task.task_id, f"{type(exc).__name__}: {exc}")
+    result = ChunkResult(task.task_id, tuple(segments), language, worker_id,
+                         time.perf_counter() - began, redone)
+    return Done(worker_id, result)
+
+
+def decode_wav_bytes(data: bytes) -> np.ndarray:
+    """A 16 kHz mono s16 WAV file's bytes as float32 in [-1, 1] (what `audio.read_wav` gives)."""
+    with wave.open(io.BytesIO(data), "rb") as wav:
+        raw = wav.readframes(wav.getnframes())
+    return np.frombuffer(raw, dtype=np.int16).astype(np.float32) / 32768.0
+
+
+def process_main(
+    worker_id: int, config: WorkerConfig, factory: TranscriberFactory, inbox: Any, outbox: Any
+) -> None:
+    """A local worker process: load once, report, then serve tasks from its inbox until None."""
+    transcriber, loaded = load(worker_id, config, factory)
+    outbox.put(loaded)
+    if transcriber is None:
+        return
+    from whisper_api.audio import read_wav
+
+    while (task := inbox.get()) is not None:
+        path = Path(task.audio_path)
+        outbox.put(decode(worker_id, transcriber, task, lambda: read_wav(path)))  # noqa: B023
