@@ -36,6 +36,7 @@ def create_app(settings: Settings, executor: ChunkExecutor | None = None) -> Fas
             yield
         finally:
             await runner.stop()
+            service.close()
             await asyncio.to_thread(service.executor.stop)
 
     app = FastAPI(title="whisper-api", version=__version__, lifespan=lifespan)
