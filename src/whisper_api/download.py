@@ -45,6 +45,7 @@ from yt_dlp.extractor import gen_extractor_classes
 from yt_dlp.networking import Response as YtdlpResponse
 from yt_dlp.networking.common import Features, RequestHandler
 from yt_dlp.networking.exceptions import HTTPError as YtdlpHTTPError
+from yt_dlp.networking.exceptions import RequestError as YtdlpRequestError
 from yt_dlp.networking.exceptions import TransportError as YtdlpTransportError
 
 from whisper_api.errors import (
@@ -52,6 +53,7 @@ from whisper_api.errors import (
     InvalidRequestError,
     MediaTooLargeError,
     UrlNotAllowedError,
+    WhisperApiError,
 )
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,7 @@ class FetchControl:
         self.limits = limits
         self.deadline = time.monotonic() + limits.timeout_s
         self.received_bytes = 0
+        self.failure: WhisperApiError | None = None  # the first limit or guard refusal
         self._reason: str | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -111,7 +114,10 @@ class FetchControl:
             _shutdown(sock)
 
     def check(self) -> None:
-        """Raise if cancelled or past the deadline; called before each request and read."""
+        """Raise if cancelled, refused or past the deadline; called before each request and
+        read, and again when yt-dlp reports an error (it wraps ours into its own)."""
+        if self.failure is not None:
+            raise self.failure
         if self._reason is not None:
             raise DownloadError(self._reason)
         if time.monotonic() > self.deadline:
@@ -120,17 +126,22 @@ class FetchControl:
 
     @property
     def timeout_message(self) -> str:
-        return (f"the download took longer than {self.limits.timeout_s:.0f}s "
+        return (f"the download took longer than {self.limits.timeout_s:g}s "
                 "(DOWNLOAD_TIMEOUT_S)")
 
     def remaining_s(self) -> float:
         self.check()
         return max(0.001, self.deadline - time.monotonic())
 
+    def fail(self, error: WhisperApiError) -> WhisperApiError:
+        self.failure = self.failure or error
+        return self.failure
+
     def count(self, size: int) -> None:
         self.received_bytes += size
         if self.received_bytes > self.limits.max_bytes:
-            raise MediaTooLargeError(f"media is over the limit of {self.limits.max_bytes} bytes")
+            raise self.fail(MediaTooLargeError(
+                f"media is over the limit of {self.limits.max_bytes} bytes"))
 
     def connect(self, host: str, port: int, timeout_s: float | None) -> socket.socket:
         """Resolve and vet host once, then connect to a vetted address (never to the name)."""
@@ -438,7 +449,9 @@ class _GuardedHandler(RequestHandler):  # type: ignore[misc]  # yt-dlp ships no 
         data = request.data if isinstance(request.data, bytes | None) else request.data.read()
         try:
             response = open_checked(self._client, request.url, self.control,
-                                    request.get_method(), headers, data)
+                                    request.method, headers, data)
+        except WhisperApiError as exc:  # yt-dlp would only report "unexpected error"
+            raise self.control.fail(exc) from None
         except httpx.HTTPError as exc:
             self.control.check()
             raise YtdlpTransportError(cause=exc) from exc
@@ -506,7 +519,7 @@ class _GuardedYoutubeDL(yt_dlp.YoutubeDL):  # type: ignore[misc]  # yt-dlp ships
     """YoutubeDL whose every HTTP request goes through `_GuardedHandler` (and nothing else)."""
 
     def __init__(self, params: dict[str, Any], control: FetchControl) -> None:
-        self._handler = type("WhisperGuarded", (_GuardedHandler,), {"control": control})
+        self._handler = type("WhisperGuardedRH", (_GuardedHandler,), {"control": control})
         super().__init__(params)
 
     @cached_property
@@ -618,8 +631,11 @@ def _ytdlp_errors(scratch: Path, control: FetchControl) -> Iterator[None]:
     try:
         yield
     except yt_dlp.utils.DownloadError as exc:
-        control.check()  # cancelled or past the deadline: say that, not yt-dlp's symptom
+        control.check()  # refused, cancelled or past the deadline: say that, not the symptom
         raise DownloadError(_ytdlp_message(str(exc.msg), scratch)) from exc
+    except YtdlpRequestError as exc:  # raised past the extractor by yt-dlp's request director
+        control.check()
+        raise DownloadError(_ytdlp_message(str(exc), scratch)) from exc
 
 
 def _ytdlp_message(message: str, scratch: Path) -> str:

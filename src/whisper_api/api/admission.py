@@ -1,0 +1,75 @@
+"""Say no before reading a byte of the body: the API key, then whether there is room.
+
+FastAPI reads (and spools) a request's body before its dependencies run, so a key checked by a
+dependency alone lets anyone without one make the server read a 500 MB upload first. This
+middleware answers 401 and 429 from the headers. It also holds the MAX_SYNC_REQUESTS slot for a
+synchronous transcription for the whole request (spooling included), taken and counted without
+an await in between, so the cap is exact however many requests arrive at once.
+"""
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from whisper_api.api.errors import error_body
+from whisper_api.api.routes import authenticate
+from whisper_api.config import Settings
+from whisper_api.errors import QueueFullError
+
+PROTECTED_PREFIXES = ("/api/", "/v1/", "/metrics")
+SYNC_PATHS = frozenset({"/api/v1/transcribe", "/v1/audio/transcriptions",
+                        "/v1/audio/translations"})
+JOBS_PATH = "/api/v1/jobs"
+
+
+class AdmissionMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        if scope["method"] == "POST" and scope["path"] in SYNC_PATHS:
+            await self._sync_slot(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Scope) -> ASGIApp | None:
+        try:
+            authenticate(self.settings, Headers(scope=scope).get("authorization", ""))
+        except HTTPException as exc:
+            return error_body(exc.status_code, "unauthorized", str(exc.detail),
+                              **dict(exc.headers or {}))
+        runner = getattr(scope["app"].state, "jobs", None)
+        if (scope["method"] == "POST" and scope["path"] == JOBS_PATH and runner is not None
+                and runner.waiting >= self.settings.max_queued_jobs):
+            return _busy(f"{runner.waiting} jobs are already waiting (MAX_QUEUED_JOBS); "
+                         "try again later", 30)
+        return None
+
+    async def _sync_slot(self, scope: Scope, receive: Receive, send: Send) -> None:
+        service = getattr(scope["app"].state, "service", None)
+        if service is None:
+            await self.app(scope, receive, send)
+            return
+        limit = self.settings.max_sync_requests
+        if service.sync_requests >= limit:
+            await _busy(f"{limit} synchronous requests are already running "
+                        "(MAX_SYNC_REQUESTS); retry later or use POST /api/v1/jobs",
+                        10)(scope, receive, send)
+            return
+        service.sync_requests += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            service.sync_requests -= 1
+
+
+def _busy(message: str, retry_after_s: int) -> ASGIApp:
+    error = QueueFullError(message, retry_after_s)
+    return error_body(error.status_code, error.code, message, **error.headers)
