@@ -174,19 +174,19 @@ def test_a_killed_worker_is_replaced_and_its_chunk_retried(
     assert not pid_alive(pid)
 
 
-def test_a_chunk_over_the_timeout_fails_and_the_pool_keeps_serving(
+def test_a_chunk_over_the_timeout_is_retried_once_then_fails_and_the_pool_keeps_serving(
     make_pool: MakePool, tmp_path: Path
 ) -> None:
     pool = make_pool(size=1, chunk_timeout_s=1.0)
     slow = make_task(tmp_path, "req", 0, 1111, "sleep=60")
     started = time.monotonic()
-    with pytest.raises(ChunkTimeoutError):
+    with pytest.raises(ChunkTimeoutError, match="after a retry"):
         pool.submit(slow).result(timeout=RESULT_TIMEOUT_S)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < RESULT_TIMEOUT_S
 
     quick = make_task(tmp_path, "req", 1, 2222)
     assert_belongs(pool.submit(quick).result(timeout=RESULT_TIMEOUT_S), quick)
-    assert pool.stats().restarts == 1
+    assert pool.stats().restarts == 2  # one worker killed per attempt
 
 
 def test_a_transcriber_exception_fails_only_that_future(

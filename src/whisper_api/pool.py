@@ -3,12 +3,17 @@
 One supervisor thread in the parent owns all pool state: it hands tasks to idle workers (round
 robin across requests, so a long file cannot starve short ones), routes each result to the future
 of the task that asked for it, replaces dead workers (retrying their chunk once) and kills workers
-whose chunk exceeds the timeout. Each worker has its own inbox, so the parent always knows which
-chunk a dead worker was holding.
+whose chunk exceeds the timeout (retrying that chunk once too). Each worker has its own inbox, so
+the parent always knows which chunk a dead worker was holding.
+
+Workers die with their parent: a worker holds both ends of its inbox pipe, so it never sees EOF
+when the server is SIGKILLed, and would wait forever holding its model's memory. A watchdog
+thread in each worker exits it once its parent is gone (re-parenting changes its parent pid).
 """
 
 import logging
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
@@ -37,6 +42,7 @@ from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Segmen
 
 log = logging.getLogger("whisper_api.pool")
 MAX_ATTEMPTS = 2
+PARENT_CHECK_S = 1.0
 
 
 class ChunkTranscriber(Protocol):
@@ -54,12 +60,32 @@ def load_real_transcriber(config: WorkerConfig) -> ChunkTranscriber:
     return Transcriber(config.model, config.device, config.compute_type, config.cpu_threads)
 
 
+def watch_parent(parent_pid: int, interval_s: float = PARENT_CHECK_S) -> threading.Thread:
+    """Exit this process as soon as `parent_pid` is no longer its parent.
+
+    A polling thread rather than Linux's PR_SET_PDEATHSIG: that signal fires when the *thread*
+    that started the child exits (our supervisor thread respawns workers), and is Linux-only.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os._exit(0)  # no cleanup to do: the parent that would receive results is gone
+
+    thread = threading.Thread(target=watch, name="parent-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
 def worker_main(
-    worker_id: int, config: WorkerConfig, factory: TranscriberFactory, inbox: Any, outbox: Any
+    worker_id: int, config: WorkerConfig, factory: TranscriberFactory, inbox: Any, outbox: Any,
+    parent_pid: int | None = None,
 ) -> None:
     """Runs in the child process: load once, report ready, then serve tasks until None."""
     from whisper_api.audio import read_wav
 
+    if parent_pid is not None:
+        watch_parent(parent_pid)
     started = time.perf_counter()
     try:
         transcriber = factory(config)
@@ -279,15 +305,16 @@ class WorkerPool:
         for worker in self._workers.values():
             if worker.task is None or now - worker.task_started < self._timeout_s:
                 continue
-            pending = self._running.pop(worker.task.task_id, None)
-            if pending and not pending.future.done():
-                pending.future.set_exception(
-                    ChunkTimeoutError(f"a chunk took longer than {self._timeout_s:.0f}s")
-                )
+            # A stuck decode may be a one-off (a starved CPU, a stopped process): kill the
+            # worker and give the chunk one more try on a fresh one, as for a crash.
+            self._retry_or_fail(worker.task.task_id,
+                                f"a chunk took longer than {self._timeout_s:.0f}s "
+                                "(CHUNK_TIMEOUT_S)", error=ChunkTimeoutError)
             worker.task = None
             worker.process.kill()
 
-    def _retry_or_fail(self, task_id: str, reason: str, retry: bool = True) -> None:
+    def _retry_or_fail(self, task_id: str, reason: str, retry: bool = True,
+                       error: type[TranscriptionError] = TranscriptionError) -> None:
         pending = self._running.pop(task_id, None)
         if pending is None or pending.future.done():
             return
@@ -295,13 +322,13 @@ class WorkerPool:
             log.warning("Chunk %s: %s; retrying", task_id.rsplit(":", 1)[-1], reason)
             self._queues.push(pending, retry=True)
         else:
-            pending.future.set_exception(TranscriptionError(f"{reason} (after a retry)"))
+            pending.future.set_exception(error(f"{reason} (after a retry)"))
 
     def _spawn(self, worker_id: int) -> None:
         inbox = self._ctx.Queue()
         process = self._ctx.Process(
             target=worker_main,
-            args=(worker_id, self._config, self._factory, inbox, self._outbox),
+            args=(worker_id, self._config, self._factory, inbox, self._outbox, os.getpid()),
             name=f"whisper-worker-{worker_id}",
             daemon=True,
         )
