@@ -320,13 +320,14 @@ def test_endless_media_stops_at_the_byte_limit(listener: Listener, tmp_path: Pat
 
 
 def rebinding_resolver(monkeypatch: pytest.MonkeyPatch, host: str) -> list[str]:
-    """`host` answers PUBLIC_IP the first time and 127.0.0.1 ever after (DNS rebinding)."""
+    """`host` answers PUBLIC_IP twice and 127.0.0.1 ever after (DNS rebinding): the early
+    checks pass, and only the lookup made where the socket is opened sees the internal one."""
     answers: list[str] = []
 
     def resolve(name: str, port: int) -> list[download.IPAddress]:
         if name != host:
             return [ipaddress.ip_address(name)]  # literal addresses only in these tests
-        answer = PUBLIC_IP if not answers else "127.0.0.1"
+        answer = PUBLIC_IP if len(answers) < 2 else "127.0.0.1"
         answers.append(answer)
         return [ipaddress.ip_address(answer)]
 
@@ -353,9 +354,21 @@ def test_dns_rebinding_cannot_reach_an_internal_listener(
             fetch_media(url, tmp_path, guarded)
         else:
             fetch_with_ytdlp(url, tmp_path, guarded, extractors=("generic",))
-    assert answers[0] == PUBLIC_IP and "127.0.0.1" in answers
+    assert answers == [PUBLIC_IP, PUBLIC_IP, "127.0.0.1"]  # refused at the connection
     assert watched_sockets == []  # the connection was vetted, and refused, before it opened
     assert listener.requests == []
+
+
+def test_job_callbacks_are_vetted_where_they_connect(
+    listener: Listener, watched_sockets: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = rebinding_resolver(monkeypatch, "hook.test")
+    download.check_url(listener.url("/hook", host="hook.test"), allow_private=False)  # at submit
+    with pytest.raises(UrlNotAllowedError, match="hook.test"):
+        download.post_json(listener.url("/hook", host="hook.test"), {"id": "x"},
+                           allow_private=False, timeout_s=5)
+    assert answers == [PUBLIC_IP, PUBLIC_IP, "127.0.0.1"]  # refused at the connection
+    assert watched_sockets == [] and listener.requests == []
 
 
 @pytest.mark.parametrize("through", ["httpx", "yt-dlp"])

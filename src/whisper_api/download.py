@@ -296,6 +296,19 @@ def _site_extractors() -> tuple[Any, ...]:
     return tuple(ie for ie in gen_extractor_classes() if ie.ie_key() != "Generic")
 
 
+def post_json(url: str, body: object, allow_private: bool, timeout_s: float) -> None:
+    """POST body to url (job callbacks) over a guarded connection; redirects are not followed
+    and the answer's body is never read. Blocking; raises DownloadError on failure."""
+    control = FetchControl(DownloadLimits(0, 0.0, timeout_s, allow_private))
+    check_url(url, allow_private)
+    with make_client(control) as client, _httpx_errors(url, control):
+        request = client.build_request("POST", url, json=body, timeout=control.remaining_s())
+        response = client.send(request, stream=True)
+        response.close()
+        if response.status_code >= 300:
+            raise DownloadError(f"{_host(url)} answered HTTP {response.status_code}")
+
+
 # --- direct fetch with httpx ------------------------------------------------------------------
 
 

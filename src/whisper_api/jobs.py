@@ -534,14 +534,14 @@ class JobRunner:
             await self._record_unrecorded()
 
     async def _post_callback(self, job: Job) -> None:
-        import httpx
+        from whisper_api.download import post_json
 
         url = job.input.callback_url or ""
         try:
             await asyncio.to_thread(self._check_url, url)
-            async with httpx.AsyncClient(timeout=CALLBACK_TIMEOUT_S) as client:
-                response = await client.post(url, json=job.to_dict())
-                response.raise_for_status()
+            # Through the guard's pinned connection: the host is vetted where it is connected.
+            await asyncio.to_thread(post_json, url, job.to_dict(),
+                                    self.settings.allow_private_urls, CALLBACK_TIMEOUT_S)
         except Exception as exc:  # a broken callback must not affect the job
             log.warning("callback for job %s to %s failed: %s", job.id, url, exc)
 
