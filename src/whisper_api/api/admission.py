@@ -7,8 +7,12 @@ synchronous transcription for the whole request (spooling included), taken and c
 an await in between, so the cap is exact however many requests arrive at once.
 """
 
+from collections.abc import Iterator
+from typing import Any
+
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from whisper_api.api.errors import error_body
@@ -32,6 +36,7 @@ class AdmissionMiddleware:
             return
         refusal = self._refusal(scope)
         if refusal is not None:
+            _label_route(scope)
             await refusal(scope, receive, send)
             return
         if scope["method"] == "POST" and scope["path"] in SYNC_PATHS:
@@ -68,6 +73,23 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
         finally:
             service.sync_requests -= 1
+
+
+def _label_route(scope: Scope) -> None:
+    """Name the route a refused request was for, as the router would: metrics count the 401s
+    and 429s under their route, not as unmatched."""
+    for route in _flat(scope["app"].router.routes):
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            scope["route"] = route
+            return
+
+
+def _flat(routes: list[Any]) -> Iterator[Any]:
+    """Routes, with included routers (FastAPI wraps them since 0.1xx) opened up."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        yield from _flat(inner.routes) if inner is not None else [route]
 
 
 def _busy(message: str, retry_after_s: int) -> ASGIApp:
