@@ -28,12 +28,14 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from starlette.exceptions import HTTPException
 
 from tests.conftest import DATA
 from tests.fakes import echo_factory
 from tests.server import Server, run_server, worker_pids
 from tests.test_jobs import FakeTranscribe, make_settings, wait_status
 from whisper_api import audio, download, jobs
+from whisper_api.api.routes import authenticate, tenant_of
 from whisper_api.audio import convert_to_wav
 from whisper_api.download import DownloadLimits, FetchControl, fetch_media, fetch_with_ytdlp
 from whisper_api.errors import (
@@ -625,6 +627,18 @@ def test_job_admission_is_exact_under_concurrency(tmp_path: Path) -> None:
           f"{refused} refused")
     assert accepted + refused == 40
     assert accepted <= 5 + 1  # five waiting, and at most one already running
+
+
+def test_keys_are_compared_as_the_bytes_sent() -> None:
+    settings = make_settings(Path("/nonexistent"), api_keys="k1,cl\u00e9", admin_api_key="boss")
+    as_sent = "cl\u00e9".encode().decode("latin-1")  # how the server decodes the header
+    caller = authenticate(settings, f"Bearer {as_sent}")
+    assert caller.tenant == tenant_of("cl\u00e9") and not caller.sees_all
+    assert authenticate(settings, "Bearer boss").sees_all
+    for value in ("Bearer cl\u00e9", "Bearer \u00ff", "Bearer k2", "bearer", ""):
+        with pytest.raises(HTTPException) as refused:
+            authenticate(settings, value)
+        assert refused.value.status_code == 401
 
 
 # --- over HTTP: a real server -----------------------------------------------------------------

@@ -4,8 +4,12 @@ A job's record (status, timings, its request, the result once done) lives in one
 that it survives a restart. The store uses the stdlib `sqlite3` module on one dedicated thread
 (the connection never leaves it), so the event loop never waits on disk.
 
-The runner admits at most MAX_QUEUED_JOBS waiting jobs (`QueueFullError` beyond that) and runs
-as many jobs at once as there are workers; the rest really wait on a semaphore. Shutdown cancels
+The runner admits at most MAX_QUEUED_JOBS waiting jobs (`QueueFullError` beyond that; the check
+and the admission happen with no await between them, so the cap is exact) and runs as many jobs
+at once as there are workers; the rest really wait on a semaphore. With API_KEYS each job
+records its tenant (a hash of the key that made it). A finished job whose record cannot be
+written (a full disk) fails with that reason: served from memory and written as soon as the
+store takes writes again, so it never stays `running`. Shutdown cancels
 running jobs and puts them back to `queued`; startup resumes queued and running jobs whose input
 is still on disk and fails the others with a reason, so no job stays `running` forever.
 Finished jobs and their input folders are swept after RESULT_TTL_HOURS.

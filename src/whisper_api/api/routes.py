@@ -62,13 +62,15 @@ def authenticate(settings: Settings, authorization: str) -> Caller:
     if not keys and not admin:
         return Caller()
     scheme, _, token = authorization.partition(" ")
-    # Compared as bytes: compare_digest refuses non-ASCII str, which would be a 500.
-    given = token.encode("utf-8", "surrogateescape")
+    # Compared as bytes: compare_digest refuses non-ASCII str, which was a 500. Headers arrive
+    # decoded as latin-1, so this gives back the bytes the client sent.
+    given = token.encode("latin-1", "replace")
     if scheme.lower() == "bearer" and token:
         if admin and secrets.compare_digest(given, admin.encode()):
             return Caller(tenant_of(admin), sees_all=True)
-        if any(secrets.compare_digest(given, k.encode()) for k in keys):
-            return Caller(tenant_of(token), sees_all=False)
+        for key in keys:
+            if secrets.compare_digest(given, key.encode()):
+                return Caller(tenant_of(key), sees_all=False)
     raise HTTPException(401, "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
 
 
