@@ -184,16 +184,16 @@ def single_file(parts: list[Any]) -> StarletteUpload:
 
 async def read_small_body(request: Request, limit: int = MAX_JSON_BYTES) -> bytes:
     """The body, refused (413) as soon as it passes `limit`: JSON here is a URL and options."""
+    too_large = MediaTooLargeError(f"a JSON body may be at most {limit // 1024} KB; upload "
+                                   "media as multipart 'file'")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise MediaTooLargeError(f"a JSON body may be at most {limit // 1024} KB; upload media "
-                                 "as multipart 'file'")
+        raise too_large
     body = bytearray()
     async for block in request.stream():
         body += block
         if len(body) > limit:
-            raise MediaTooLargeError(f"a JSON body may be at most {limit // 1024} KB; upload "
-                                     "media as multipart 'file'")
+            raise too_large
     return bytes(body)
 
 
