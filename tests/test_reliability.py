@@ -184,14 +184,21 @@ def rss_mb(pid: int | None = None) -> float:
 # --- 1. downloads: a deadline, their own threads, cancelled with their request ------------------
 
 
+@pytest.mark.parametrize("through", ["httpx", "yt-dlp"])
 def test_download_timeout_is_a_deadline_not_a_per_read_timeout(listener: Listener,
-                                                               tmp_path: Path) -> None:
+                                                               tmp_path: Path,
+                                                               through: str) -> None:
     listener.routes["/trickle.flac"] = trickle  # a byte every 0.1 s: no read ever times out
     started = time.monotonic()
     with pytest.raises(DownloadError, match=r"longer than 1s \(DOWNLOAD_TIMEOUT_S\)"):
-        fetch_media(listener.url("/trickle.flac"), tmp_path, limits(timeout_s=1.0))
+        if through == "httpx":
+            fetch_media(listener.url("/trickle.flac"), tmp_path, limits(timeout_s=1.0))
+        else:
+            fetch_with_ytdlp(listener.url("/trickle.flac"), tmp_path, limits(timeout_s=1.0),
+                             extractors=("generic",))
     elapsed = time.monotonic() - started
-    print(f"FIGURE trickle download stopped after {elapsed:.2f} s (deadline 1 s)")
+    print(f"FIGURE trickle download through {through} stopped after {elapsed:.2f} s "
+          "(deadline 1 s)")
     assert elapsed < 5.0
     assert list(tmp_path.iterdir()) == []
 
