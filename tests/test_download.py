@@ -1,7 +1,9 @@
 """download.py against a real HTTP server on 127.0.0.1; nothing here talks to any other address.
 
 Guard tests for other addresses replace the socket functions with ones that fail the test, so a
-refusal is shown to happen before any lookup or connection.
+refusal is shown to happen before any lookup or connection. Tests that need a "public" host use
+`public_is_local`: the guard sees PUBLIC_IP, and the one socket function downloads use
+(`download.open_socket`) carries that address to 127.0.0.1; any other address fails the test.
 """
 
 import ipaddress
@@ -21,6 +23,7 @@ from tests.conftest import DATA
 from whisper_api import download
 from whisper_api.download import (
     DownloadLimits,
+    FetchControl,
     check_url,
     fetch_direct,
     fetch_media,
@@ -41,6 +44,7 @@ LIMITS = DownloadLimits(max_bytes=10 * 1024 * 1024, max_duration_s=600, timeout_
                         allow_private=True)
 GUARDED = DownloadLimits(max_bytes=LIMITS.max_bytes, max_duration_s=600, timeout_s=5,
                          allow_private=False)
+GENERIC = ("generic",)  # yt-dlp's generic extractor: only tests enable it, to reach local files
 
 
 class QuietServer(ThreadingHTTPServer):
@@ -149,6 +153,25 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) -> 
     monkeypatch.setattr(download, "_resolve", resolve)
 
 
+@pytest.fixture
+def public_is_local(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """'public.test' and 'localhost' look public to the guard; their connections reach
+    127.0.0.1. Returns the addresses downloads connected to."""
+    fake_dns(monkeypatch, {"public.test": [PUBLIC_IP], "localhost": [PUBLIC_IP]})
+    connected: list[str] = []
+    real = download.open_socket
+
+    def open_socket(ip: str, port: int, timeout_s: float) -> socket.socket:
+        connected.append(ip)
+        if ip == PUBLIC_IP:
+            return real("127.0.0.1", port, timeout_s)
+        assert ipaddress.ip_address(ip).is_loopback, f"a test connected to {ip}"
+        return real(ip, port, timeout_s)
+
+    monkeypatch.setattr(download, "open_socket", open_socket)
+    return connected
+
+
 def files_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
@@ -238,9 +261,9 @@ def test_redirect_to_loopback_refused(monkeypatch: pytest.MonkeyPatch, tmp_path:
         seen.append(str(request.url))
         return httpx.Response(302, headers={"Location": "http://127.0.0.1/"})
 
-    with make_client(GUARDED, httpx.MockTransport(answer)) as client, \
+    with make_client(FetchControl(GUARDED), httpx.MockTransport(answer)) as client, \
             pytest.raises(UrlNotAllowedError, match="'127.0.0.1'"):
-        fetch_direct(client, "http://public.test/a.mp3", tmp_path, GUARDED)
+        fetch_direct(client, "http://public.test/a.mp3", tmp_path, FetchControl(GUARDED))
     assert seen == ["http://public.test/a.mp3"]
 
 
@@ -253,8 +276,9 @@ def test_relative_redirect_is_resolved_and_followed(monkeypatch: pytest.MonkeyPa
             return httpx.Response(301, headers={"Location": "/media/a.mp3"})
         return httpx.Response(200, headers={"Content-Type": "audio/mpeg"}, content=b"ID3 data")
 
-    with make_client(GUARDED, httpx.MockTransport(answer)) as client:
-        path = fetch_direct(client, "http://public.test/start", tmp_path, GUARDED)
+    with make_client(FetchControl(GUARDED), httpx.MockTransport(answer)) as client:
+        path = fetch_direct(client, "http://public.test/start", tmp_path,
+                            FetchControl(GUARDED))
     assert path == tmp_path / "media.mp3"
     assert path.read_bytes() == b"ID3 data"
 
@@ -267,19 +291,18 @@ def test_redirect_loop_stops_after_five(monkeypatch: pytest.MonkeyPatch, tmp_pat
         seen.append(request.url.path)
         return httpx.Response(302, headers={"Location": f"/hop{len(seen)}"})
 
-    with make_client(GUARDED, httpx.MockTransport(answer)) as client, \
+    with make_client(FetchControl(GUARDED), httpx.MockTransport(answer)) as client, \
             pytest.raises(DownloadError, match="more than 5 redirects"):
-        fetch_direct(client, "http://public.test/start", tmp_path, GUARDED)
+        fetch_direct(client, "http://public.test/start", tmp_path, FetchControl(GUARDED))
     assert len(seen) == 6
 
 
-def test_real_redirect_to_loopback_refused(server: Server, monkeypatch: pytest.MonkeyPatch,
+def test_real_redirect_to_loopback_refused(server: Server, public_is_local: list[str],
                                            tmp_path: Path) -> None:
-    # The guard believes 'localhost' is public; the client still reaches the local server.
-    fake_dns(monkeypatch, {"localhost": [PUBLIC_IP]})
     with pytest.raises(UrlNotAllowedError, match="'127.0.0.1'"):
         fetch_media(server.url("/redirect", host="localhost"), tmp_path, GUARDED)
     assert server.requests == ["/redirect"]  # the target was never requested
+    assert public_is_local == [PUBLIC_IP]  # one connection, to the vetted address
     assert files_in(tmp_path) == []
 
 
@@ -312,14 +335,15 @@ def test_direct_404_is_a_download_error(tmp_path: Path) -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(404, headers={"Content-Type": "text/html"})
 
-    with make_client(LIMITS, httpx.MockTransport(answer)) as client, \
+    with make_client(FetchControl(LIMITS), httpx.MockTransport(answer)) as client, \
             pytest.raises(DownloadError, match="HTTP 404"):
-        fetch_direct(client, "http://127.0.0.1/a.mp3", tmp_path, LIMITS)
+        fetch_direct(client, "http://127.0.0.1/a.mp3", tmp_path, FetchControl(LIMITS))
 
 
-def test_non_media_answer_is_left_to_ytdlp(server: Server, tmp_path: Path) -> None:
-    with make_client(LIMITS) as client:
-        assert fetch_direct(client, server.url("/note.txt"), tmp_path, LIMITS) is None
+def test_non_media_answer_is_refused(server: Server, tmp_path: Path) -> None:
+    with make_client(FetchControl(LIMITS)) as client, \
+            pytest.raises(DownloadError, match=r"not audio or video \(text/plain\)"):
+        fetch_direct(client, server.url("/note.txt"), tmp_path, FetchControl(LIMITS))
     assert files_in(tmp_path) == []
 
 
@@ -335,7 +359,7 @@ def test_refused_connection_is_a_download_error(tmp_path: Path) -> None:
 def test_unresponsive_server_times_out(server: Server, tmp_path: Path) -> None:
     quick = DownloadLimits(max_bytes=LIMITS.max_bytes, max_duration_s=600, timeout_s=0.2,
                            allow_private=True)
-    with pytest.raises(DownloadError, match="timed out fetching from 127.0.0.1"):
+    with pytest.raises(DownloadError, match=r"took longer than 0.2s \(DOWNLOAD_TIMEOUT_S\)"):
         fetch_media(server.url("/slow.flac"), tmp_path, quick)
     assert files_in(tmp_path) == []
 
@@ -344,21 +368,29 @@ def test_unresponsive_server_times_out(server: Server, tmp_path: Path) -> None:
 
 
 def test_ytdlp_downloads_direct_media(server: Server, tmp_path: Path) -> None:
-    path = fetch_with_ytdlp(server.url("/jfk.flac"), tmp_path, LIMITS)
+    path = fetch_with_ytdlp(server.url("/jfk.flac"), tmp_path, LIMITS, extractors=GENERIC)
     assert path.parent == tmp_path
     assert path.read_bytes() == JFK
     assert files_in(tmp_path) == [path.name]  # the scratch folder is gone
 
 
-def test_page_without_media_type_falls_back_to_ytdlp(server: Server, tmp_path: Path) -> None:
-    path = fetch_media(server.url("/page.html"), tmp_path, LIMITS)
-    assert path.read_bytes() == JFK
-    assert server.requests[0] == "/page.html"
+def test_page_is_not_handed_to_ytdlp_generic(server: Server, tmp_path: Path) -> None:
+    # yt-dlp's generic extractor would read the page whole and look for media in it.
+    with pytest.raises(DownloadError, match=r"not audio or video \(text/html\)"):
+        fetch_media(server.url("/page.html"), tmp_path, LIMITS)
+    assert server.requests == ["/page.html"]
+    assert files_in(tmp_path) == []
+
+
+def test_ytdlp_without_generic_refuses_unknown_sites(server: Server, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="No suitable extractor"):
+        fetch_with_ytdlp(server.url("/page.html"), tmp_path, LIMITS)
+    assert server.requests == []
 
 
 def test_ytdlp_404_is_a_short_download_error(server: Server, tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="404") as caught:
-        fetch_with_ytdlp(server.url("/missing.mp3"), tmp_path, LIMITS)
+        fetch_with_ytdlp(server.url("/missing.mp3"), tmp_path, LIMITS, extractors=GENERIC)
     message = str(caught.value)
     assert "Traceback" not in message and str(tmp_path) not in message
     assert not message.startswith("ERROR")
@@ -370,23 +402,24 @@ def test_ytdlp_byte_limit(server: Server, route: str, tmp_path: Path) -> None:
     small = DownloadLimits(max_bytes=len(JFK) // 2, max_duration_s=600, timeout_s=5,
                            allow_private=True)
     with pytest.raises(MediaTooLargeError):
-        fetch_with_ytdlp(server.url(route), tmp_path, small)
+        fetch_with_ytdlp(server.url(route), tmp_path, small, extractors=GENERIC)
     assert files_in(tmp_path) == []
 
 
 def test_ytdlp_refuses_loopback_before_running(server: Server, tmp_path: Path) -> None:
     with pytest.raises(UrlNotAllowedError):
-        fetch_with_ytdlp(server.url("/jfk.flac"), tmp_path, GUARDED)
+        fetch_with_ytdlp(server.url("/jfk.flac"), tmp_path, GUARDED, extractors=GENERIC)
     assert server.requests == []
 
 
-def test_ytdlp_redirect_to_loopback_refused(server: Server, monkeypatch: pytest.MonkeyPatch,
+def test_ytdlp_redirect_to_loopback_refused(server: Server, public_is_local: list[str],
                                             tmp_path: Path) -> None:
-    fake_dns(monkeypatch, {"localhost": [PUBLIC_IP]})
     with pytest.raises(UrlNotAllowedError, match="'127.0.0.1'"):
-        fetch_with_ytdlp(server.url("/redirect", host="localhost"), tmp_path, GUARDED)
-    # yt-dlp follows redirects itself: the target was requested, but nothing was kept.
-    assert server.requests[0] == "/redirect"
+        fetch_with_ytdlp(server.url("/redirect", host="localhost"), tmp_path, GUARDED,
+                         extractors=GENERIC)
+    # yt-dlp's requests go through our handler: the redirect's target is never requested.
+    assert server.requests == ["/redirect"]
+    assert public_is_local == [PUBLIC_IP]
     assert files_in(tmp_path) == []
 
 

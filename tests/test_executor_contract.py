@@ -124,16 +124,26 @@ def test_a_transcriber_exception_fails_only_that_future(
     assert executor.stats().restarts == 0
 
 
-def test_a_chunk_over_the_timeout_fails_and_the_executor_keeps_serving(
+def test_a_chunk_over_the_timeout_is_retried_once_then_fails_and_the_executor_keeps_serving(
     make_executor: MakeExecutor, tmp_path: Path
 ) -> None:
     executor = make_executor(size=1, chunk_timeout_s=2.0)
     slow = make_task(tmp_path, "req", 0, 1111, "sleep=60")
-    with pytest.raises(ChunkTimeoutError):
-        executor.submit(slow).result(timeout=RESULT_TIMEOUT_S)
+    with pytest.raises(ChunkTimeoutError, match="after a retry"):
+        executor.submit(slow).result(timeout=2 * RESULT_TIMEOUT_S)
 
     quick = make_task(tmp_path, "req", 1, 2222)
     assert_belongs(executor.submit(quick).result(timeout=RESULT_TIMEOUT_S), quick)
+    assert executor.stats().restarts == 2  # one worker killed per attempt
+
+
+def test_a_chunk_that_stalls_once_succeeds_on_its_retry(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
+    executor = make_executor(size=1, chunk_timeout_s=2.0)
+    task = make_task(tmp_path, "req", 0, 1234, f"hang_once={tmp_path / 'hung'}")
+
+    assert_belongs(executor.submit(task).result(timeout=2 * RESULT_TIMEOUT_S), task)
     assert executor.stats().restarts == 1
 
 

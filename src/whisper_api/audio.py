@@ -3,57 +3,116 @@
 PyAV (FFmpeg's libraries, already a faster-whisper dependency) instead of the ffmpeg binary: no
 system package, no shell, and frames stream through a resampler into the WAV file, so memory stays
 constant whatever the input length.
+
+Limits come before work: the duration the container declares is checked before decoding, the
+decoded length is counted while converting (a container may lie or declare nothing), and the
+free space the WAV will need is checked before the first byte is written.
 """
 
+import math
+import shutil
 import wave
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 
 import av
 import numpy as np
 
-from whisper_api.errors import InvalidAudioError
+from whisper_api.errors import (
+    InsufficientStorageError,
+    InvalidAudioError,
+    MediaTooLargeError,
+    WhisperApiError,
+    disk_full,
+)
 
 SAMPLE_RATE_HZ = 16000
 BYTES_PER_SAMPLE = 2
+WAV_BYTES_PER_S = SAMPLE_RATE_HZ * BYTES_PER_SAMPLE
+MIN_FREE_BYTES = 64 * 1024 * 1024  # left free besides the WAV: logs, the job database
 
 
-def convert_to_wav(source: Path, target: Path) -> float:
-    """Decode any media's first audio stream into a 16 kHz mono s16 WAV; returns its seconds."""
+def convert_to_wav(source: Path, target: Path, max_duration_s: float = math.inf,
+                   space_factor: float = 1.0) -> float:
+    """Decode any media's first audio stream into a 16 kHz mono s16 WAV; returns its seconds.
+
+    Refused before decoding when the container declares more than `max_duration_s` or the disk
+    lacks `space_factor` times the WAV's size; stopped the moment the decoded audio passes
+    `max_duration_s` when the container declared less (or nothing).
+    """
     if not source.is_file() or source.stat().st_size == 0:
         raise InvalidAudioError("the file is empty")
     try:
-        samples = _stream_to_wav(source, target)
-    except InvalidAudioError:
+        samples = _stream_to_wav(source, target, max_duration_s, space_factor)
+    except WhisperApiError:
         raise
-    except (av.FFmpegError, ValueError, IndexError, OSError) as exc:
+    except OSError as exc:
+        if disk_full(exc):
+            raise InsufficientStorageError(_no_space_message(target)) from exc
+        raise InvalidAudioError(f"cannot decode the media: {_reason(exc)}") from exc
+    except (av.FFmpegError, ValueError, IndexError) as exc:
         raise InvalidAudioError(f"cannot decode the media: {_reason(exc)}") from exc
     if samples == 0:
         raise InvalidAudioError("the audio stream contains no samples")
     return samples / SAMPLE_RATE_HZ
 
 
-def _stream_to_wav(source: Path, target: Path) -> int:
+def _stream_to_wav(source: Path, target: Path, max_duration_s: float,
+                   space_factor: float) -> int:
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE_HZ)
+    max_samples = max_duration_s * SAMPLE_RATE_HZ
     samples = 0
     with av.open(str(source), mode="r", metadata_errors="ignore") as container:
         if not container.streams.audio:
             raise InvalidAudioError("the media has no audio stream")
         stream = container.streams.audio[0]
+        declared_s = declared_duration_s(container, stream)
+        if declared_s is not None:
+            _check_duration(declared_s, max_duration_s)
+            check_free_space(target.parent, declared_s * WAV_BYTES_PER_S * space_factor)
         with wave.open(str(target), "wb") as out:
             out.setnchannels(1)
             out.setsampwidth(BYTES_PER_SAMPLE)
             out.setframerate(SAMPLE_RATE_HZ)
-            for frame in _decode(container, stream):
+            for frame in chain(_decode(container, stream), [None]):  # None flushes
                 for chunk in resampler.resample(frame):
                     data = chunk.to_ndarray().tobytes()
                     samples += len(data) // BYTES_PER_SAMPLE
+                    if samples > max_samples:
+                        _check_duration(samples / SAMPLE_RATE_HZ, max_duration_s, "at least ")
                     out.writeframes(data)
-            for chunk in resampler.resample(None):
-                data = chunk.to_ndarray().tobytes()
-                samples += len(data) // BYTES_PER_SAMPLE
-                out.writeframes(data)
     return samples
+
+
+def declared_duration_s(container: "av.container.InputContainer",
+                        stream: "av.AudioStream") -> float | None:
+    """The duration the stream (else the container) declares; None when it declares none."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _check_duration(duration_s: float, max_duration_s: float, qualifier: str = "") -> None:
+    if duration_s > max_duration_s:
+        raise MediaTooLargeError(
+            f"the audio lasts {qualifier}{duration_s:.0f}s; the limit is {max_duration_s:.0f}s "
+            "(MAX_AUDIO_DURATION_S)")
+
+
+def check_free_space(folder: Path, needed_bytes: float) -> None:
+    """Refuse (507) work that would fill the disk, before writing anything."""
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes + MIN_FREE_BYTES:
+        raise InsufficientStorageError(
+            f"not enough free disk space: the converted audio needs {needed_bytes / 1e6:.0f} MB "
+            f"and {free / 1e6:.0f} MB are free; free space in TEMP_DIR or shorten the media")
+
+
+def _no_space_message(target: Path) -> str:
+    return f"the disk holding {target.parent.name}/ filled up while converting the audio"
 
 
 def _decode(container: "av.container.InputContainer", stream: "av.AudioStream") -> Iterator[

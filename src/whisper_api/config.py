@@ -38,16 +38,19 @@ class Settings(BaseSettings):
     max_upload_mb: float = 500.0
     max_audio_duration_s: float = 4 * 3600.0
     download_timeout_s: float = 600.0
+    max_concurrent_downloads: int = 4
     allow_private_urls: bool = False
     sync_timeout_s: float = 1800.0
     api_keys: str = ""
+    admin_api_key: str = ""
     data_dir: Path = Path("./data")
     database_url: str = ""
     result_ttl_hours: float = 24.0
     max_queued_jobs: int = 16
     max_sync_requests: int = 32
 
-    @field_validator("parallel_chunk_duration", "audio_limit_single_core", "chunk_timeout_s")
+    @field_validator("parallel_chunk_duration", "audio_limit_single_core", "chunk_timeout_s",
+                     "download_timeout_s", "max_concurrent_downloads")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:

@@ -12,12 +12,24 @@
     ├── InputLostError (500)      a job's stored input is missing on the server's disk
     ├── DownloadError (422)       the URL could not be fetched
     ├── MediaTooLargeError (413)  over MAX_UPLOAD_MB or MAX_AUDIO_DURATION_S
+    ├── InsufficientStorageError (507) TEMP_DIR / DATA_DIR has too little free space
     ├── ModelNotFoundError (500)  WHISPER_MODEL could not be resolved
     ├── QueueFullError (429)      MAX_QUEUED_JOBS / MAX_SYNC_REQUESTS reached (with Retry-After)
     ├── SyncTimeoutError (504)    a synchronous request ran past SYNC_TIMEOUT_S
     └── TranscriptionError (500)  a chunk failed even after its retry
         └── ChunkTimeoutError (504)
+
+Low-level errors are translated where they happen; `disk_full` recognises the OSErrors that
+mean "no space left" so every boundary answers them the same way (507, not 500 or 415).
 """
+
+import errno
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 class WhisperApiError(Exception):
@@ -97,6 +109,11 @@ class DownloadError(WhisperApiError):
 class MediaTooLargeError(WhisperApiError):
     status_code = 413
     code = "media_too_large"
+
+
+class InsufficientStorageError(WhisperApiError):
+    status_code = 507
+    code = "insufficient_storage"
 
 
 class QueueFullError(WhisperApiError):

@@ -4,8 +4,12 @@ A job's record (status, timings, its request, the result once done) lives in one
 that it survives a restart. The store uses the stdlib `sqlite3` module on one dedicated thread
 (the connection never leaves it), so the event loop never waits on disk.
 
-The runner admits at most MAX_QUEUED_JOBS waiting jobs (`QueueFullError` beyond that) and runs
-as many jobs at once as there are workers; the rest really wait on a semaphore. Shutdown cancels
+The runner admits at most MAX_QUEUED_JOBS waiting jobs (`QueueFullError` beyond that; the check
+and the admission happen with no await between them, so the cap is exact) and runs as many jobs
+at once as there are workers; the rest really wait on a semaphore. With API_KEYS each job
+records its tenant (a hash of the key that made it). A finished job whose record cannot be
+written (a full disk) fails with that reason: served from memory and written as soon as the
+store takes writes again, so it never stays `running`. Shutdown cancels
 running jobs and puts them back to `queued`; startup resumes queued and running jobs whose input
 is still on disk and fails the others with a reason, so no job stays `running` forever.
 Finished jobs and their input folders are swept after RESULT_TTL_HOURS.
@@ -87,6 +91,7 @@ class Job:
     processing_time_s: float | None = None
     error: str | None = None
     progress: Progress = field(default_factory=lambda: Progress("queued"))
+    tenant: str | None = None  # a hash of the API key that made it (API_KEYS), never the key
 
     def to_dict(self) -> dict[str, Any]:
         """The status body of GET /api/v1/jobs/{id}, the SSE events and the callback."""
@@ -146,12 +151,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     input TEXT NOT NULL,
     progress TEXT NOT NULL,
-    result TEXT
+    result TEXT,
+    tenant TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 """
 COLUMNS = ("id, status, created_at, started_at, finished_at, processing_time_s, error, input, "
-           "progress")
+           "progress, tenant")
+RECORD_RETRY_S = 5.0  # how often records that could not be written are tried again
 
 
 def database_path(settings: Settings) -> Path:
@@ -184,6 +191,9 @@ class JobStore:
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "tenant" not in columns:  # a database from before tenants
+            self._db.execute("ALTER TABLE jobs ADD COLUMN tenant TEXT")
 
     async def close(self) -> None:
         def close() -> None:
@@ -202,13 +212,13 @@ class JobStore:
     async def save(self, job: Job, result: Transcript | None = None) -> None:
         row = (job.id, str(job.status), job.created_at, job.started_at, job.finished_at,
                job.processing_time_s, job.error, json.dumps(asdict(job.input)),
-               json.dumps(asdict(job.progress)),
+               json.dumps(asdict(job.progress)), job.tenant,
                transcript_to_json(result) if result is not None else None)
         await self._call(self._save, row)
 
     def _save(self, row: tuple[Any, ...]) -> None:
         self.db.execute(
-            f"INSERT INTO jobs ({COLUMNS}, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO jobs ({COLUMNS}, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at,"
             " finished_at=excluded.finished_at, processing_time_s=excluded.processing_time_s,"
             " error=excluded.error, progress=excluded.progress,"
@@ -218,8 +228,12 @@ class JobStore:
         rows = await self._call(self._select, "WHERE id = ?", (job_id,))
         return rows[0] if rows else None
 
-    async def recent(self, limit: int) -> list[Job]:
-        return await self._call(self._select, "ORDER BY created_at DESC LIMIT ?", (limit,))
+    async def recent(self, limit: int, tenant: str | None = None,
+                     every_tenant: bool = True) -> list[Job]:
+        if every_tenant:
+            return await self._call(self._select, "ORDER BY created_at DESC LIMIT ?", (limit,))
+        return await self._call(self._select, "WHERE tenant IS ? ORDER BY created_at DESC "
+                                "LIMIT ?", (tenant, limit))
 
     async def unfinished(self) -> list[Job]:
         return await self._call(self._select, "WHERE status IN ('queued', 'running') "
@@ -253,9 +267,9 @@ class JobStore:
 
 
 def _job_from_row(row: tuple[Any, ...]) -> Job:
-    job_id, status, created, started, finished, processing, error, inp, progress = row
+    job_id, status, created, started, finished, processing, error, inp, progress, tenant = row
     return Job(job_id, JobInput(**json.loads(inp)), JobStatus(status), created, started,
-               finished, processing, error, Progress(**json.loads(progress)))
+               finished, processing, error, Progress(**json.loads(progress)), tenant)
 
 
 # --- runner -----------------------------------------------------------------------------------
@@ -289,6 +303,8 @@ class JobRunner:
         self._cancel_requested: set[str] = set()
         self._stopping = False
         self._sweeper: asyncio.Task[None] | None = None
+        self._unrecorded: dict[str, Job] = {}  # finished, but the store refused the record
+        self._recorder: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -297,17 +313,17 @@ class JobRunner:
         for job in await self.store.unfinished():
             await self._recover(job)
         self._sweeper = asyncio.create_task(self._sweep_forever())
+        self._recorder = asyncio.create_task(self._record_forever())
 
     async def stop(self) -> None:
         """Stop taking jobs, cancel running ones (they go back to queued), close the store."""
         self._stopping = True
-        if self._sweeper:
-            self._sweeper.cancel()
+        background = [t for t in (self._sweeper, self._recorder) if t]
         tasks = list(self._tasks.values())
-        for task in tasks:
+        for task in [*background, *tasks]:
             task.cancel()
-        await asyncio.gather(*tasks, *([self._sweeper] if self._sweeper else []),
-                             return_exceptions=True)
+        await asyncio.gather(*tasks, *background, return_exceptions=True)
+        await self._record_unrecorded()  # a last chance before the store closes
         await self.store.close()
 
     async def _recover(self, job: Job) -> None:
@@ -326,25 +342,13 @@ class JobRunner:
     def waiting(self) -> int:
         return sum(1 for j in self._active.values() if j.status == JobStatus.queued)
 
-    async def submit(self, source: MediaSource, job_input: JobInput) -> Job:
-        if self._stopping:
-            raise QueueFullError("the server is shutting down", retry_after_s=30)
-        if self.waiting >= self.settings.max_queued_jobs:
-            raise QueueFullError(f"{self.waiting} jobs are already waiting (MAX_QUEUED_JOBS); "
-                                 "try again later", retry_after_s=30)
-        for url in (job_input.callback_url, getattr(source, "url", None)):
-            if url:
-                await asyncio.to_thread(self._check_url, url)
-        job = Job(uuid.uuid4().hex, job_input)
-        if isinstance(source, UploadSource):
-            job.input = replace(job_input, upload_name=INPUT_NAME + safe_suffix(source.filename),
-                                filename=display_name(source.filename))
-        elif isinstance(source, UrlSource):
-            job.input = replace(job_input, url=source.url)
-        else:
-            raise InvalidRequestError("a job takes an upload or a URL")
-        self._active[job.id] = job  # counts as waiting while the upload is saved
+    async def submit(self, source: MediaSource, job_input: JobInput,
+                     tenant: str | None = None) -> Job:
+        job = self._admit(source, job_input, tenant)  # no await before this: the cap is exact
         try:
+            for url in (job_input.callback_url, getattr(source, "url", None)):
+                if url:
+                    await asyncio.to_thread(self._check_url, url)
             if isinstance(source, UploadSource):
                 await asyncio.to_thread(self._save_upload, source.stream, self._input_path(job))
             await self.store.save(job)
@@ -353,6 +357,24 @@ class JobRunner:
             await asyncio.to_thread(shutil.rmtree, self._folder(job.id), True)
             raise
         self._enqueue(job)
+        return job
+
+    def _admit(self, source: MediaSource, job_input: JobInput, tenant: str | None) -> Job:
+        """Check room and take it in one step; the job counts as waiting from here on."""
+        if self._stopping:
+            raise QueueFullError("the server is shutting down", retry_after_s=30)
+        if self.waiting >= self.settings.max_queued_jobs:
+            raise QueueFullError(f"{self.waiting} jobs are already waiting (MAX_QUEUED_JOBS); "
+                                 "try again later", retry_after_s=30)
+        job = Job(uuid.uuid4().hex, job_input, tenant=tenant)
+        if isinstance(source, UploadSource):
+            job.input = replace(job_input, upload_name=INPUT_NAME + safe_suffix(source.filename),
+                                filename=display_name(source.filename))
+        elif isinstance(source, UrlSource):
+            job.input = replace(job_input, url=source.url)
+        else:
+            raise InvalidRequestError("a job takes an upload or a URL")
+        self._active[job.id] = job
         return job
 
     def _save_upload(self, stream: BinaryIO, target: Path) -> None:
@@ -368,10 +390,14 @@ class JobRunner:
 
     # --- queries ------------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job | None:
-        return self._active.get(job_id) or await self.store.get(job_id)
+        return (self._active.get(job_id) or self._unrecorded.get(job_id)
+                or await self.store.get(job_id))
 
-    async def recent(self, limit: int) -> list[Job]:
-        return [self._active.get(j.id, j) for j in await self.store.recent(limit)]
+    async def recent(self, limit: int, tenant: str | None = None,
+                     every_tenant: bool = True) -> list[Job]:
+        """The newest jobs: every tenant's, or only `tenant`'s."""
+        jobs = await self.store.recent(limit, tenant, every_tenant)
+        return [self._active.get(j.id) or self._unrecorded.get(j.id) or j for j in jobs]
 
     async def result(self, job_id: str) -> Transcript | None:
         return await self.store.result(job_id)
@@ -479,20 +505,50 @@ class JobRunner:
         if job.started_at is not None:
             job.processing_time_s = round(job.finished_at - job.started_at, 3)
         job.progress = replace(job.progress, stage=str(status))
-        await self.store.save(job, result)
+        try:
+            await self.store.save(job, result)
+        except Exception as exc:  # disk full, database locked or gone...
+            await self._record_failure(job, exc)
         # The input is only needed to resume; the converted audio stays for the player.
-        await asyncio.to_thread(self._drop_inputs, job, status == JobStatus.succeeded)
-        log.info("job %s %s%s", job.id, status, f": {error}" if error else "")
+        await asyncio.to_thread(self._drop_inputs, job, job.status == JobStatus.succeeded)
+        log.info("job %s %s%s", job.id, job.status, f": {job.error}" if job.error else "")
+
+    async def _record_failure(self, job: Job, exc: Exception) -> None:
+        """The record could not be written: the job fails with the reason, recorded as soon as
+        the store takes it (now with the smaller record, or by `_record_forever`)."""
+        log.error("job %s: its record could not be written: %s", job.id, exc)
+        job.status = JobStatus.failed
+        job.error = f"the job's record could not be written ({type(exc).__name__}: {exc})"
+        job.progress = replace(job.progress, stage=str(job.status))
+        try:
+            await self.store.save(job)
+        except Exception:
+            self._unrecorded[job.id] = job
+
+    async def _record_unrecorded(self) -> None:
+        for job_id, job in list(self._unrecorded.items()):
+            try:
+                await self.store.save(job)
+            except Exception as exc:
+                log.warning("job %s: its record still cannot be written: %s", job_id, exc)
+                return
+            self._unrecorded.pop(job_id, None)
+            log.info("job %s: its failure is now recorded", job_id)
+
+    async def _record_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RECORD_RETRY_S)
+            await self._record_unrecorded()
 
     async def _post_callback(self, job: Job) -> None:
-        import httpx
+        from whisper_api.download import post_json
 
         url = job.input.callback_url or ""
         try:
             await asyncio.to_thread(self._check_url, url)
-            async with httpx.AsyncClient(timeout=CALLBACK_TIMEOUT_S) as client:
-                response = await client.post(url, json=job.to_dict())
-                response.raise_for_status()
+            # Through the guard's pinned connection: the host is vetted where it is connected.
+            await asyncio.to_thread(post_json, url, job.to_dict(),
+                                    self.settings.allow_private_urls, CALLBACK_TIMEOUT_S)
         except Exception as exc:  # a broken callback must not affect the job
             log.warning("callback for job %s to %s failed: %s", job.id, url, exc)
 

@@ -18,6 +18,7 @@ from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Transc
 
 log = logging.getLogger(__name__)
 CONVERTED_NAME = "audio_16k.wav"  # the converted audio in a session's download/ folder
+SPACE_FACTOR = 2.0  # the converted WAV and, for long files, its chunk copies
 
 # Measured on the long dev and held-out files (docs/benchmarks.md).
 PRESETS: dict[str, DecodeOptions] = {
@@ -74,7 +75,8 @@ class Pipeline:
         started = time.perf_counter()
         on_progress(Progress("converting"))
         wav = session.download / CONVERTED_NAME
-        duration_s = await asyncio.to_thread(convert_to_wav, media, wav)
+        duration_s = await asyncio.to_thread(convert_to_wav, media, wav,
+                                             self._settings.max_audio_duration_s, SPACE_FACTOR)
         if duration_s > self._settings.max_audio_duration_s:
             raise MediaTooLargeError(
                 f"the audio lasts {duration_s:.0f}s; the limit is "

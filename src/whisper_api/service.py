@@ -10,12 +10,18 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from whisper_api.config import Settings
-from whisper_api.errors import MediaTooLargeError
+from whisper_api.errors import (
+    DownloadError,
+    InsufficientStorageError,
+    MediaTooLargeError,
+    disk_full,
+)
 from whisper_api.executors import ChunkExecutor, build_executor
 from whisper_api.pipeline import CONVERTED_NAME, Pipeline, Progress, TranscribeRequest
 from whisper_api.sessions import Session, SessionManager
@@ -24,6 +30,7 @@ from whisper_api.transcript import Transcript
 log = logging.getLogger("whisper_api")
 SAFE_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 COPY_BLOCK = 1 << 20
+CANCEL_GRACE_S = 5.0  # how long a cancelled download's thread gets to stop before we move on
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,10 @@ class Service:
         self.sync_requests = 0  # synchronous requests running now (only touched on the loop)
         self.sessions = SessionManager(settings.temp_dir, settings.max_temp_age_hours)
         self.pipeline = Pipeline(settings, executor, workers)
+        # Downloads wait on remote servers: their own bounded pool, so slow remotes can never
+        # occupy the threads that conversion and file work (asyncio.to_thread) need.
+        self.downloads = ThreadPoolExecutor(settings.max_concurrent_downloads,
+                                            thread_name_prefix="download")
 
     async def transcribe(
         self,
@@ -83,7 +94,7 @@ class Service:
             started = time.perf_counter()
             transcript = await self.pipeline.transcribe(media, session, request, on_progress)
             if keep_audio is not None:
-                await asyncio.to_thread(shutil.move, session.download / CONVERTED_NAME, keep_audio)
+                await asyncio.to_thread(keep_copy, session.download / CONVERTED_NAME, keep_audio)
         if self.observer:
             self.observer.transcribed(transcript.duration_s, time.perf_counter() - started)
         return transcript
@@ -99,23 +110,65 @@ class Service:
                                     self.settings.max_upload_bytes)
             return target
         on_progress(Progress("downloading"))
-        from whisper_api.download import DownloadLimits, fetch_media
+        return await self.download(source.url, session.download)
+
+    async def download(self, url: str, target_dir: Path) -> Path:
+        """fetch_media on the download pool, within DOWNLOAD_TIMEOUT_S from now.
+
+        Cancelling the caller (job cancel, client gone, SYNC_TIMEOUT_S) or reaching the deadline
+        stops the download thread too: its sockets are shut and it is awaited briefly, so it
+        neither keeps a pool thread nor writes into a session folder being removed.
+        """
+        from whisper_api.download import DownloadLimits, FetchControl, fetch_media
 
         limits = DownloadLimits(
             self.settings.max_upload_bytes, self.settings.max_audio_duration_s,
             self.settings.download_timeout_s, self.settings.allow_private_urls,
         )
-        return await asyncio.to_thread(fetch_media, source.url, session.download, limits)
+        control = FetchControl(limits)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.downloads, fetch_media, url, target_dir, limits,
+                                      control)
+        try:
+            done, _ = await asyncio.wait({future}, timeout=limits.timeout_s)
+        except asyncio.CancelledError:
+            control.cancel()
+            await asyncio.wait({future}, timeout=CANCEL_GRACE_S)
+            raise
+        if not done:
+            control.cancel(control.timeout_message)
+            await asyncio.wait({future}, timeout=CANCEL_GRACE_S)
+            raise DownloadError(control.timeout_message)
+        return future.result()
+
+    def close(self) -> None:
+        self.downloads.shutdown(wait=False, cancel_futures=True)
 
 
 def save_stream(stream: BinaryIO, target: Path, max_bytes: int) -> None:
     written = 0
-    with target.open("wb") as out:
-        while block := stream.read(COPY_BLOCK):
-            written += len(block)
-            if written > max_bytes:
-                raise MediaTooLargeError(f"the upload exceeds {max_bytes // (1024 * 1024)} MB")
-            out.write(block)
+    try:
+        with target.open("wb") as out:
+            while block := stream.read(COPY_BLOCK):
+                written += len(block)
+                if written > max_bytes:
+                    raise MediaTooLargeError(
+                        f"the upload exceeds {max_bytes // (1024 * 1024)} MB")
+                out.write(block)
+    except OSError as exc:
+        if disk_full(exc):
+            raise InsufficientStorageError(
+                f"no space left to store the upload in {target.parent.parent.name}") from exc
+        raise
+
+
+def keep_copy(converted: Path, target: Path) -> None:
+    """Move the converted audio for the player; an optional extra, so failure only logs."""
+    try:
+        shutil.move(converted, target)
+    except OSError as exc:
+        log.warning("could not keep the audio for the player (%s); the transcript is kept", exc)
+        target.unlink(missing_ok=True)
 
 
 def safe_suffix(filename: str) -> str:

@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -73,7 +74,9 @@ class SessionManager:
         for name in SUBFOLDERS:
             (root / name).mkdir(parents=True, exist_ok=True)
         session = Session(session_id, root)
-        session.update_metadata(session_id=session_id, created_at=time.time(), **metadata)
+        pid = os.getpid()
+        session.update_metadata(session_id=session_id, created_at=time.time(), owner_pid=pid,
+                                owner_started=process_started(pid), **metadata)
         return session
 
     def remove(self, session: Session) -> None:
@@ -98,13 +101,17 @@ class SessionManager:
             await asyncio.shield(asyncio.to_thread(self.remove, session))
 
     def sweep(self) -> int:
-        """Remove session folders older than MAX_TEMP_AGE_HOURS; returns how many."""
+        """Remove session folders older than MAX_TEMP_AGE_HOURS, and those of a server process
+        that is gone (killed mid-request: nobody will finish or remove them); returns how many.
+        Folders of live servers sharing this TEMP_DIR are left alone."""
         if not self.temp_dir.is_dir():
             return 0
         cutoff = time.time() - self.max_age_s
         removed = 0
         for entry in self.temp_dir.iterdir():
-            if entry.is_dir() and SESSION_ID.fullmatch(entry.name) and _touched(entry) < cutoff:
+            if not (entry.is_dir() and SESSION_ID.fullmatch(entry.name)):
+                continue
+            if _touched(entry) < cutoff or _orphaned(entry):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
         if removed:
@@ -117,6 +124,41 @@ def _touched(root: Path) -> float:
     metadata = root / "metadata.json"
     stamps = [root.stat().st_mtime, *([metadata.stat().st_mtime] if metadata.exists() else [])]
     return max(stamps)
+
+
+def _orphaned(root: Path) -> bool:
+    """True when the metadata names an owner process that no longer exists."""
+    try:
+        data = json.loads((root / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return False  # being created right now, or not ours to judge: age decides
+    pid = data.get("owner_pid")
+    if not isinstance(pid, int):
+        return False
+    recorded: str | None = data.get("owner_started")
+    if recorded:  # gone, or its pid reused by a process started at another time
+        return process_started(pid) != recorded
+    return not _pid_exists(pid)  # no /proc: a live pid is trusted
+
+
+def process_started(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), None if it does not exist
+    or this system has no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def folder_size(path: Path) -> int:

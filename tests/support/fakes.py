@@ -6,6 +6,8 @@ the fake through its `DecodeOptions.initial_prompt`, a `;`-separated list of dir
     sleep=<seconds>   sleep this long before answering
     mark=<path>       create this file when the chunk starts (proves the worker is mid-chunk)
     raise             raise RuntimeError instead of answering
+    hang_once=<path>  the first attempt (no file at path yet) creates it and hangs for 120 s;
+                      later attempts answer at once (a chunk that succeeds when retried)
 
 The answer is one Segment whose text encodes the chunk's length in samples, so a test can check
 that a result belongs to the task (each task gets a WAV of a distinct length).
@@ -46,6 +48,9 @@ class EchoTranscriber:
             Path(directives["mark"]).touch()
         if "raise" in directives:
             raise RuntimeError(f"fake failure on {len(audio)} samples")
+        if "hang_once" in directives and not Path(directives["hang_once"]).exists():
+            Path(directives["hang_once"]).touch()
+            time.sleep(120.0)
         time.sleep(float(directives.get("sleep", "0")))
         segment = Segment(0.0, len(audio) / SAMPLE_RATE_HZ, text_for(len(audio)))
         return [segment], "en", 0

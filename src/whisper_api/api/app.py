@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from whisper_api import __version__
+from whisper_api.api.admission import AdmissionMiddleware
 from whisper_api.api.body_limit import BodyLimitMiddleware
 from whisper_api.api.errors import install_error_handlers
 from whisper_api.api.jobs_routes import jobs_router, start_runner
@@ -39,11 +40,13 @@ def create_app(settings: Settings, executor: ChunkExecutor | None = None) -> Fas
             yield
         finally:
             await runner.stop()
+            service.close()
             await asyncio.to_thread(service.executor.stop)
 
     app = FastAPI(title="whisper-api", version=__version__, lifespan=lifespan)
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(AdmissionMiddleware, settings=settings)  # before any body is read
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: counts the 413s
     install_error_handlers(app)
     app.include_router(health_router)

@@ -7,13 +7,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from whisper_api.errors import WhisperApiError
+from whisper_api.errors import InsufficientStorageError, WhisperApiError, disk_full
 
 log = logging.getLogger("whisper_api.api")
+MAX_MESSAGE_CHARS = 300  # messages quote the caller's input; a 1 MB input is not echoed back
 
 
 def error_body(status: int, code: str, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status, headers or None)
+    return JSONResponse({"error": {"code": code, "message": truncate(message)}}, status,
+                        headers or None)
+
+
+def truncate(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}… ({len(message) - limit} more characters)"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -34,6 +42,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if disk_full(exc):  # e.g. while the multipart parser spools an upload
+            log.error("disk full: %s", exc)
+            return error_body(507, InsufficientStorageError.code,
+                              "no space left on the server's disk; try again later")
         log.exception("unexpected error")
         return error_body(500, "internal_error", "internal error; see the server log")
 

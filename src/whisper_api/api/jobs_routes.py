@@ -8,7 +8,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from whisper_api.api.routes import AuthDep, JobBody, check_format, read_media_form, respond
+from whisper_api.api.routes import (
+    AuthDep,
+    Caller,
+    CallerDep,
+    JobBody,
+    check_format,
+    read_media_form,
+    respond,
+)
 from whisper_api.errors import JobNotFoundError, JobStateError
 from whisper_api.formats import FORMATS
 from whisper_api.jobs import Job, JobInput, JobRunner, JobStatus, JobStore, database_path
@@ -39,36 +47,39 @@ JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#
         "file": {"type": "string", "format": "binary"}, "language": {"type": "string"},
         "format": {"type": "string", "enum": list(FORMATS)},
         "word_timestamps": {"type": "boolean"}, "callback_url": {"type": "string"}}}}}}})
-async def create_job(request: Request, runner: JobsDep) -> JSONResponse:
+async def create_job(request: Request, runner: JobsDep, caller: CallerDep) -> JSONResponse:
     form = await read_media_form(request, JobBody)
     job_input = JobInput(language=form.language, word_timestamps=form.word_timestamps,
                          format=form.format, callback_url=form.callback_url)
-    job = await runner.submit(form.source, job_input)
+    job = await runner.submit(form.source, job_input, caller.tenant)
     return JSONResponse({"id": job.id, "status": str(job.status)}, 202,
                         {"Location": f"/api/v1/jobs/{job.id}"})
 
 
 @jobs_router.get("")
-async def list_jobs(runner: JobsDep,
+async def list_jobs(runner: JobsDep, caller: CallerDep,
                     limit: Annotated[int, Query(ge=1, le=200)] = 20) -> dict[str, Any]:
-    return {"jobs": [job.to_dict() for job in await runner.recent(limit)]}
+    jobs = await runner.recent(limit, caller.tenant, caller.sees_all)
+    return {"jobs": [job.to_dict() for job in jobs]}
 
 
-async def _job(runner: JobRunner, job_id: str) -> Job:
+async def _job(runner: JobRunner, job_id: str, caller: Caller) -> Job:
+    """The job, if this caller may see it: another tenant's job is as absent as a missing one."""
     job = await runner.get(job_id)
-    if job is None:
-        raise JobNotFoundError(f"no job {job_id!r}")
+    if job is None or not (caller.sees_all or job.tenant == caller.tenant):
+        raise JobNotFoundError(f"no job {job_id[:64]!r}")
     return job
 
 
 @jobs_router.get("/{job_id}", operation_id="get_job")
-async def get_job(job_id: str, runner: JobsDep) -> dict[str, Any]:
-    return (await _job(runner, job_id)).to_dict()
+async def get_job(job_id: str, runner: JobsDep, caller: CallerDep) -> dict[str, Any]:
+    return (await _job(runner, job_id, caller)).to_dict()
 
 
 @jobs_router.get("/{job_id}/result", operation_id="get_result")
-async def get_result(job_id: str, runner: JobsDep, format: str | None = None) -> Response:
-    job = await _job(runner, job_id)
+async def get_result(job_id: str, runner: JobsDep, caller: CallerDep,
+                     format: str | None = None) -> Response:
+    job = await _job(runner, job_id, caller)
     if job.status != JobStatus.succeeded:
         raise JobStateError(f"job {job_id} is {job.status}; the result exists once it "
                                  "has succeeded")
@@ -81,9 +92,9 @@ async def get_result(job_id: str, runner: JobsDep, format: str | None = None) ->
 
 
 @jobs_router.get("/{job_id}/audio", response_class=FileResponse, operation_id="get_audio")
-async def get_audio(job_id: str, runner: JobsDep) -> FileResponse:
+async def get_audio(job_id: str, runner: JobsDep, caller: CallerDep) -> FileResponse:
     """The job's converted audio (16 kHz mono WAV) for the web page's player; supports Range."""
-    job = await _job(runner, job_id)
+    job = await _job(runner, job_id, caller)
     path = runner.audio_path(job.id)
     if job.status != JobStatus.succeeded or not await asyncio.to_thread(path.is_file):
         raise JobNotFoundError(f"job {job_id} has no audio (it exists once the job succeeded)")
@@ -92,8 +103,8 @@ async def get_audio(job_id: str, runner: JobsDep) -> FileResponse:
 
 
 @jobs_router.delete("/{job_id}", operation_id="cancel_job")
-async def cancel_job(job_id: str, runner: JobsDep) -> dict[str, Any]:
-    job = await _job(runner, job_id)
+async def cancel_job(job_id: str, runner: JobsDep, caller: CallerDep) -> dict[str, Any]:
+    job = await _job(runner, job_id, caller)
     if job.status in (JobStatus.succeeded, JobStatus.failed):
         raise JobStateError(f"job {job_id} has already {job.status}")
     cancelled = await runner.cancel(job_id)
@@ -101,8 +112,8 @@ async def cancel_job(job_id: str, runner: JobsDep) -> dict[str, Any]:
 
 
 @jobs_router.get("/{job_id}/events", operation_id="job_events")
-async def job_events(job_id: str, runner: JobsDep) -> StreamingResponse:
-    await _job(runner, job_id)
+async def job_events(job_id: str, runner: JobsDep, caller: CallerDep) -> StreamingResponse:
+    await _job(runner, job_id, caller)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(_sse(runner, job_id), media_type="text/event-stream",
                              headers=headers)

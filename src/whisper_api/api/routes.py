@@ -1,6 +1,7 @@
 """HTTP surfaces: health, the seed's /api/v1/transcribe, and OpenAI's /v1/audio/*."""
 
 import asyncio
+import hashlib
 import json
 import secrets
 import time
@@ -13,10 +14,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError, model_validator
 from starlette.datastructures import UploadFile as StarletteUpload
 
+from whisper_api.config import Settings
 from whisper_api.errors import (
     ClientDisconnectedError,
     InvalidRequestError,
-    QueueFullError,
+    MediaTooLargeError,
     SyncTimeoutError,
     UnauthorizedError,
 )
@@ -35,17 +37,51 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-def require_key(request: Request, service: ServiceDep) -> None:
-    """API_KEYS set: every route but /health and the page needs `Authorization: Bearer <key>`."""
-    keys = service.settings.api_key_set
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(secrets.compare_digest(token, k) for k in keys):
-        raise UnauthorizedError("missing or invalid API key")
+MAX_JSON_BYTES = 64 * 1024  # a URL and a few options; anything bigger is not a real request
+MAX_JSON_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: `tenant` is a hash of their key (never the key), None without API_KEYS.
+
+    With API_KEYS a job belongs to the key that made it; `sees_all` (no keys configured, or
+    ADMIN_API_KEY) lifts that.
+    """
+
+    tenant: str | None = None
+    sees_all: bool = True
+
+
+def tenant_of(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def authenticate(settings: Settings, authorization: str) -> Caller:
+    """API_KEYS / ADMIN_API_KEY set: every route but /health and the page needs
+    `Authorization: Bearer <key>`. Raises 401 otherwise."""
+    keys, admin = settings.api_key_set, settings.admin_api_key
+    if not keys and not admin:
+        return Caller()
+    scheme, _, token = authorization.partition(" ")
+    # Compared as bytes: compare_digest refuses non-ASCII str, which was a 500. Headers arrive
+    # decoded as latin-1, so this gives back the bytes the client sent.
+    given = token.encode("latin-1", "replace")
+    if scheme.lower() == "bearer" and token:
+        if admin and secrets.compare_digest(given, admin.encode()):
+            return Caller(tenant_of(admin), sees_all=True)
+        for key in keys:
+            if secrets.compare_digest(given, key.encode()):
+                return Caller(tenant_of(key), sees_all=False)
+    raise UnauthorizedError("missing or invalid API key")
+
+
+def require_key(request: Request, service: ServiceDep) -> Caller:
+    return authenticate(service.settings, request.headers.get("authorization", ""))
 
 
 AuthDep = Depends(require_key)
+CallerDep = Annotated[Caller, Depends(require_key)]
 health_router = APIRouter()
 seed_router = APIRouter(dependencies=[AuthDep])
 openai_router = APIRouter(dependencies=[AuthDep])
@@ -119,9 +155,7 @@ async def read_media_form(
     """A multipart upload, or a JSON body naming a URL (validated with `model`)."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form()
-        upload = form.get("file")
-        if not isinstance(upload, StarletteUpload):
-            raise InvalidRequestError("multipart requests need a 'file' field")
+        upload = single_file(form.getlist("file"))
         fmt = check_format(str(form.get("format") or "json"))
         return MediaForm(
             UploadSource(upload.file, upload.filename or ""),
@@ -130,9 +164,7 @@ async def read_media_form(
             str(form.get("callback_url") or "") or None,
         )
     try:
-        body = model.model_validate(json.loads(await request.body() or b"null"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"the body is not valid JSON: {exc}") from exc
+        body = model.model_validate(parse_json(await read_small_body(request)))
     except ValidationError as exc:
         raise InvalidRequestError(_first_error(exc)) from exc
     return MediaForm(
@@ -140,6 +172,63 @@ async def read_media_form(
         body.format, body.word_timestamps,
         body.callback_url if isinstance(body, JobBody) else None,
     )
+
+
+def single_file(parts: list[Any]) -> StarletteUpload:
+    """The one 'file' part; two are refused rather than silently keeping one of them."""
+    uploads = [p for p in parts if isinstance(p, StarletteUpload)]
+    if len(parts) > 1:
+        raise InvalidRequestError("send one 'file' part per request; got several")
+    if not uploads:
+        raise InvalidRequestError("multipart requests need a 'file' field")
+    return uploads[0]
+
+
+async def read_small_body(request: Request, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The body, refused (413) as soon as it passes `limit`: JSON here is a URL and options."""
+    too_large = MediaTooLargeError(f"a JSON body may be at most {limit // 1024} KB; upload "
+                                   "media as multipart 'file'")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for block in request.stream():
+        body += block
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def parse_json(raw: bytes) -> Any:
+    """json.loads with the nesting depth bounded first (deep nesting is a RecursionError)."""
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise InvalidRequestError(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"the body is not valid JSON: {exc}") from exc
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest [ / { nesting in raw JSON, brackets inside strings ignored."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -176,16 +265,8 @@ async def run_sync(
 ) -> Transcript:
     """Await work, but give up on a client that left and on SYNC_TIMEOUT_S (cancelling chunks).
 
-    At most MAX_SYNC_REQUESTS run at once (429 beyond): each holds a connection and a spooled
-    upload, and the jobs API is the place for a backlog.
+    MAX_SYNC_REQUESTS is enforced before the body is read, by `AdmissionMiddleware`.
     """
-    limit = service.settings.max_sync_requests
-    if service.sync_requests >= limit:
-        work.close()
-        raise QueueFullError(f"{limit} synchronous requests are already running "
-                             "(MAX_SYNC_REQUESTS); retry later or use POST /api/v1/jobs",
-                             retry_after_s=10)
-    service.sync_requests += 1
     task = asyncio.create_task(work)
     deadline = time.monotonic() + service.settings.sync_timeout_s
     try:
@@ -199,7 +280,6 @@ async def run_sync(
                 raise SyncTimeoutError(service.settings.sync_timeout_s)
         return task.result()
     finally:
-        service.sync_requests -= 1
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -250,6 +330,7 @@ async def openai_translations(
 async def _openai(
     request: Request, service: ServiceDep, file: UploadFile, job: TranscribeRequest, fmt: str
 ) -> Response:
+    single_file((await request.form()).getlist("file"))  # parsed once already: cached
     source = UploadSource(file.file, file.filename or "")
     transcript = await run_sync(request, service, service.transcribe(
         source, job, _client_ip(request)))

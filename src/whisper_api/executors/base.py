@@ -22,6 +22,8 @@ from whisper_api.errors import ChunkTimeoutError, TranscriptionError
 from whisper_api.transcript import ChunkResult, ChunkTask
 
 POLL_S = 0.05
+MAX_ATTEMPTS = 2  # a chunk whose worker died or stalled gets one more try on a fresh worker
+log = logging.getLogger("whisper_api.executors")
 chunk_log = logging.getLogger("whisper_api.chunks")
 
 
@@ -251,17 +253,34 @@ class Dispatcher:
         return pending
 
     def _timed_out(self) -> list[WorkerSlot]:
-        """Slots whose chunk ran past CHUNK_TIMEOUT_S; their futures fail here (lock held)."""
+        """Slots whose chunk ran past CHUNK_TIMEOUT_S (lock held); the caller kills their worker.
+
+        A stuck decode may be a one-off (a starved CPU, a stopped process), so the chunk gets
+        one more try on a fresh worker, as after a crash.
+        """
         now = time.monotonic()
         late = [s for s in self._slots()
                 if s.running is not None and now - s.started_at >= self._timeout_s]
         for slot in late:
-            assert slot.running is not None
-            if not slot.running.future.done():
-                slot.running.future.set_exception(
-                    ChunkTimeoutError(f"a chunk took longer than {self._timeout_s:.0f}s"))
-            slot.running = None
+            # Not ready until its replacement has loaded: the retry must not go to the worker
+            # about to be killed.
+            pending, slot.running, slot.ready = slot.running, None, False
+            assert pending is not None
+            self._retry_or_fail(pending, f"a chunk took longer than {self._timeout_s:.0f}s "
+                                "(CHUNK_TIMEOUT_S)", error=ChunkTimeoutError)
         return late
+
+    def _retry_or_fail(self, pending: Pending, reason: str, retry: bool = True,
+                       error: type[TranscriptionError] = TranscriptionError) -> None:
+        """Queue a chunk again at the front, or fail it once its attempts are spent."""
+        if pending.future.done():
+            return
+        if retry and pending.attempts < MAX_ATTEMPTS:
+            log.warning("Chunk %s: %s; retrying", pending.task.task_id.rsplit(":", 1)[-1], reason)
+            self._queues.push(pending, retry=True)
+        else:
+            retried = " (after a retry)" if pending.attempts >= MAX_ATTEMPTS else ""
+            pending.future.set_exception(error(f"{reason}{retried}"))
 
     def _deliver(self, pending: Pending, outcome: ChunkResult | Exception) -> None:
         """Complete a chunk's future, unless its caller cancelled it meanwhile."""

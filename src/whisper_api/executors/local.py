@@ -2,12 +2,14 @@
 
 A supervisor thread reads the workers' messages, routes each result to the future of the task
 that asked for it, replaces dead workers (retrying their chunk once) and kills workers whose
-chunk exceeds the timeout. Each worker has its own inbox, so the supervisor always knows which
-chunk a dead worker was holding. Shared state is guarded by the Dispatcher's lock.
+chunk exceeds the timeout (retrying that chunk once too). Each worker has its own inbox, so the
+supervisor always knows which chunk a dead worker was holding. Shared state is guarded by the
+Dispatcher's lock. Workers die with their server (see `worker.watch_parent`).
 """
 
 import logging
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
@@ -16,7 +18,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from whisper_api.errors import TranscriptionError
-from whisper_api.executors.base import POLL_S, Dispatcher, Pending, WorkerConfig, WorkerSlot
+from whisper_api.executors.base import POLL_S, Dispatcher, WorkerConfig, WorkerSlot
 from whisper_api.executors.worker import (
     Done,
     Failed,
@@ -30,7 +32,6 @@ from whisper_api.executors.worker import (
 from whisper_api.transcript import ChunkResult
 
 log = logging.getLogger("whisper_api.pool")
-MAX_ATTEMPTS = 2
 
 
 @dataclass
@@ -170,20 +171,11 @@ class WorkerPool(Dispatcher):
             if process := self._workers[slot.worker_id].process:
                 process.kill()
 
-    def _retry_or_fail(self, pending: Pending, reason: str, retry: bool = True) -> None:
-        if pending.future.done():
-            return
-        if retry and pending.attempts < MAX_ATTEMPTS:
-            log.warning("Chunk %s: %s; retrying", pending.task.task_id.rsplit(":", 1)[-1], reason)
-            self._queues.push(pending, retry=True)
-        else:
-            pending.future.set_exception(TranscriptionError(f"{reason} (after a retry)"))
-
     def _spawn(self, worker_id: int) -> None:
         inbox = self._ctx.Queue()
         process = self._ctx.Process(
             target=process_main,
-            args=(worker_id, self._config, self._factory, inbox, self._outbox),
+            args=(worker_id, self._config, self._factory, inbox, self._outbox, os.getpid()),
             name=f"whisper-worker-{worker_id}",
             daemon=True,
         )

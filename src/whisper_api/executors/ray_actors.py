@@ -250,7 +250,7 @@ class RayExecutor(Dispatcher):
                 idle.task_ref = ref
 
     def _restart_late(self) -> None:
-        """Kill an actor stuck on a chunk; Ray restarts it. The late chunk is not retried."""
+        """Kill an actor stuck on a chunk; Ray restarts it, and the chunk gets one more try."""
         for slot in self._timed_out():
             actor = self._actors[slot.worker_id]
             if actor.task_ref is not None:

@@ -6,6 +6,8 @@ What a worker sends its executor are small frozen dataclasses (`Ready`, `LoadFai
 
 import io
 import logging
+import os
+import threading
 import time
 import traceback
 import wave
@@ -20,6 +22,7 @@ from whisper_api.executors.base import WorkerConfig
 from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Segment
 
 log = logging.getLogger("whisper_api.worker")
+PARENT_CHECK_S = 1.0
 
 
 class ChunkTranscriber(Protocol):
@@ -100,10 +103,32 @@ def decode_wav_bytes(data: bytes) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.int16).astype(np.float32) / 32768.0
 
 
+def watch_parent(parent_pid: int, interval_s: float = PARENT_CHECK_S) -> threading.Thread:
+    """Exit this process as soon as `parent_pid` is no longer its parent.
+
+    A worker holds both ends of its inbox pipe, so it never sees EOF when the server is
+    SIGKILLed and would wait forever holding its model's memory. A polling thread rather than
+    Linux's PR_SET_PDEATHSIG: that signal fires when the *thread* that started the child exits
+    (the supervisor thread respawns workers), and is Linux-only.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os._exit(0)  # no cleanup to do: the parent that would receive results is gone
+
+    thread = threading.Thread(target=watch, name="parent-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
 def process_main(
-    worker_id: int, config: WorkerConfig, factory: TranscriberFactory, inbox: Any, outbox: Any
+    worker_id: int, config: WorkerConfig, factory: TranscriberFactory, inbox: Any, outbox: Any,
+    parent_pid: int | None = None,
 ) -> None:
     """A local worker process: load once, report, then serve tasks from its inbox until None."""
+    if parent_pid is not None:
+        watch_parent(parent_pid)
     transcriber, loaded = load(worker_id, config, factory)
     outbox.put(loaded)
     if transcriber is None:
