@@ -8,8 +8,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from whisper_api.api.routes import AuthDep, JobBody, check_format, read_media_form, respond
-from whisper_api.formats import FORMATS
+from whisper_api.api.routes import (
+    SUBTITLE_FIELDS,
+    AuthDep,
+    JobBody,
+    check_format,
+    read_media_form,
+    respond,
+    subtitle_options,
+)
+from whisper_api.formats import FORMATS, content_disposition, download_name
 from whisper_api.jobs import Job, JobInput, JobRunner, JobStatus, JobStore, database_path
 from whisper_api.service import Service
 
@@ -37,11 +45,14 @@ JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"}, "language": {"type": "string"},
         "format": {"type": "string", "enum": list(FORMATS)},
-        "word_timestamps": {"type": "boolean"}, "callback_url": {"type": "string"}}}}}}})
+        "word_timestamps": {"type": "boolean"}, "callback_url": {"type": "string"},
+        **SUBTITLE_FIELDS}}}}}})
 async def create_job(request: Request, runner: JobsDep) -> JSONResponse:
     form = await read_media_form(request, JobBody)
     job_input = JobInput(language=form.language, word_timestamps=form.word_timestamps,
-                         format=form.format, callback_url=form.callback_url)
+                         format=form.format, callback_url=form.callback_url,
+                         max_line_width=form.subtitles.max_line_width,
+                         max_line_count=form.subtitles.max_line_count)
     job = await runner.submit(form.source, job_input)
     return JSONResponse({"id": job.id, "status": str(job.status)}, 202,
                         {"Location": f"/api/v1/jobs/{job.id}"})
@@ -66,7 +77,12 @@ async def get_job(job_id: str, runner: JobsDep) -> dict[str, Any]:
 
 
 @jobs_router.get("/{job_id}/result", operation_id="get_result")
-async def get_result(job_id: str, runner: JobsDep, format: str | None = None) -> Response:
+async def get_result(
+    job_id: str, runner: JobsDep, format: str | None = None,
+    max_line_width: Annotated[int | None, Query(ge=10, le=1000)] = None,
+    max_line_count: Annotated[int | None, Query(ge=1, le=10)] = None,
+) -> Response:
+    """The transcript in `format` (default: the job's), as a download named after the input."""
     job = await _job(runner, job_id)
     if job.status != JobStatus.succeeded:
         raise HTTPException(409, f"job {job_id} is {job.status}; the result exists once it "
@@ -75,8 +91,11 @@ async def get_result(job_id: str, runner: JobsDep, format: str | None = None) ->
     transcript = await runner.result(job_id)
     if transcript is None:
         raise HTTPException(404, f"the result of job {job_id} has expired")
-    return respond(transcript, fmt, {"job_id": job.id,
-                                     "processing_time": job.processing_time_s})
+    subtitles = subtitle_options(max_line_width or job.input.max_line_width,
+                                 max_line_count or job.input.max_line_count)
+    name = download_name(job.input.filename or job.input.url, fmt)
+    return respond(transcript, fmt, {"job_id": job.id, "processing_time": job.processing_time_s},
+                   subtitles, {"Content-Disposition": content_disposition(name)})
 
 
 @jobs_router.get("/{job_id}/audio", response_class=FileResponse, operation_id="get_audio")
