@@ -206,25 +206,32 @@ def test_a_transcriber_exception_fails_only_that_future(
     assert pool.stats().restarts == 0
 
 
-def test_cancel_drops_a_requests_queued_chunks(make_pool: MakePool, tmp_path: Path) -> None:
+def test_cancel_drops_queued_chunks_and_stops_the_running_one(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
     pool = make_pool(size=1)
-    running = make_task(tmp_path, "X", 0, 1000, "sleep=0.5")
+    running = make_task(tmp_path, "X", 0, 1000, "sleep=30")
     running_future = pool.submit(running)
     wait_for(lambda: pool.busy_worker_pid(running.task_id) is not None)
+    busy_pid = pool.busy_worker_pid(running.task_id)
     queued = [make_task(tmp_path, "X", i, 1000 + i) for i in range(1, 4)]
     queued_futures = [pool.submit(t) for t in queued]
     other = make_task(tmp_path, "Y", 0, 3000)
     other_future = pool.submit(other)
 
-    assert pool.cancel("X") == 3
+    assert pool.cancel("X") == 4
 
-    assert all(f.cancelled() for f in queued_futures)
+    assert all(f.cancelled() for f in [running_future, *queued_futures])
     with pytest.raises(CancelledError):
         queued_futures[0].result(timeout=1)
-    assert_belongs(running_future.result(timeout=RESULT_TIMEOUT_S), running)
+    assert not pid_alive(busy_pid)  # its CPU is free now, not in 30 s
+    # The replacement worker serves the other request.
     assert_belongs(other_future.result(timeout=RESULT_TIMEOUT_S), other)
     assert pool.cancel("X") == 0
     assert pool.stats().queued_tasks == 0
+    started = time.monotonic()
+    pool.stop(drain_timeout_s=30)
+    assert time.monotonic() - started < 5
 
 
 def test_stop_ends_every_worker_and_refuses_new_work(make_pool: MakePool, tmp_path: Path) -> None:

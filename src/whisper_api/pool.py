@@ -10,6 +10,7 @@ chunk a dead worker was holding.
 import logging
 import multiprocessing as mp
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -60,6 +61,10 @@ def worker_main(
     """Runs in the child process: load once, report ready, then serve tasks until None."""
     from whisper_api.audio import read_wav
 
+    # Ctrl-C reaches the whole process group; the parent decides how workers stop, so a worker
+    # never prints a KeyboardInterrupt traceback of its own (_spawn blocks it until here).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     started = time.perf_counter()
     try:
         transcriber = factory(config)
@@ -140,6 +145,8 @@ class WorkerPool:
         with self._lock:
             for worker in self._workers.values():
                 worker.inbox.put(None)
+                if worker.state == WorkerState.starting:
+                    worker.process.kill()  # a model still loading has no work to finish
         if self._thread:
             self._thread.join(timeout=drain_timeout_s + 5)
         for worker in self._workers.values():
@@ -184,12 +191,28 @@ class WorkerPool:
         return future
 
     def cancel(self, request_id: str) -> int:
-        """Drop a request's queued chunks; a running chunk finishes and its result is dropped."""
+        """Drop a request's queued chunks and stop its running ones at once: their workers are
+        killed and replaced, so a cancelled request frees its CPU now, not when its chunk ends."""
         with self._lock:
             dropped = self._queues.drop(request_id)
+            dropped += self._stop_running(request_id)
         for pending in dropped:
             pending.future.cancel()
         return len(dropped)
+
+    def _stop_running(self, request_id: str) -> list[Pending]:
+        stopped = []
+        for worker in list(self._workers.values()):
+            if worker.task is None or worker.task.request_id != request_id:
+                continue
+            pending = self._running.pop(worker.task.task_id, None)
+            stopped += [pending] if pending else []
+            worker.task = None
+            worker.process.kill()
+            worker.process.join(timeout=5)
+            if not self._stopping.is_set():
+                self._spawn(worker.worker_id)
+        return stopped
 
     # --- supervisor ------------------------------------------------------------------------
     def _supervise(self) -> None:
@@ -305,7 +328,13 @@ class WorkerPool:
             name=f"whisper-worker-{worker_id}",
             daemon=True,
         )
-        process.start()
+        # The child inherits the blocked SIGINT through exec, so a Ctrl-C while it still imports
+        # cannot print a traceback either; worker_main ignores it and unblocks.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self._workers[worker_id] = _Worker(worker_id, process, inbox)
 
     def _fail_all(self, reason: str) -> None:
