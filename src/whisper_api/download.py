@@ -86,7 +86,9 @@ def check_url(url: str, allow_private: bool) -> None:
         return
     # ANY bad address refuses: the client may connect to whichever one it likes.
     if not all(_is_public(address) for address in _resolve(host, port)):
-        raise UrlNotAllowedError(f"host {host!r} resolves to a private or reserved address")
+        raise UrlNotAllowedError(
+            f"host {host!r} resolves to a private or reserved address; a server meant to fetch "
+            "from its own network can allow that with ALLOW_PRIVATE_URLS=true")
 
 
 def _port(parts: SplitResult) -> int:
@@ -173,7 +175,8 @@ def fetch_direct(
         response = open_checked(client, url, limits.allow_private)
         try:
             if response.status_code >= 400:
-                raise DownloadError(f"server answered HTTP {response.status_code}")
+                host = response.url.host
+                raise DownloadError(f"the remote site {host} answered HTTP {response.status_code}")
             if not _is_media(response):
                 return None
             _check_declared_size(response, limits.max_bytes)
@@ -318,7 +321,7 @@ def fetch_with_ytdlp(url: str, target_dir: Path, limits: DownloadLimits) -> Path
 def _run_ytdlp(url: str, scratch: Path, limits: DownloadLimits) -> Path:
     ytdlp_log = _YtdlpLog()
     params = _ytdlp_params(scratch, limits, ytdlp_log)
-    with _ytdlp_errors(scratch), _GuardedYoutubeDL(params, limits.allow_private) as ydl:
+    with _ytdlp_errors(url, scratch), _GuardedYoutubeDL(params, limits.allow_private) as ydl:
         # Look before downloading, so an over-long video is refused without fetching it.
         info = ydl.extract_info(url, download=False)
         _check_info(info, limits)
@@ -375,11 +378,13 @@ def _check_info(info: dict[str, Any], limits: DownloadLimits) -> None:
 
 
 @contextmanager
-def _ytdlp_errors(scratch: Path) -> Iterator[None]:
+def _ytdlp_errors(url: str, scratch: Path) -> Iterator[None]:
     try:
         yield
     except yt_dlp.utils.DownloadError as exc:
-        raise DownloadError(_ytdlp_message(str(exc.msg), scratch)) from exc
+        # Name the remote site: its "HTTP Error 404" must not read as our own 404.
+        message = _ytdlp_message(str(exc.msg), scratch)
+        raise DownloadError(f"downloading from {urlsplit(url).hostname}: {message}") from exc
 
 
 def _ytdlp_message(message: str, scratch: Path) -> str:

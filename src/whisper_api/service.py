@@ -78,19 +78,26 @@ class Service:
     async def fetch(
         self, source: MediaSource, session: Session, on_progress: Callable[[Progress], None]
     ) -> Path:
-        if isinstance(source, UploadSource):
-            target = session.download / f"upload{safe_suffix(source.filename)}"
-            await asyncio.to_thread(save_stream, source.stream, target,
-                                    self.settings.max_upload_bytes)
-            return target
-        on_progress(Progress("downloading"))
-        from whisper_api.download import DownloadLimits, fetch_media
+        return await fetch_source(self.settings, source, session, on_progress)
 
-        limits = DownloadLimits(
-            self.settings.max_upload_bytes, self.settings.max_audio_duration_s,
-            self.settings.download_timeout_s, self.settings.allow_private_urls,
-        )
-        return await asyncio.to_thread(fetch_media, source.url, session.download, limits)
+
+async def fetch_source(
+    settings: Settings, source: MediaSource, session: Session,
+    on_progress: Callable[[Progress], None],
+) -> Path:
+    """The media in the session's download folder: the server and the CLI share this path."""
+    if isinstance(source, UploadSource):
+        target = session.download / f"upload{safe_suffix(source.filename)}"
+        await asyncio.to_thread(save_stream, source.stream, target, settings.max_upload_bytes)
+        return target
+    on_progress(Progress("downloading"))
+    from whisper_api.download import DownloadLimits, fetch_media
+
+    limits = DownloadLimits(
+        settings.max_upload_bytes, settings.max_audio_duration_s,
+        settings.download_timeout_s, settings.allow_private_urls,
+    )
+    return await asyncio.to_thread(fetch_media, source.url, session.download, limits)
 
 
 def save_stream(stream: BinaryIO, target: Path, max_bytes: int) -> None:
