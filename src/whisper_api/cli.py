@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import math
@@ -119,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         bar.close()
+        # The cancelled task's traceback holds the pool in a reference cycle; collect it now so
+        # its queues release their semaphores before exit (else multiprocessing's resource
+        # tracker prints a "leaked semaphore" warning).
+        gc.collect()
         print("interrupted", file=sys.stderr)
         return 130
     except SystemExit as exc:
@@ -181,12 +186,11 @@ async def _transcribe(
                 await fetch_source(settings, source, session, bar.update)
             count = workers or workers_for(settings, await asyncio.to_thread(media_seconds, media))
             bar.update(Progress("loading model"))
-            # Started and awaited in this thread (a short block of the loop): Ctrl-C then
-            # reaches code that stops the workers, never a helper thread asyncio must join.
             pool = build_executor(settings, count)
             pool.start()
             try:
-                pool.wait_ready()
+                # Ctrl-C cancels this await; stop() below then ends the wait in its thread too.
+                await asyncio.to_thread(pool.wait_ready)
                 pipeline = Pipeline(settings, pool, pool.stats().workers)
                 return await pipeline.transcribe(media, session, request, bar.update)
             finally:

@@ -65,6 +65,7 @@ def worker_main(
     # never prints a KeyboardInterrupt traceback of its own (_spawn blocks it until here).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _thread_lock_for_tqdm()
     started = time.perf_counter()
     try:
         transcriber = factory(config)
@@ -85,6 +86,17 @@ def worker_main(
         except Exception as exc:
             log.debug("worker %d failed: %s", worker_id, traceback.format_exc())
             outbox.put(("error", worker_id, (task.task_id, f"{type(exc).__name__}: {exc}")))
+
+
+def _thread_lock_for_tqdm() -> None:
+    """faster-whisper's tqdm would create a multiprocessing lock: a named semaphore registered
+    with the resource tracker, which a worker killed on cancel never unregisters, so the parent
+    printed "leaked semaphore objects" at exit. One process needs only a thread lock."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    tqdm.set_lock(threading.RLock())
 
 
 class WorkerState(StrEnum):
@@ -134,7 +146,11 @@ class WorkerPool:
         self._thread.start()
 
     def wait_ready(self, timeout_s: float = 300.0) -> None:
-        wait_until_ready(lambda: self.ready, lambda: self._load_failure, timeout_s)
+        """Returns once every worker has loaded; raises if loading fails or stop() is called."""
+        wait_until_ready(lambda: self.ready, self._not_becoming_ready, timeout_s)
+
+    def _not_becoming_ready(self) -> str | None:
+        return self._load_failure or ("the pool is stopping" if self._stopping.is_set() else None)
 
     def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stage one: stop taking work and let running chunks finish. Stage two: force."""
