@@ -1,5 +1,6 @@
 """Shared fixtures: real clips from tests/data and media made from them with the ffmpeg binary."""
 
+import re
 import subprocess
 import wave
 from collections.abc import Iterator
@@ -13,6 +14,14 @@ JFK_TEXT = (
     "And so my fellow Americans, ask not what your country can do for you, "
     "ask what you can do for your country."
 )
+
+
+def spoken(text: str) -> str:
+    """The words of a transcript in any format, lower case, without punctuation, cue numbers or
+    timings: compare these, never the punctuation or line breaks a model and a CPU produce."""
+    lines = [line for line in text.splitlines()
+             if "-->" not in line and not line.strip().isdigit() and line != "WEBVTT"]
+    return " ".join(re.sub(r"[^a-z' ]", " ", " ".join(lines).lower()).split())
 
 
 def ffmpeg(*args: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DATA
+from tests.conftest import DATA, spoken
 from tests.server import Server, run_server, worker_pids
 
 # jfk.flac (11 s) stays on one worker; the ~75 s long_speech clip fans out in 20 s chunks.
@@ -84,7 +84,18 @@ def test_upload_job_streams_progress_and_matches_sync(server: Server, jfk: Path)
         sync = httpx.post(f"{server.url}/api/v1/transcribe", timeout=60,
                           files={"file": ("jfk.flac", handle)}, data={"format": "srt"})
     assert srt.status_code == 200 and srt.text == sync.text
-    assert "ask not what your country" in srt.text
+    assert "ask not what your country" in spoken(srt.text)
+    assert srt.headers["content-disposition"] == \
+        "attachment; filename=\"jfk.srt\"; filename*=UTF-8''jfk.srt"
+    narrow = httpx.get(f"{server.url}/api/v1/jobs/{job_id}/result",
+                       params={"format": "vtt", "max_line_width": 16, "max_line_count": 1})
+    assert narrow.status_code == 200 and 'filename="jfk.vtt"' in narrow.headers[
+        "content-disposition"]
+    lines = [x for x in narrow.text.splitlines()[1:] if x and "-->" not in x]
+    assert lines and all(len(x) <= 16 or " " not in x for x in lines)
+    assert spoken(narrow.text) == spoken(srt.text)
+    bad = httpx.get(f"{server.url}/api/v1/jobs/{job_id}/result", params={"max_line_width": 3})
+    assert bad.status_code in (400, 422)
     as_json = httpx.get(f"{server.url}/api/v1/jobs/{job_id}/result?format=json").json()
     with jfk.open("rb") as handle:
         sync_json = httpx.post(f"{server.url}/api/v1/transcribe", timeout=60,

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from whisper_api import __version__
 from whisper_api.api.body_limit import BodyLimitMiddleware
@@ -38,7 +39,10 @@ def create_app(settings: Settings, executor: ChunkExecutor | None = None) -> Fas
             await runner.stop()
             await asyncio.to_thread(service.executor.stop)
 
-    app = FastAPI(title="whisper-api", version=__version__, lifespan=lifespan)
+    # /docs and /redoc load Swagger UI and ReDoc from fastapi-offline's package files, not a
+    # CDN: a self-hosted service is often run where the internet is not.
+    app = FastAPIOffline(title="whisper-api", version=__version__, lifespan=lifespan,
+                         favicon_url="/favicon.ico", static_url="/static/docs")
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: counts the 413s
