@@ -282,3 +282,40 @@ def test_restart_resumes_jobs_or_fails_them(tmp_path: Path, long_speech: Path) -
         assert failed["status"] == "failed" and "input was lost" in failed["error"]
         result = httpx.get(f"{second.url}/api/v1/jobs/{kept}/result?format=text")
         assert "your country" in result.text
+
+
+def test_ctrl_c_right_after_a_cancel_stops_the_server_quickly(
+    tmp_path: Path, several_minutes: Path
+) -> None:
+    """A cancelled job's running chunk is stopped with it, so SIGINT to the process group (a
+    terminal's Ctrl-C) ends the server in seconds, with a second job running, without
+    tracebacks, and no worker outlives it."""
+    with run_server(tmp_path, **FAN_OUT) as own:
+        first = submit_ok(own, several_minutes)
+        events(own, first, until="transcribing")
+        busy = worker_pids(own.process.pid)
+        assert busy
+        cancelled = httpx.delete(f"{own.url}/api/v1/jobs/{first}", timeout=30)
+        assert cancelled.json()["status"] == "cancelled"
+        second = submit_ok(own, several_minutes)
+        events(own, second, until="transcribing")
+
+        os.killpg(own.process.pid, signal.SIGINT)
+        started = time.monotonic()
+        own.process.wait(timeout=30)
+        stopped_s = time.monotonic() - started
+        log = own.log.read_text()
+        assert stopped_s < 5, log[-3000:]
+        assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in busy) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in busy)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
