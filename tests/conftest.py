@@ -45,6 +45,19 @@ def load_pcm(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.int16)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def state_outside_the_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Settings default to ./data (the jobs database) and ./temp: a test that builds an app
+    without naming them must not leave a database in the checkout (`git status` stays clean).
+    Subprocesses inherit these too."""
+    root = tmp_path_factory.mktemp("state")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DATA_DIR", str(root / "data"))
+    patch.setenv("TEMP_DIR", str(root / "temp"))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def jfk() -> Path:
     return DATA / "jfk.flac"
