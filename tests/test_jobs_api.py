@@ -288,8 +288,10 @@ def test_ctrl_c_right_after_a_cancel_stops_the_server_quickly(
     tmp_path: Path, several_minutes: Path
 ) -> None:
     """A cancelled job's running chunk is stopped with it, so SIGINT to the process group (a
-    terminal's Ctrl-C) ends the server in seconds, with a second job running, without
-    tracebacks, and no worker outlives it."""
+    terminal's Ctrl-C) ends the server in seconds, with a second job running, an event stream
+    open and a synchronous request under way: no tracebacks, and no worker outlives it."""
+    import threading
+
     with run_server(tmp_path, **FAN_OUT) as own:
         first = submit_ok(own, several_minutes)
         events(own, first, until="transcribing")
@@ -299,13 +301,31 @@ def test_ctrl_c_right_after_a_cancel_stops_the_server_quickly(
         assert cancelled.json()["status"] == "cancelled"
         second = submit_ok(own, several_minutes)
         events(own, second, until="transcribing")
+        answers: list[object] = []
+
+        def stream() -> None:
+            answers.append(events(own, second))
+
+        def sync() -> None:
+            with several_minutes.open("rb") as handle:
+                answers.append(httpx.post(f"{own.url}/api/v1/transcribe", timeout=60,
+                                          files={"file": ("long.wav", handle)}).status_code)
+
+        clients = [threading.Thread(target=stream), threading.Thread(target=sync)]
+        for client in clients:
+            client.start()
+        time.sleep(2)  # both are in the server now
 
         os.killpg(own.process.pid, signal.SIGINT)
         started = time.monotonic()
         own.process.wait(timeout=30)
         stopped_s = time.monotonic() - started
+        for client in clients:
+            client.join(timeout=30)
         log = own.log.read_text()
         assert stopped_s < 5, log[-3000:]
+        assert own.process.returncode == 0
+        assert 503 in answers  # the synchronous request was told, not dropped
         assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]
         deadline = time.monotonic() + 5
         while any(_alive(pid) for pid in busy) and time.monotonic() < deadline:

@@ -2,13 +2,18 @@
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
 import math
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn
+
+import uvicorn
 
 from whisper_api import __version__
 from whisper_api.config import Settings, load_settings
@@ -59,6 +64,9 @@ def worker_config(settings: Settings, workers: int) -> WorkerConfig:
     return WorkerConfig(
         settings.whisper_model, settings.whisper_device, settings.compute_type, threads
     )
+
+
+GRACEFUL_STOP_S = 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -236,17 +244,36 @@ def _require_ray() -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from whisper_api.api.app import create_app
 
     settings = load_settings()
     if settings.executor == "ray":
         _require_ray()  # before the server starts, not as a startup traceback
     host, port = args.host or settings.host, args.port or settings.port
+    app = create_app(settings)
     # Our middleware logs one structured line per request; uvicorn's own would repeat it.
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    # Ctrl-C or SIGTERM: open requests see app.state.stopping and answer 503 (their chunks are
+    # cancelled), so a long synchronous transcription cannot hold the stop for minutes; jobs are
+    # requeued and resume at the next start. GRACEFUL_STOP_S bounds whatever is left.
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=GRACEFUL_STOP_S)
+    # uvicorn raises the stop signal again once it has stopped; for a server Ctrl-C is the
+    # normal way out (exit 0, as `uvicorn.run` does), not an interruption.
+    with contextlib.suppress(KeyboardInterrupt):
+        StoppingServer(config, app.state.stopping).run()
     return 0
+
+
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server, telling the app first when a stop signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, stopping: threading.Event) -> None:
+        super().__init__(config)
+        self._stopping = stopping
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._stopping.set()
+        super().handle_exit(sig, frame)
 
 
 from whisper_api.transcript import Transcript  # noqa: E402

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -44,6 +45,9 @@ def create_app(settings: Settings, executor: ChunkExecutor | None = None) -> Fas
     app = FastAPIOffline(title="whisper-api", version=__version__, lifespan=lifespan,
                          favicon_url="/favicon.ico", static_url="/static/docs")
     app.state.metrics = metrics
+    # Set by `serve` when a stop signal arrives, before uvicorn waits for open requests: long
+    # requests and event streams watch it and end themselves (see GRACEFUL_STOP_S in cli.py).
+    app.state.stopping = threading.Event()
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: counts the 413s
     install_error_handlers(app)

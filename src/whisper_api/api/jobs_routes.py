@@ -2,8 +2,9 @@
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -28,6 +29,7 @@ def get_runner(request: Request) -> JobRunner:
 
 
 JobsDep = Annotated[JobRunner, Depends(get_runner)]
+POLL_S = 0.25
 jobs_router = APIRouter(prefix="/api/v1/jobs", dependencies=[AuthDep], tags=["jobs"])
 
 
@@ -119,17 +121,20 @@ async def cancel_job(job_id: str, runner: JobsDep) -> dict[str, Any]:
 
 
 @jobs_router.get("/{job_id}/events", operation_id="job_events")
-async def job_events(job_id: str, runner: JobsDep) -> StreamingResponse:
+async def job_events(job_id: str, runner: JobsDep, request: Request) -> StreamingResponse:
     await _job(runner, job_id)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_sse(runner, job_id), media_type="text/event-stream",
-                             headers=headers)
+    return StreamingResponse(_sse(runner, job_id, request.app.state.stopping),
+                             media_type="text/event-stream", headers=headers)
 
 
-async def _sse(runner: JobRunner, job_id: str) -> AsyncIterator[str]:
-    """`event: progress` on every change, then `event: done` with the final status."""
+async def _sse(runner: JobRunner, job_id: str, stopping: threading.Event) -> AsyncIterator[str]:
+    """`event: progress` on every change, then `event: done` with the final status.
+
+    A stopping server ends the stream itself (EventSource reconnects to the next one) rather
+    than hold the stop until uvicorn cancels it."""
     last: dict[str, Any] | None = None
-    async for job in runner.watch(job_id):
+    async for job in until_set(stopping, runner.watch(job_id)):
         if job is None:
             yield ": keep-alive\n\n"
             continue
@@ -140,6 +145,36 @@ async def _sse(runner: JobRunner, job_id: str) -> AsyncIterator[str]:
         if body != last:
             yield f"event: progress\ndata: {json.dumps(body)}\n\n"
             last = body
+
+
+T = TypeVar("T")
+
+
+async def until_set(flag: threading.Event, items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`items` until `flag` is set, checked every POLL_S even while the next item is awaited."""
+    while not flag.is_set():
+        step = asyncio.ensure_future(anext(items))
+        try:
+            while not step.done() and not flag.is_set():
+                await asyncio.wait({step}, timeout=POLL_S)
+        finally:
+            # Stopping, or the client left and our task was cancelled: the pending step must
+            # not outlive the stream (it would wake later, after the job store closed).
+            if not step.done():
+                step.cancel()
+                step.add_done_callback(_consume)
+        if not step.done():
+            return
+        try:
+            item = step.result()
+        except StopAsyncIteration:
+            return
+        yield item
+
+
+def _consume(task: "asyncio.Future[Any]") -> None:
+    if not task.cancelled():
+        task.exception()  # nobody waits for it any more; its outcome is moot
 
 
 async def start_runner(service: Service) -> JobRunner:

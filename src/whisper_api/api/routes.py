@@ -13,7 +13,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError, model_validator
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from whisper_api.errors import InvalidRequestError, QueueFullError, SyncTimeoutError
+from whisper_api.errors import (
+    InvalidRequestError,
+    QueueFullError,
+    ShuttingDownError,
+    SyncTimeoutError,
+)
 from whisper_api.formats import FORMATS, content_type, needs_words, render
 from whisper_api.pipeline import TranscribeRequest
 from whisper_api.service import MediaSource, Service, UploadSource, UrlSource
@@ -220,6 +225,8 @@ async def run_sync(
                 break
             if await request.is_disconnected():
                 raise HTTPException(499, "client disconnected")
+            if request.app.state.stopping.is_set():  # answer now, not when uvicorn cancels us
+                raise ShuttingDownError("the service is shutting down; retry in a moment")
             if time.monotonic() > deadline:
                 raise SyncTimeoutError(service.settings.sync_timeout_s)
         return task.result()
