@@ -209,7 +209,7 @@ class RayExecutor:
         """Drop a request's queued chunks and ask Ray to cancel its running ones.
 
         Ray cannot interrupt a running task of a regular actor: that chunk finishes and its
-        result is dropped, as in the local pool.
+        result is dropped (the local pool kills and replaces its worker instead).
         """
         with self._lock:
             dropped = self._queues.drop(request_id)
