@@ -1,23 +1,32 @@
 # Every target sets itself up: `make run` and `make test` work on a fresh clone.
+# `make run` installs only what serving needs; `make test` (lint, bench, screenshots) adds the
+# dev tools and the Ray extra on top.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install run test test-fast lint bench clean sysdeps
+.PHONY: install install-dev run test test-fast lint bench screenshots clean sysdeps
 
-install: $(STAMP)
+install: $(RUN_STAMP)
 
-$(STAMP): pyproject.toml
+install-dev: $(DEV_STAMP)
+
+$(RUN_STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $(RUN_STAMP)
+
+$(DEV_STAMP): $(RUN_STAMP) pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,ray]'
-	touch $(STAMP)
+	touch $(DEV_STAMP)
 
 run: install
 	$(BIN)/whisper-api serve
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
@@ -32,6 +41,7 @@ sysdeps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# Tests write nothing inside the checkout: `git status` stays clean.
 test: sysdeps lint
 	$(BIN)/pytest
 
@@ -39,7 +49,11 @@ test: sysdeps lint
 test-fast: sysdeps lint
 	$(BIN)/pytest -m "not slow and not browser and not ray"
 
-bench: install
+# The README's screenshots: the browser tests, writing into docs/screenshots.
+screenshots: sysdeps install-dev
+	SCREENSHOT_DIR=docs/screenshots $(BIN)/pytest tests/test_web.py
+
+bench: install-dev
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/load.py
 

@@ -1,5 +1,6 @@
 """Shared fixtures: real clips from tests/data and media made from them with the ffmpeg binary."""
 
+import re
 import subprocess
 import wave
 from collections.abc import Iterator
@@ -13,6 +14,14 @@ JFK_TEXT = (
     "And so my fellow Americans, ask not what your country can do for you, "
     "ask what you can do for your country."
 )
+
+
+def spoken(text: str) -> str:
+    """The words of a transcript in any format, lower case, without punctuation, cue numbers or
+    timings: compare these, never the punctuation or line breaks a model and a CPU produce."""
+    lines = [line for line in text.splitlines()
+             if "-->" not in line and not line.strip().isdigit() and line != "WEBVTT"]
+    return " ".join(re.sub(r"[^a-z' ]", " ", " ".join(lines).lower()).split())
 
 
 def ffmpeg(*args: str) -> None:
@@ -34,6 +43,19 @@ def load_pcm(path: Path) -> np.ndarray:
          "16000", "-"], check=True, capture_output=True,
     ).stdout
     return np.frombuffer(raw, dtype=np.int16)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_outside_the_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Settings default to ./data (the jobs database) and ./temp: a test that builds an app
+    without naming them must not leave a database in the checkout (`git status` stays clean).
+    Subprocesses inherit these too."""
+    root = tmp_path_factory.mktemp("state")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DATA_DIR", str(root / "data"))
+    patch.setenv("TEMP_DIR", str(root / "temp"))
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +97,5 @@ def media_host() -> Iterator[str]:
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)

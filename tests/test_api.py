@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from openai import OpenAI
 
-from tests.conftest import DATA, ffmpeg, write_wav
+from tests.conftest import DATA, ffmpeg, spoken, write_wav
 from tests.support.server import Server, run_server
 
 pytestmark = pytest.mark.model
@@ -43,7 +43,7 @@ def test_seed_upload_json_shape(server: Server, jfk: Path) -> None:
 def test_seed_upload_text_formats(server: Server, jfk: Path, fmt: str) -> None:
     response = post_file(server, jfk, format=fmt)
     assert response.status_code == 200
-    assert "your country" in response.text
+    assert "your country" in spoken(response.text)
     assert {"srt": "-->", "vtt": "WEBVTT", "tsv": "start\tend\ttext", "text": "Americans"}[fmt] \
         in response.text
 
@@ -58,12 +58,16 @@ def test_openai_sdk(server: Server, jfk: Path) -> None:
         srt = client.audio.transcriptions.create(model="whisper-1", file=audio,
                                                  response_format="srt")
     assert str(srt).startswith("1\n00:00:")
+    assert "ask not what your country" in spoken(str(srt))
     with jfk.open("rb") as audio:
         verbose = client.audio.transcriptions.create(
             model="whisper-1", file=audio, response_format="verbose_json",
             timestamp_granularities=["word"])
     words = [w.word for w in verbose.words or []]
-    assert words[:4] == ["And", "so", "my", "fellow"]
+    assert [w.lower() for w in words[:4]] == ["and", "so", "my", "fellow"]
+    assert all(w and w == w.strip(",.?!\"' ") for w in words)  # no punctuation, like OpenAI
+    segment = (verbose.segments or [])[0]
+    assert segment.tokens and segment.compression_ratio > 0 and segment.avg_logprob < 0
     assert verbose.duration == pytest.approx(11.0, abs=0.1)
     assert [m.id for m in client.models.list()][0] == "whisper-1"
 
@@ -177,3 +181,44 @@ def test_huge_uploads_are_refused_before_they_hit_the_disk(tmp_path: Path) -> No
         assert response.status_code == 413 and "MAX_UPLOAD_MB" in response.text
         assert small.temp_is_empty()
         assert httpx.get(f"{small.url}/health").status_code == 200
+
+
+def test_subtitle_options_on_the_seed_and_openai_routes(server: Server, jfk: Path) -> None:
+    seed = post_file(server, jfk, format="srt", max_line_width="20", max_line_count="1")
+    assert seed.status_code == 200, seed.text
+    with jfk.open("rb") as handle:
+        openai = httpx.post(f"{server.url}/v1/audio/transcriptions", timeout=120,
+                            files={"file": ("jfk.flac", handle)},
+                            data={"response_format": "vtt", "max_line_width": "20",
+                                  "max_line_count": "1"})
+    assert openai.status_code == 200, openai.text
+    for body in (seed.text, openai.text):
+        cues = [block.splitlines() for block in body.split("\n\n") if "-->" in block]
+        assert len(cues) >= 3
+        for cue in cues:
+            text = cue[cue.index(next(x for x in cue if "-->" in x)) + 1:]
+            assert len(text) == 1 and (len(text[0]) <= 20 or " " not in text[0]), cue
+        assert "ask not what your country" in spoken(body)
+    bad = post_file(server, jfk, format="srt", max_line_width="wide")
+    assert bad.status_code == 400 and "max_line_width" in bad.json()["error"]["message"]
+
+
+def test_docs_work_offline(server: Server) -> None:
+    """Every script and stylesheet of /docs and /redoc comes from this server, not a CDN."""
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = httpx.get(f"{server.url}{page}", timeout=10)
+        assert html.status_code == 200
+        assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html.text)
+        assert assets and all(a.startswith("/") for a in assets), assets
+        for asset in assets:
+            response = httpx.get(f"{server.url}{asset}", timeout=10)
+            assert response.status_code == 200 and response.content, asset
+
+
+def test_favicon(server: Server) -> None:
+    response = httpx.get(f"{server.url}/favicon.ico", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("image/svg+xml")
+    assert response.content.startswith(b"<svg")

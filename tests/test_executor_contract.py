@@ -147,22 +147,25 @@ def test_a_chunk_that_stalls_once_succeeds_on_its_retry(
     assert executor.stats().restarts == 1
 
 
-def test_cancel_drops_a_requests_queued_chunks_and_others_go_on(
+def test_cancel_drops_queued_chunks_and_stops_the_running_one(
     make_executor: MakeExecutor, tmp_path: Path
 ) -> None:
     executor = make_executor(size=1)
-    running = make_task(tmp_path, "X", 0, 1000, "sleep=0.5")
-    executor.submit(running)
+    running = make_task(tmp_path, "X", 0, 1000, "sleep=60")
+    running_future = executor.submit(running)
     wait_for(lambda: executor.busy_worker_pid(running.task_id) is not None, timeout_s=60)
+    busy_pid = executor.busy_worker_pid(running.task_id)
     queued_futures = [executor.submit(make_task(tmp_path, "X", i, 1000 + i)) for i in (1, 2, 3)]
     other = make_task(tmp_path, "Y", 0, 3000)
     other_future = executor.submit(other)
 
-    assert executor.cancel("X") == 3
+    assert executor.cancel("X") == 4
 
-    assert all(f.cancelled() for f in queued_futures)
+    assert all(f.cancelled() for f in [running_future, *queued_futures])
     with pytest.raises(CancelledError):
         queued_futures[0].result(timeout=1)
+    wait_for(lambda: not alive(busy_pid))  # its CPU is free now, not in 60 s
+    # The replacement worker serves the other request.
     assert_belongs(other_future.result(timeout=RESULT_TIMEOUT_S), other)
     assert executor.cancel("X") == 0
     wait_for(lambda: executor.stats().busy_workers == 0)

@@ -3,7 +3,15 @@
 import pytest
 
 from whisper_api.errors import InvalidRequestError
-from whisper_api.formats import FORMATS, content_type, render, timestamp
+from whisper_api.formats import (
+    FORMATS,
+    bare_word,
+    content_disposition,
+    content_type,
+    download_name,
+    render,
+    timestamp,
+)
 from whisper_api.transcript import Segment, Transcript, Word
 
 
@@ -11,7 +19,7 @@ def make(*segments: Segment, text: str = "hello world") -> Transcript:
     return Transcript(text, segments, "en", 12.34567, {"mode": "single"})
 
 
-TWO = make(Segment(0.0, 1.5, " Hello"), Segment(1.5, 3.25, "world"))
+TWO = make(Segment(0.0, 1.5, " Hello"), Segment(2.5, 3.25, "world"))
 
 
 @pytest.mark.parametrize(
@@ -36,13 +44,13 @@ def test_srt_numbering_and_timestamps() -> None:
     assert render(TWO, "srt") == (
         "1\n00:00:00,000 --> 00:00:01,500\nHello\n"
         "\n"
-        "2\n00:00:01,500 --> 00:00:03,250\nworld\n"
+        "2\n00:00:02,500 --> 00:00:03,250\nworld\n"
     )
 
 
 def test_srt_over_one_hour() -> None:
-    out = render(make(Segment(3661.5, 3723.0, "late")), "srt")
-    assert out == "1\n01:01:01,500 --> 01:02:03,000\nlate\n"
+    out = render(make(Segment(3661.5, 3665.0, "late")), "srt")
+    assert out == "1\n01:01:01,500 --> 01:01:05,000\nlate\n"
 
 
 def test_srt_flattens_text_and_arrow() -> None:
@@ -58,7 +66,7 @@ def test_vtt_header_and_dot_marker() -> None:
         "WEBVTT\n\n"
         "00:00:00.000 --> 00:00:01.500\nHello\n"
         "\n"
-        "00:00:01.500 --> 00:00:03.250\nworld\n"
+        "00:00:02.500 --> 00:00:03.250\nworld\n"
     )
     assert "," not in out
 
@@ -99,7 +107,7 @@ def test_json_shape() -> None:
         "text": "hello world",
         "segments": [
             {"id": 0, "start": 0.0, "end": 1.5, "text": " Hello"},
-            {"id": 1, "start": 1.5, "end": 3.25, "text": "world"},
+            {"id": 1, "start": 2.5, "end": 3.25, "text": "world"},
         ],
         "language": "en",
         "duration": 12.346,
@@ -114,12 +122,15 @@ def test_verbose_json_without_words() -> None:
     assert body["task"] == "transcribe"
     assert body["duration"] == 12.346
     assert [s["id"] for s in body["segments"]] == [0, 1]
-    assert body["segments"][1]["start"] == 1.5
+    assert body["segments"][1]["start"] == 2.5
 
 
 def test_verbose_json_words_when_present() -> None:
-    words = (Word(0.12341, 0.5, " Hello", 0.9), Word(0.5, 1.00049, "there ", 0.8))
-    seg = Segment(0.0, 1.0, "Hello there", words, avg_logprob=-0.123456, no_speech_prob=0.01234)
+    words = (Word(0.12341, 0.5, " Hello,", 0.9), Word(0.5, 1.00049, "there ", 0.8),
+             Word(1.0, 1.0, " ...", 0.1))
+    seg = Segment(0.0, 1.0, "Hello, there ...", words, avg_logprob=-0.123456,
+                  no_speech_prob=0.01234, tokens=(50364, 2425, 11), temperature=0.2,
+                  compression_ratio=1.23456)
     body = render(make(seg, Segment(1.0, 2.0, "no words")), "verbose_json")
     assert isinstance(body, dict)
     assert body["words"] == [
@@ -128,6 +139,29 @@ def test_verbose_json_words_when_present() -> None:
     ]
     assert body["segments"][0]["avg_logprob"] == -0.1235
     assert body["segments"][0]["no_speech_prob"] == 0.0123
+    assert body["segments"][0]["tokens"] == [50364, 2425, 11]
+    assert body["segments"][0]["temperature"] == 0.2
+    assert body["segments"][0]["compression_ratio"] == 1.2346
+
+
+@pytest.mark.parametrize(("raw", "bare"), [
+    (" so,", "so"), (' "Hello', "Hello"), (" don't", "don't"), (" 5%", "5%"), (" ¿Qué?", "Qué"),
+    (" ...", ""),
+])
+def test_words_lose_surrounding_punctuation_like_openai(raw: str, bare: str) -> None:
+    assert bare_word(raw) == bare
+
+
+@pytest.mark.parametrize(("source", "name"), [
+    ("talk.MP3", "talk.srt"), ("C:\\rec\\Été à Paris.m4a", "Été à Paris.srt"),
+    ("https://example.com/a/My%20Talk.webm?x=1", "My Talk.srt"),
+    ("https://www.youtube.com/watch?v=abc123", "abc123.srt"), (None, "transcript.srt"),
+    ("../../etc/passwd", "passwd.srt"), ("...", "transcript.srt"), ('a"b;c.wav', "a_b_c.srt"),
+])
+def test_download_name_comes_from_the_input(source: str | None, name: str) -> None:
+    assert download_name(source, "srt") == name
+    header = content_disposition(name)
+    assert header.startswith('attachment; filename="') and header.isascii()
 
 
 @pytest.mark.parametrize("fmt", ["xml", "", "SRT", "json "])

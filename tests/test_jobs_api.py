@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DATA
+from tests.conftest import DATA, spoken
 from tests.support.server import Server, run_server, worker_pids
 
 pytestmark = pytest.mark.model
@@ -86,7 +86,18 @@ def test_upload_job_streams_progress_and_matches_sync(server: Server, jfk: Path)
         sync = httpx.post(f"{server.url}/api/v1/transcribe", timeout=60,
                           files={"file": ("jfk.flac", handle)}, data={"format": "srt"})
     assert srt.status_code == 200 and srt.text == sync.text
-    assert "ask not what your country" in srt.text
+    assert "ask not what your country" in spoken(srt.text)
+    assert srt.headers["content-disposition"] == \
+        "attachment; filename=\"jfk.srt\"; filename*=UTF-8''jfk.srt"
+    narrow = httpx.get(f"{server.url}/api/v1/jobs/{job_id}/result",
+                       params={"format": "vtt", "max_line_width": 16, "max_line_count": 1})
+    assert narrow.status_code == 200 and 'filename="jfk.vtt"' in narrow.headers[
+        "content-disposition"]
+    lines = [x for x in narrow.text.splitlines()[1:] if x and "-->" not in x]
+    assert lines and all(len(x) <= 16 or " " not in x for x in lines)
+    assert spoken(narrow.text) == spoken(srt.text)
+    bad = httpx.get(f"{server.url}/api/v1/jobs/{job_id}/result", params={"max_line_width": 3})
+    assert bad.status_code in (400, 422)
     as_json = httpx.get(f"{server.url}/api/v1/jobs/{job_id}/result?format=json").json()
     with jfk.open("rb") as handle:
         sync_json = httpx.post(f"{server.url}/api/v1/transcribe", timeout=60,
@@ -273,3 +284,60 @@ def test_restart_resumes_jobs_or_fails_them(tmp_path: Path, long_speech: Path) -
         assert failed["status"] == "failed" and "input was lost" in failed["error"]
         result = httpx.get(f"{second.url}/api/v1/jobs/{kept}/result?format=text")
         assert "your country" in result.text
+
+
+def test_ctrl_c_right_after_a_cancel_stops_the_server_quickly(
+    tmp_path: Path, several_minutes: Path
+) -> None:
+    """A cancelled job's running chunk is stopped with it, so SIGINT to the process group (a
+    terminal's Ctrl-C) ends the server in seconds, with a second job running, an event stream
+    open and a synchronous request under way: no tracebacks, and no worker outlives it."""
+    import threading
+
+    with run_server(tmp_path, **FAN_OUT) as own:
+        first = submit_ok(own, several_minutes)
+        events(own, first, until="transcribing")
+        busy = worker_pids(own.process.pid)
+        assert busy
+        cancelled = httpx.delete(f"{own.url}/api/v1/jobs/{first}", timeout=30)
+        assert cancelled.json()["status"] == "cancelled"
+        second = submit_ok(own, several_minutes)
+        events(own, second, until="transcribing")
+        answers: list[object] = []
+
+        def stream() -> None:
+            answers.append(events(own, second))
+
+        def sync() -> None:
+            with several_minutes.open("rb") as handle:
+                answers.append(httpx.post(f"{own.url}/api/v1/transcribe", timeout=60,
+                                          files={"file": ("long.wav", handle)}).status_code)
+
+        clients = [threading.Thread(target=stream), threading.Thread(target=sync)]
+        for client in clients:
+            client.start()
+        time.sleep(2)  # both are in the server now
+
+        os.killpg(own.process.pid, signal.SIGINT)
+        started = time.monotonic()
+        own.process.wait(timeout=30)
+        stopped_s = time.monotonic() - started
+        for client in clients:
+            client.join(timeout=30)
+        log = own.log.read_text()
+        assert stopped_s < 5, log[-3000:]
+        assert own.process.returncode == 0
+        assert 503 in answers  # the synchronous request was told, not dropped
+        assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in busy) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in busy)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

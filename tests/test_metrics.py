@@ -72,6 +72,27 @@ def test_requests_are_labelled_by_route_template_not_raw_path() -> None:
                {"route": "/api/v1/jobs/{job_id}", "method": "GET"}) == 3
 
 
+def test_static_files_count_under_their_mount(tmp_path: Path) -> None:
+    from fastapi.staticfiles import StaticFiles
+
+    (tmp_path / "app.js").write_text("let x = 1;")
+    metrics = Metrics()
+    app = FastAPI()
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.mount("/static", StaticFiles(directory=tmp_path), name="static")
+    with TestClient(app) as client:
+        assert client.get("/static/app.js").status_code == 200
+        assert client.get("/static/missing.js").status_code == 404
+        assert client.get("/elsewhere").status_code == 404
+    get = metrics.registry.get_sample_value
+    assert get("whisper_http_requests_total",
+               {"route": "/static/{path}", "method": "GET", "status": "200"}) == 1
+    assert get("whisper_http_requests_total",
+               {"route": "/static/{path}", "method": "GET", "status": "404"}) == 1
+    assert get("whisper_http_requests_total",
+               {"route": "unmatched", "method": "GET", "status": "404"}) == 1
+
+
 def test_two_apps_in_one_process_keep_separate_registries(tmp_path: Path) -> None:
     first = create_app(Settings(temp_dir=tmp_path / "a"))
     second = create_app(Settings(temp_dir=tmp_path / "b"))

@@ -1,64 +1,117 @@
-"""Command line: `whisper-api transcribe FILE`, `whisper-api serve`."""
+"""Command line: `whisper-api transcribe FILE|URL`, `whisper-api serve`."""
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import json
 import logging
+import math
 import sys
-import time
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
-from whisper_api.config import load_settings
-from whisper_api.errors import ConfigError, WhisperApiError
+import uvicorn
+
+from whisper_api import __version__
+from whisper_api.config import Settings, load_settings
+from whisper_api.errors import ConfigError, InvalidRequestError, WhisperApiError
 from whisper_api.executors.ray_actors import INSTALL_HINT
-from whisper_api.formats import FORMATS, render
+from whisper_api.formats import FORMATS, needs_words, render
 from whisper_api.pipeline import Progress, TranscribeRequest
-from whisper_api.service import FileSource, Service, start_service
+from whisper_api.service import FileSource, UrlSource, download, start_service
+from whisper_api.sessions import SessionManager
+from whisper_api.subtitles import SubtitleOptions
+from whisper_api.terminal import BarLogHandler, ProgressBar
+from whisper_api.transcriber import supported_languages
 from whisper_api.transcript import Transcript
+
+GRACEFUL_STOP_S = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr and exit 2, like every other CLI error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="whisper-api", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    tr = commands.add_parser(
+        "transcribe", help="transcribe a media file or URL",
+        description="Transcribe a local media file, or an http(s) URL (downloaded with the "
+                    "server's code and limits), and print the transcript.")
+    tr.add_argument("input", help="a media file path, or an http(s):// URL")
+    tr.add_argument("--format", default="text", choices=FORMATS,
+                    help="output format (default: text)")
+    tr.add_argument("--output", type=Path, metavar="FILE",
+                    help="write the transcript to FILE instead of stdout")
+    tr.add_argument("--language", metavar="CODE",
+                    help="ISO 639-1 code such as en, or auto (default: auto-detect)")
+    tr.add_argument("--workers", type=int, metavar="N",
+                    help="worker processes (default: PARALLEL_WORKERS; a file that is one "
+                         "chunk uses one)")
+    tr.add_argument("--word-timestamps", action="store_true",
+                    help="include word timings (verbose_json)")
+    tr.add_argument("--preset", choices=("accurate", "fast"),
+                    help="decoding preset (default: TRANSCRIBE_PRESET)")
+    tr.add_argument("--max-line-width", "--max_line_width", type=int, default=42, metavar="N",
+                    help="srt/vtt: at most N characters per line (default: 42)")
+    tr.add_argument("--max-line-count", "--max_line_count", type=int, default=2, metavar="N",
+                    help="srt/vtt: at most N lines per cue (default: 2)")
+    tr.add_argument("--verbose", action="store_true",
+                    help="log workers and chunks (above the progress bar)")
+    serve = commands.add_parser("serve", help="run the HTTP service",
+                                description="Run the HTTP service (settings: see README).")
+    serve.add_argument("--host", default=None, help="listen address (default: HOST)")
+    serve.add_argument("--port", type=int, default=None, help="listen port (default: PORT)")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="whisper-api", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    tr = commands.add_parser("transcribe", help="transcribe a local media file")
-    tr.add_argument("input", type=Path)
-    tr.add_argument("--format", default="text", choices=FORMATS)
-    tr.add_argument("--output", type=Path)
-    tr.add_argument("--language")
-    tr.add_argument("--workers", type=int)
-    tr.add_argument("--word-timestamps", action="store_true")
-    tr.add_argument("--preset", choices=("accurate", "fast"))
-    serve = commands.add_parser("serve", help="run the HTTP service")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    bar = ProgressBar.for_stream(sys.stderr)
+    verbose = args.command == "serve" or args.verbose
+    handler = BarLogHandler(bar, sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     try:
         if args.command == "transcribe":
-            return transcribe_command(args)
+            return transcribe_command(args, bar)
         return serve_command(args)
     except WhisperApiError as exc:
-        # Start a fresh line: the progress bar may have left the cursor mid-line.
-        print(f"\nerror: {exc}", file=sys.stderr)
+        bar.close()
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        bar.close()
+        # The cancelled task's traceback holds the pool in a reference cycle; collect it now so
+        # its queues release their semaphores before exit (else multiprocessing's resource
+        # tracker prints a "leaked semaphore" warning).
+        gc.collect()
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
-def transcribe_command(args: argparse.Namespace) -> int:
+def transcribe_command(args: argparse.Namespace, bar: ProgressBar) -> int:
     settings = load_settings()
-    if not args.input.is_file():
-        print(f"error: no such file: {args.input}", file=sys.stderr)
-        return 2
-    language = None if args.language in (None, "auto") else args.language
-    request = TranscribeRequest(language=language, word_timestamps=args.word_timestamps,
-                                preset=args.preset)
-    service = start_service(settings, workers=args.workers)
+    source = _source(args.input)
+    request = TranscribeRequest(
+        language=_check_language(args.language), preset=args.preset,
+        word_timestamps=args.word_timestamps or needs_words(args.format),
+    )
+    subtitles = SubtitleOptions(args.max_line_width, args.max_line_count)
     try:
-        service.executor.wait_ready()
-        transcript = asyncio.run(_transcribe(service, args.input, request))
+        transcript = asyncio.run(_transcribe(settings, source, request, args.workers, bar))
     finally:
-        service.executor.stop()
-    body = render(transcript, args.format)
+        bar.close()
+    body = render(transcript, args.format, subtitles)
     text = json.dumps(body, indent=2, ensure_ascii=False) if isinstance(body, dict) else body
     if args.output:
         args.output.write_text(text)
@@ -67,19 +120,85 @@ def transcribe_command(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _transcribe(service: Service, media: Path, request: TranscribeRequest) -> Transcript:
-    started = time.perf_counter()
+def _source(given: str) -> Path | UrlSource:
+    """A URL stays a string (a Path would fold its `//`); anything else must be a file."""
+    if "://" in given:
+        return UrlSource(given)
+    path = Path(given)
+    if not path.is_file():
+        raise InvalidRequestError(f"no such file: {given}")
+    return path
 
-    def show(progress: Progress) -> None:
-        elapsed = time.perf_counter() - started
-        speed = progress.audio_done_s / elapsed if elapsed > 0 else 0.0
-        bar = f"{progress.chunks_done}/{progress.chunks_total} chunks" if progress.chunks_total \
-            else ""
-        print(f"\r[{progress.stage}] {bar} {speed:.1f}x realtime", end="", file=sys.stderr)
 
-    transcript = await service.transcribe(FileSource(media), request, on_progress=show)
-    print(file=sys.stderr)
-    return transcript
+def _check_language(language: str | None) -> str | None:
+    if language in (None, "", "auto"):
+        return None
+    code = language.lower()
+    if code not in supported_languages():
+        raise InvalidRequestError(f"unknown language code {language!r}; use auto or an ISO "
+                                  "639-1 code such as en, de, fr")
+    return code
+
+
+async def _transcribe(
+    settings: Settings, source: Path | UrlSource, request: TranscribeRequest,
+    workers: int | None, bar: ProgressBar,
+) -> Transcript:
+    """Download first (a URL), so that a file that is one chunk starts one worker, not all."""
+    sessions = SessionManager(settings.temp_dir, settings.max_temp_age_hours)
+    ticker = asyncio.create_task(_redraw(bar))
+    try:
+        async with sessions.open(source=str(getattr(source, "url", source))) as session:
+            media = source if isinstance(source, Path) else await _download(settings, source,
+                                                                             session.download, bar)
+            count = workers or workers_for(settings, await asyncio.to_thread(media_seconds, media))
+            bar.update(Progress("loading model"))
+            service = await asyncio.to_thread(start_service, settings, None, None, count)
+            try:
+                # Ctrl-C cancels this await; stop() below then ends the wait in its thread too.
+                await asyncio.to_thread(service.executor.wait_ready)
+                return await service.transcribe(FileSource(media), request,
+                                                on_progress=bar.update)
+            finally:
+                service.close()
+                service.executor.stop(drain_timeout_s=5.0)
+    finally:
+        ticker.cancel()
+
+
+async def _download(settings: Settings, source: UrlSource, folder: Path, bar: ProgressBar) -> Path:
+    bar.update(Progress("downloading"))
+    with ThreadPoolExecutor(1, thread_name_prefix="download") as pool:
+        return await download(settings, source.url, folder, pool)
+
+
+async def _redraw(bar: ProgressBar) -> None:
+    """The clocks on the bar move while a chunk runs."""
+    while True:
+        await asyncio.sleep(0.25)
+        bar.draw()
+
+
+def media_seconds(media: Path) -> float | None:
+    """The container's declared duration, without decoding; None when it does not say."""
+    import av
+
+    try:
+        with av.open(str(media), metadata_errors="ignore") as container:
+            duration = container.duration
+    except (av.FFmpegError, OSError, ValueError):
+        return None  # the pipeline's conversion reports what is wrong with the file
+    return duration / 1_000_000 if duration else None
+
+
+def workers_for(settings: Settings, seconds: float | None) -> int:
+    """No more workers than chunks: a file that is one chunk loads one model, not all."""
+    count, _ = settings.worker_count()
+    if seconds is None:
+        return count
+    if not settings.enable_parallel_transcription or seconds <= settings.audio_limit_single_core:
+        return 1
+    return max(1, min(count, math.ceil(seconds / settings.parallel_chunk_duration)))
 
 
 def _require_ray() -> None:
@@ -90,17 +209,36 @@ def _require_ray() -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from whisper_api.api.app import create_app
 
     settings = load_settings()
     if settings.executor == "ray":
         _require_ray()  # before the server starts, not as a startup traceback
     host, port = args.host or settings.host, args.port or settings.port
+    app = create_app(settings)
     # Our middleware logs one structured line per request; uvicorn's own would repeat it.
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    # Ctrl-C or SIGTERM: open requests see app.state.stopping and answer 503 (their chunks are
+    # cancelled), so a long synchronous transcription cannot hold the stop for minutes; jobs are
+    # requeued and resume at the next start. GRACEFUL_STOP_S bounds whatever is left.
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=GRACEFUL_STOP_S)
+    # uvicorn raises the stop signal again once it has stopped; for a server Ctrl-C is the
+    # normal way out (exit 0, as `uvicorn.run` does), not an interruption.
+    with contextlib.suppress(KeyboardInterrupt):
+        StoppingServer(config, app.state.stopping).run()
     return 0
+
+
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server, telling the app first when a stop signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, stopping: threading.Event) -> None:
+        super().__init__(config)
+        self._stopping = stopping
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._stopping.set()
+        super().handle_exit(sig, frame)
 
 
 if __name__ == "__main__":

@@ -148,7 +148,9 @@ class FetchControl:
         self.check()
         addresses = _resolve(host, port)
         if not self.limits.allow_private and not all(_is_public(a) for a in addresses):
-            raise UrlNotAllowedError(f"host {host!r} resolves to a private or reserved address")
+            raise UrlNotAllowedError(
+                f"host {host!r} resolves to a private or reserved address; a server meant to "
+                "fetch from its own network can allow that with ALLOW_PRIVATE_URLS=true")
         timeout = min(timeout_s or self.remaining_s(), self.remaining_s())
         error: OSError = OSError(f"no address for {host!r}")
         for address in addresses:
@@ -197,7 +199,9 @@ def check_url(url: str, allow_private: bool) -> None:
         return
     # ANY bad address refuses: the client may connect to whichever one it likes.
     if not all(_is_public(address) for address in _resolve(host, port)):
-        raise UrlNotAllowedError(f"host {host!r} resolves to a private or reserved address")
+        raise UrlNotAllowedError(
+            f"host {host!r} resolves to a private or reserved address; a server meant to fetch "
+            "from its own network can allow that with ALLOW_PRIVATE_URLS=true")
 
 
 def _port(parts: SplitResult) -> int:
@@ -333,7 +337,8 @@ def fetch_direct(
         response = open_checked(client, url, control)
         try:
             if response.status_code >= 400:
-                raise DownloadError(f"{_host(url)} answered HTTP {response.status_code}")
+                raise DownloadError(
+                    f"the remote site {_host(url)} answered HTTP {response.status_code}")
             if not _is_media(response):
                 kind = response.headers.get("content-type", "no content type").split(";")[0]
                 raise DownloadError(f"the URL is not audio or video ({_short(kind, 60)}), and "
@@ -585,7 +590,7 @@ def _run_ytdlp(url: str, scratch: Path, control: FetchControl,
                extractors: tuple[str, ...]) -> Path:
     ytdlp_log = _YtdlpLog()
     params = _ytdlp_params(scratch, control, ytdlp_log, extractors)
-    with _ytdlp_errors(scratch, control), _GuardedYoutubeDL(params, control) as ydl:
+    with _ytdlp_errors(url, scratch, control), _GuardedYoutubeDL(params, control) as ydl:
         # Look before downloading, so an over-long video is refused without fetching it.
         info = ydl.extract_info(url, download=False)
         _check_info(info, control.limits)
@@ -640,15 +645,19 @@ def _check_info(info: dict[str, Any], limits: DownloadLimits) -> None:
 
 
 @contextmanager
-def _ytdlp_errors(scratch: Path, control: FetchControl) -> Iterator[None]:
+def _ytdlp_errors(url: str, scratch: Path, control: FetchControl) -> Iterator[None]:
+    """yt-dlp's errors as DownloadError naming the remote site: its "HTTP Error 404" must not
+    read as our own 404."""
     try:
         yield
     except yt_dlp.utils.DownloadError as exc:
         control.check()  # refused, cancelled or past the deadline: say that, not the symptom
-        raise DownloadError(_ytdlp_message(str(exc.msg), scratch)) from exc
+        message = _ytdlp_message(str(exc.msg), scratch)
+        raise DownloadError(f"downloading from {_host(url)}: {message}") from exc
     except YtdlpRequestError as exc:  # raised past the extractor by yt-dlp's request director
         control.check()
-        raise DownloadError(_ytdlp_message(str(exc), scratch)) from exc
+        message = _ytdlp_message(str(exc), scratch)
+        raise DownloadError(f"downloading from {_host(url)}: {message}") from exc
 
 
 def _ytdlp_message(message: str, scratch: Path) -> str:

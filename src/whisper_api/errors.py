@@ -16,6 +16,7 @@
     ├── ModelNotFoundError (500)  WHISPER_MODEL could not be resolved
     ├── QueueFullError (429)      MAX_QUEUED_JOBS / MAX_SYNC_REQUESTS reached (with Retry-After)
     ├── SyncTimeoutError (504)    a synchronous request ran past SYNC_TIMEOUT_S
+    ├── ShuttingDownError (503)   the server is stopping (Ctrl-C, SIGTERM); retry elsewhere/later
     └── TranscriptionError (500)  a chunk failed even after its retry
         └── ChunkTimeoutError (504)
 
@@ -136,3 +137,12 @@ class SyncTimeoutError(WhisperApiError):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"transcription took longer than {seconds:.0f}s; "
                          "use the jobs API (POST /api/v1/jobs) for long media")
+
+
+class ShuttingDownError(WhisperApiError):
+    status_code = 503
+    code = "shutting_down"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "10"}

@@ -1,20 +1,30 @@
 """Transcript renderings: json, verbose_json, text, srt, vtt, tsv (pure)."""
 
+import re
+import unicodedata
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from whisper_api.errors import InvalidRequestError
+from whisper_api.subtitles import Cue, SubtitleOptions, build_cues
 from whisper_api.transcript import Segment, Transcript
 
 FORMATS = ("json", "verbose_json", "text", "srt", "vtt", "tsv")
+# Shaped from word timestamps: the pipeline computes them for these even when not asked.
+SUBTITLE_FORMATS = ("srt", "vtt")
 
 
-def render(transcript: Transcript, fmt: str) -> str | dict[str, Any]:
+def render(
+    transcript: Transcript, fmt: str, subtitles: SubtitleOptions | None = None
+) -> str | dict[str, Any]:
     if fmt not in FORMATS:
         raise InvalidRequestError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt in SUBTITLE_FORMATS:
+        cues = build_cues(transcript, subtitles or SubtitleOptions())
+        return to_srt(cues) if fmt == "srt" else to_vtt(cues)
     renderers: dict[str, Callable[[Transcript], str | dict[str, Any]]] = {
-        "json": to_json, "verbose_json": to_verbose_json, "text": to_text,
-        "srt": to_srt, "vtt": to_vtt, "tsv": to_tsv,
+        "json": to_json, "verbose_json": to_verbose_json, "text": to_text, "tsv": to_tsv,
     }
     return renderers[fmt](transcript)
 
@@ -36,19 +46,36 @@ def to_verbose_json(t: Transcript) -> dict[str, Any]:
         "task": "transcribe", "language": t.language, "duration": round(t.duration_s, 3),
         "text": t.text, "segments": segments,
     }
-    words = [w for s in t.segments for w in s.words]
+    words = [(bare_word(w.word), w) for s in t.segments for w in s.words]
     if words:
         body["words"] = [
-            {"word": w.word.strip(), "start": round(w.start, 3), "end": round(w.end, 3)}
-            for w in words
+            {"word": text, "start": round(w.start, 3), "end": round(w.end, 3)}
+            for text, w in words if text
         ]
     return body
 
 
+def bare_word(word: str) -> str:
+    """OpenAI's word entries carry no surrounding punctuation: ' so,' → 'so'; "don't" stays."""
+    start, end = 0, len(word)
+    while start < end and _punctuation_or_space(word[start]):
+        start += 1
+    while end > start and _punctuation_or_space(word[end - 1]):
+        end -= 1
+    return word[start:end]
+
+
+def _punctuation_or_space(char: str) -> bool:
+    # "%" is punctuation to Unicode but part of the word "5%".
+    return char.isspace() or (unicodedata.category(char).startswith("P") and char != "%")
+
+
 def _verbose_segment(index: int, s: Segment) -> dict[str, Any]:
     return {
-        "id": index, "seek": 0, "start": s.start, "end": s.end, "text": s.text, "tokens": [],
-        "temperature": 0.0, "avg_logprob": round(s.avg_logprob, 4), "compression_ratio": 0.0,
+        "id": index, "seek": 0, "start": s.start, "end": s.end,
+        "text": s.text, "tokens": list(s.tokens), "temperature": s.temperature,
+        "avg_logprob": round(s.avg_logprob, 4),
+        "compression_ratio": round(s.compression_ratio, 4),
         "no_speech_prob": round(s.no_speech_prob, 4),
     }
 
@@ -57,20 +84,22 @@ def to_text(t: Transcript) -> str:
     return t.text + "\n"
 
 
-def to_srt(t: Transcript) -> str:
-    cues = [
-        f"{i}\n{timestamp(s.start, ',')} --> {timestamp(s.end, ',')}\n{_cue_text(s.text)}\n"
-        for i, s in enumerate(t.segments, start=1)
+def to_srt(cues: list[Cue]) -> str:
+    blocks = [
+        f"{i}\n{timestamp(c.start, ',')} --> {timestamp(c.end, ',')}\n"
+        + "".join(_cue_text(line) + "\n" for line in c.lines)
+        for i, c in enumerate(cues, start=1)
     ]
-    return "\n".join(cues)
+    return "\n".join(blocks)
 
 
-def to_vtt(t: Transcript) -> str:
-    cues = [
-        f"{timestamp(s.start, '.')} --> {timestamp(s.end, '.')}\n{_vtt_text(s.text)}\n"
-        for s in t.segments
+def to_vtt(cues: list[Cue]) -> str:
+    blocks = [
+        f"{timestamp(c.start, '.')} --> {timestamp(c.end, '.')}\n"
+        + "".join(_vtt_text(line) + "\n" for line in c.lines)
+        for c in cues
     ]
-    return "WEBVTT\n\n" + "\n".join(cues)
+    return "WEBVTT\n\n" + "\n".join(blocks)
 
 
 def to_tsv(t: Transcript) -> str:
@@ -109,3 +138,32 @@ def content_type(fmt: str) -> str:
         "text": "text/plain; charset=utf-8", "srt": "application/x-subrip; charset=utf-8",
         "vtt": "text/vtt; charset=utf-8", "tsv": "text/tab-separated-values; charset=utf-8",
     }[fmt]
+
+
+EXTENSIONS = {"json": "json", "verbose_json": "json", "text": "txt", "srt": "srt", "vtt": "vtt",
+              "tsv": "tsv"}
+UNSAFE_NAME = re.compile(r"[^\w.\- ]+")
+
+
+def needs_words(fmt: str) -> bool:
+    """Subtitles are shaped from word timestamps, so they are computed even when not asked."""
+    return fmt in SUBTITLE_FORMATS
+
+
+def download_name(source: str | None, fmt: str) -> str:
+    """`talk.mp3` → `talk.srt`; a URL gives its last path part; anything else `transcript`."""
+    base = ""
+    if source:
+        url = urlsplit(source) if "://" in source else None
+        path = url.path if url else source
+        base = unquote(path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1])
+        if url and base == "watch":  # YouTube's watch?v=ID: the video id names it
+            base = parse_qs(url.query).get("v", [base])[0]
+    stem = UNSAFE_NAME.sub("_", base.rsplit(".", 1)[0] if "." in base else base).strip(" ._")
+    return f"{stem[:80] or 'transcript'}.{EXTENSIONS[fmt]}"
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII fallback plus the UTF-8 name for clients that read `filename*`."""
+    fallback = filename.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename)}"

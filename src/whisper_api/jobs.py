@@ -38,6 +38,7 @@ from whisper_api.errors import (
     QueueFullError,
     WhisperApiError,
 )
+from whisper_api.formats import needs_words
 from whisper_api.pipeline import Progress, TranscribeRequest
 from whisper_api.service import MediaSource, UploadSource, UrlSource, safe_suffix, save_stream
 from whisper_api.transcript import Segment, Transcript, Word
@@ -74,10 +75,13 @@ class JobInput:
     word_timestamps: bool = False
     format: str = "json"
     callback_url: str | None = None
+    max_line_width: int = 42  # srt/vtt shaping, the result's default
+    max_line_count: int = 2
 
     @property
     def request(self) -> TranscribeRequest:
-        return TranscribeRequest(language=self.language, word_timestamps=self.word_timestamps)
+        words = self.word_timestamps or needs_words(self.format)
+        return TranscribeRequest(language=self.language, word_timestamps=words)
 
 
 @dataclass
@@ -134,7 +138,8 @@ def transcript_to_json(transcript: Transcript) -> str:
 def transcript_from_json(text: str) -> Transcript:
     data = json.loads(text)
     segments = tuple(
-        Segment(**{**s, "words": tuple(Word(**w) for w in s["words"])}) for s in data["segments"]
+        Segment(**{**s, "words": tuple(Word(**w) for w in s["words"]),
+                   "tokens": tuple(s.get("tokens", ()))}) for s in data["segments"]
     )
     return Transcript(data["text"], segments, data["language"], data["duration_s"], data["extra"])
 

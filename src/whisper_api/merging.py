@@ -1,5 +1,7 @@
 """Chunk results onto the file's timeline (pure)."""
 
+from dataclasses import replace
+
 from whisper_api.transcript import ChunkResult, Segment
 
 
@@ -19,9 +21,9 @@ def merge_results(
             end = min(max(shifted.end, start), end_s)
             if not shifted.text.strip():
                 continue
-            merged.append(Segment(
-                round(start, 3), round(max(end, start), 3), shifted.text.strip(), shifted.words,
-                shifted.avg_logprob, shifted.no_speech_prob,
+            merged.append(replace(
+                shifted, start=round(start, 3), end=round(max(end, start), 3),
+                text=shifted.text.strip(),
             ))
     return merged
 

@@ -10,7 +10,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -110,39 +110,39 @@ class Service:
                                     self.settings.max_upload_bytes)
             return target
         on_progress(Progress("downloading"))
-        return await self.download(source.url, session.download)
-
-    async def download(self, url: str, target_dir: Path) -> Path:
-        """fetch_media on the download pool, within DOWNLOAD_TIMEOUT_S from now.
-
-        Cancelling the caller (job cancel, client gone, SYNC_TIMEOUT_S) or reaching the deadline
-        stops the download thread too: its sockets are shut and it is awaited briefly, so it
-        neither keeps a pool thread nor writes into a session folder being removed.
-        """
-        from whisper_api.download import DownloadLimits, FetchControl, fetch_media
-
-        limits = DownloadLimits(
-            self.settings.max_upload_bytes, self.settings.max_audio_duration_s,
-            self.settings.download_timeout_s, self.settings.allow_private_urls,
-        )
-        control = FetchControl(limits)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.downloads, fetch_media, url, target_dir, limits,
-                                      control)
-        try:
-            done, _ = await asyncio.wait({future}, timeout=limits.timeout_s)
-        except asyncio.CancelledError:
-            control.cancel()
-            await asyncio.wait({future}, timeout=CANCEL_GRACE_S)
-            raise
-        if not done:
-            control.cancel(control.timeout_message)
-            await asyncio.wait({future}, timeout=CANCEL_GRACE_S)
-            raise DownloadError(control.timeout_message)
-        return future.result()
+        return await download(self.settings, source.url, session.download, self.downloads)
 
     def close(self) -> None:
         self.downloads.shutdown(wait=False, cancel_futures=True)
+
+
+async def download(settings: Settings, url: str, target_dir: Path, pool: Executor) -> Path:
+    """fetch_media on `pool` (the server's bounded download pool), within DOWNLOAD_TIMEOUT_S.
+
+    Cancelling the caller (job cancel, client gone, SYNC_TIMEOUT_S) or reaching the deadline
+    stops the download thread too: its sockets are shut and it is awaited briefly, so it
+    neither keeps a pool thread nor writes into a session folder being removed.
+    """
+    from whisper_api.download import DownloadLimits, FetchControl, fetch_media
+
+    limits = DownloadLimits(
+        settings.max_upload_bytes, settings.max_audio_duration_s,
+        settings.download_timeout_s, settings.allow_private_urls,
+    )
+    control = FetchControl(limits)
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(pool, fetch_media, url, target_dir, limits, control)
+    try:
+        done, _ = await asyncio.wait({future}, timeout=limits.timeout_s)
+    except asyncio.CancelledError:
+        control.cancel()
+        await asyncio.wait({future}, timeout=CANCEL_GRACE_S)
+        raise
+    if not done:
+        control.cancel(control.timeout_message)
+        await asyncio.wait({future}, timeout=CANCEL_GRACE_S)
+        raise DownloadError(control.timeout_message)
+    return future.result()
 
 
 def save_stream(stream: BinaryIO, target: Path, max_bytes: int) -> None:

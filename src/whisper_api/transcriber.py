@@ -170,6 +170,9 @@ def _segment(raw: Any) -> Segment:
         words=words,
         avg_logprob=float(raw.avg_logprob),
         no_speech_prob=float(raw.no_speech_prob),
+        tokens=tuple(int(t) for t in raw.tokens),
+        temperature=float(raw.temperature or 0.0),
+        compression_ratio=float(raw.compression_ratio),
     )
 
 

@@ -1,6 +1,6 @@
 """Values that cross process boundaries: small frozen dataclasses of primitives."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -19,15 +19,16 @@ class Segment:
     words: tuple[Word, ...] = ()
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
+    # As the decoder gave them, for OpenAI's verbose_json.
+    tokens: tuple[int, ...] = ()
+    temperature: float = 0.0
+    compression_ratio: float = 0.0
 
     def shifted(self, offset_s: float) -> "Segment":
         words = tuple(
             Word(w.start + offset_s, w.end + offset_s, w.word, w.probability) for w in self.words
         )
-        return Segment(
-            self.start + offset_s, self.end + offset_s, self.text, words,
-            self.avg_logprob, self.no_speech_prob,
-        )
+        return replace(self, start=self.start + offset_s, end=self.end + offset_s, words=words)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ def run_server(tmp: Path, **env: str) -> Iterator[Server]:
         process = subprocess.Popen(
             [sys.executable, "-m", "whisper_api.cli", "serve", "--port", str(port)],
             env=environment, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: tests can Ctrl-C it as a terminal does
         )
     server = Server(f"http://127.0.0.1:{port}", tmp / "temp", process, log)
     try:

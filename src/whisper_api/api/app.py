@@ -2,11 +2,13 @@
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from whisper_api import __version__
 from whisper_api.api.admission import AdmissionMiddleware
@@ -43,8 +45,14 @@ def create_app(settings: Settings, executor: ChunkExecutor | None = None) -> Fas
             service.close()
             await asyncio.to_thread(service.executor.stop)
 
-    app = FastAPI(title="whisper-api", version=__version__, lifespan=lifespan)
+    # /docs and /redoc load Swagger UI and ReDoc from fastapi-offline's package files, not a
+    # CDN: a self-hosted service is often run where the internet is not.
+    app = FastAPIOffline(title="whisper-api", version=__version__, lifespan=lifespan,
+                         favicon_url="/favicon.ico", static_url="/static/docs")
     app.state.metrics = metrics
+    # Set by `serve` when a stop signal arrives, before uvicorn waits for open requests: long
+    # requests and event streams watch it and end themselves (see GRACEFUL_STOP_S in cli.py).
+    app.state.stopping = threading.Event()
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(AdmissionMiddleware, settings=settings)  # before any body is read
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: counts the 413s

@@ -2,13 +2,15 @@
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from whisper_api.api.routes import (
+    SUBTITLE_FIELDS,
     AuthDep,
     Caller,
     CallerDep,
@@ -16,9 +18,10 @@ from whisper_api.api.routes import (
     check_format,
     read_media_form,
     respond,
+    subtitle_options,
 )
 from whisper_api.errors import JobNotFoundError, JobStateError
-from whisper_api.formats import FORMATS
+from whisper_api.formats import FORMATS, content_disposition, download_name
 from whisper_api.jobs import Job, JobInput, JobRunner, JobStatus, JobStore, database_path
 from whisper_api.service import Service
 
@@ -29,6 +32,7 @@ def get_runner(request: Request) -> JobRunner:
 
 
 JobsDep = Annotated[JobRunner, Depends(get_runner)]
+POLL_S = 0.25
 jobs_router = APIRouter(prefix="/api/v1/jobs", dependencies=[AuthDep], tags=["jobs"])
 
 
@@ -46,11 +50,14 @@ JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"}, "language": {"type": "string"},
         "format": {"type": "string", "enum": list(FORMATS)},
-        "word_timestamps": {"type": "boolean"}, "callback_url": {"type": "string"}}}}}}})
+        "word_timestamps": {"type": "boolean"}, "callback_url": {"type": "string"},
+        **SUBTITLE_FIELDS}}}}}})
 async def create_job(request: Request, runner: JobsDep, caller: CallerDep) -> JSONResponse:
     form = await read_media_form(request, JobBody)
     job_input = JobInput(language=form.language, word_timestamps=form.word_timestamps,
-                         format=form.format, callback_url=form.callback_url)
+                         format=form.format, callback_url=form.callback_url,
+                         max_line_width=form.subtitles.max_line_width,
+                         max_line_count=form.subtitles.max_line_count)
     job = await runner.submit(form.source, job_input, caller.tenant)
     return JSONResponse({"id": job.id, "status": str(job.status)}, 202,
                         {"Location": f"/api/v1/jobs/{job.id}"})
@@ -77,8 +84,12 @@ async def get_job(job_id: str, runner: JobsDep, caller: CallerDep) -> dict[str, 
 
 
 @jobs_router.get("/{job_id}/result", operation_id="get_result")
-async def get_result(job_id: str, runner: JobsDep, caller: CallerDep,
-                     format: str | None = None) -> Response:
+async def get_result(
+    job_id: str, runner: JobsDep, caller: CallerDep, format: str | None = None,
+    max_line_width: Annotated[int | None, Query(ge=10, le=1000)] = None,
+    max_line_count: Annotated[int | None, Query(ge=1, le=10)] = None,
+) -> Response:
+    """The transcript in `format` (default: the job's), as a download named after the input."""
     job = await _job(runner, job_id, caller)
     if job.status != JobStatus.succeeded:
         raise JobStateError(f"job {job_id} is {job.status}; the result exists once it "
@@ -87,8 +98,11 @@ async def get_result(job_id: str, runner: JobsDep, caller: CallerDep,
     transcript = await runner.result(job_id)
     if transcript is None:
         raise JobNotFoundError(f"the result of job {job_id} has expired")
-    return respond(transcript, fmt, {"job_id": job.id,
-                                     "processing_time": job.processing_time_s})
+    subtitles = subtitle_options(max_line_width or job.input.max_line_width,
+                                 max_line_count or job.input.max_line_count)
+    name = download_name(job.input.filename or job.input.url, fmt)
+    return respond(transcript, fmt, {"job_id": job.id, "processing_time": job.processing_time_s},
+                   subtitles, {"Content-Disposition": content_disposition(name)})
 
 
 @jobs_router.get("/{job_id}/audio", response_class=FileResponse, operation_id="get_audio")
@@ -112,17 +126,21 @@ async def cancel_job(job_id: str, runner: JobsDep, caller: CallerDep) -> dict[st
 
 
 @jobs_router.get("/{job_id}/events", operation_id="job_events")
-async def job_events(job_id: str, runner: JobsDep, caller: CallerDep) -> StreamingResponse:
+async def job_events(job_id: str, runner: JobsDep, caller: CallerDep,
+                     request: Request) -> StreamingResponse:
     await _job(runner, job_id, caller)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_sse(runner, job_id), media_type="text/event-stream",
-                             headers=headers)
+    return StreamingResponse(_sse(runner, job_id, request.app.state.stopping),
+                             media_type="text/event-stream", headers=headers)
 
 
-async def _sse(runner: JobRunner, job_id: str) -> AsyncIterator[str]:
-    """`event: progress` on every change, then `event: done` with the final status."""
+async def _sse(runner: JobRunner, job_id: str, stopping: threading.Event) -> AsyncIterator[str]:
+    """`event: progress` on every change, then `event: done` with the final status.
+
+    A stopping server ends the stream itself (EventSource reconnects to the next one) rather
+    than hold the stop until uvicorn cancels it."""
     last: dict[str, Any] | None = None
-    async for job in runner.watch(job_id):
+    async for job in until_set(stopping, runner.watch(job_id)):
         if job is None:
             yield ": keep-alive\n\n"
             continue
@@ -133,6 +151,36 @@ async def _sse(runner: JobRunner, job_id: str) -> AsyncIterator[str]:
         if body != last:
             yield f"event: progress\ndata: {json.dumps(body)}\n\n"
             last = body
+
+
+T = TypeVar("T")
+
+
+async def until_set(flag: threading.Event, items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`items` until `flag` is set, checked every POLL_S even while the next item is awaited."""
+    while not flag.is_set():
+        step = asyncio.ensure_future(anext(items))
+        try:
+            while not step.done() and not flag.is_set():
+                await asyncio.wait({step}, timeout=POLL_S)
+        finally:
+            # Stopping, or the client left and our task was cancelled: the pending step must
+            # not outlive the stream (it would wake later, after the job store closed).
+            if not step.done():
+                step.cancel()
+                step.add_done_callback(_consume)
+        if not step.done():
+            return
+        try:
+            item = step.result()
+        except StopAsyncIteration:
+            return
+        yield item
+
+
+def _consume(task: "asyncio.Future[Any]") -> None:
+    if not task.cancelled():
+        task.exception()  # nobody waits for it any more; its outcome is moot
 
 
 async def start_runner(service: Service) -> JobRunner:

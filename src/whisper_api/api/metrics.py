@@ -58,6 +58,20 @@ class RequestMetricsMiddleware:
 
 
 def route_template(scope: Scope) -> str:
-    """The router stores the matched route in the scope it was handed (ours, shared)."""
+    """The router stores the matched route in the scope it was handed (ours, shared).
+
+    A mount (static files, the docs' assets) sets no route: its prefix, grown onto root_path
+    by the router, labels every file under it as one route (`/static/{path}`).
+    """
     path = getattr(scope.get("route"), "path", None)
-    return path if isinstance(path, str) else UNMATCHED
+    if isinstance(path, str):
+        return path
+    mount = _mount_prefix(scope)
+    return f"{mount}/{{path}}" if mount else UNMATCHED
+
+
+def _mount_prefix(scope: Scope) -> str | None:
+    root, app_root = str(scope.get("root_path", "")), str(scope.get("app_root_path", ""))
+    if "endpoint" not in scope or not root.startswith(app_root):
+        return None
+    return root[len(app_root):] or None

@@ -19,12 +19,14 @@ from whisper_api.errors import (
     ClientDisconnectedError,
     InvalidRequestError,
     MediaTooLargeError,
+    ShuttingDownError,
     SyncTimeoutError,
     UnauthorizedError,
 )
-from whisper_api.formats import FORMATS, content_type, render
+from whisper_api.formats import FORMATS, content_type, needs_words, render
 from whisper_api.pipeline import TranscribeRequest
 from whisper_api.service import MediaSource, Service, UploadSource, UrlSource
+from whisper_api.subtitles import SubtitleOptions
 from whisper_api.transcriber import supported_languages
 from whisper_api.transcript import Transcript
 
@@ -110,6 +112,8 @@ class TranscribeBody(BaseModel):
     language: str = "auto"
     format: Format = "json"
     word_timestamps: bool = False
+    max_line_width: int = 42  # srt/vtt: characters per line (openai-whisper's name)
+    max_line_count: int = 2  # srt/vtt: lines per cue
 
     @model_validator(mode="after")
     def _one_url(self) -> "TranscribeBody":
@@ -130,23 +134,34 @@ class MediaForm:
     language: str | None
     format: str
     word_timestamps: bool
+    subtitles: SubtitleOptions
     callback_url: str | None = None
+
+
+SUBTITLE_FIELDS = {
+    "max_line_width": {"type": "integer", "default": 42, "minimum": 10, "maximum": 1000,
+                       "description": "srt/vtt: at most this many characters per line"},
+    "max_line_count": {"type": "integer", "default": 2, "minimum": 1, "maximum": 10,
+                       "description": "srt/vtt: at most this many lines per cue"},
+}
 
 
 @seed_router.post("/api/v1/transcribe", openapi_extra={"requestBody": {"content": {
     "application/json": {"schema": TranscribeBody.model_json_schema()},
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"}, "language": {"type": "string"},
-        "format": {"type": "string", "enum": list(FORMATS)}}}}}}})
+        "format": {"type": "string", "enum": list(FORMATS)},
+        **SUBTITLE_FIELDS}}}}}})
 async def transcribe(request: Request, service: ServiceDep) -> Response:
     form = await read_media_form(request)
     started = time.perf_counter()
-    job = TranscribeRequest(language=form.language, word_timestamps=form.word_timestamps)
+    job = TranscribeRequest(language=form.language,
+                            word_timestamps=form.word_timestamps or needs_words(form.format))
     transcript = await run_sync(request, service, service.transcribe(
         form.source, job, _client_ip(request)))
     extra = {"processing_time": round(time.perf_counter() - started, 3),
              "model": service.settings.whisper_model}
-    return respond(transcript, form.format, extra)
+    return respond(transcript, form.format, extra, form.subtitles)
 
 
 async def read_media_form(
@@ -161,6 +176,7 @@ async def read_media_form(
             UploadSource(upload.file, upload.filename or ""),
             check_language(str(form.get("language") or "auto")), fmt,
             str(form.get("word_timestamps", "false")).lower() == "true",
+            subtitle_options(form.get("max_line_width"), form.get("max_line_count")),
             str(form.get("callback_url") or "") or None,
         )
     try:
@@ -170,6 +186,7 @@ async def read_media_form(
     return MediaForm(
         UrlSource(body.youtube_url or body.url or ""), check_language(body.language),
         body.format, body.word_timestamps,
+        SubtitleOptions(body.max_line_width, body.max_line_count),
         body.callback_url if isinstance(body, JobBody) else None,
     )
 
@@ -229,6 +246,16 @@ def json_depth(raw: bytes) -> int:
         elif byte in (0x5D, 0x7D):
             depth -= 1
     return deepest
+def subtitle_options(width: object, count: object) -> SubtitleOptions:
+    """Form or query values (strings, or absent) → checked options; a bad one is a 400."""
+    defaults = SubtitleOptions()
+    try:
+        return SubtitleOptions(
+            int(str(width)) if width not in (None, "") else defaults.max_line_width,
+            int(str(count)) if count not in (None, "") else defaults.max_line_count,
+        )
+    except ValueError as exc:
+        raise InvalidRequestError("max_line_width and max_line_count must be integers") from exc
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -253,11 +280,14 @@ def check_language(language: str | None) -> str | None:
     return code
 
 
-def respond(transcript: Transcript, fmt: str, extra: dict[str, Any]) -> Response:
-    body = render(transcript, fmt)
+def respond(
+    transcript: Transcript, fmt: str, extra: dict[str, Any],
+    subtitles: SubtitleOptions | None = None, headers: dict[str, str] | None = None,
+) -> Response:
+    body = render(transcript, fmt, subtitles)
     if isinstance(body, dict):
-        return JSONResponse({**body, **extra} if fmt == "json" else body)
-    return PlainTextResponse(body, media_type=content_type(fmt))
+        return JSONResponse({**body, **extra} if fmt == "json" else body, headers=headers)
+    return PlainTextResponse(body, media_type=content_type(fmt), headers=headers)
 
 
 async def run_sync(
@@ -276,6 +306,8 @@ async def run_sync(
                 break
             if await request.is_disconnected():
                 raise ClientDisconnectedError("client disconnected")
+            if request.app.state.stopping.is_set():  # answer now, not when uvicorn cancels us
+                raise ShuttingDownError("the service is shutting down; retry in a moment")
             if time.monotonic() > deadline:
                 raise SyncTimeoutError(service.settings.sync_timeout_s)
         return task.result()
@@ -304,12 +336,15 @@ async def openai_transcriptions(
     response_format: Annotated[OpenAIFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
+    max_line_width: Annotated[int, Form(ge=10, le=1000)] = 42,
+    max_line_count: Annotated[int, Form(ge=1, le=10)] = 2,
 ) -> Response:
     job = TranscribeRequest(
         language=check_language(language), initial_prompt=prompt or None, temperature=temperature,
-        word_timestamps="word" in (granularities or []),
+        word_timestamps="word" in (granularities or []) or needs_words(response_format),
     )
-    return await _openai(request, service, file, job, response_format)
+    subtitles = SubtitleOptions(max_line_width, max_line_count)
+    return await _openai(request, service, file, job, response_format, subtitles)
 
 
 @openai_router.post("/v1/audio/translations")
@@ -321,14 +356,18 @@ async def openai_translations(
     prompt: Annotated[str | None, Form()] = None,
     response_format: Annotated[OpenAIFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+    max_line_width: Annotated[int, Form(ge=10, le=1000)] = 42,
+    max_line_count: Annotated[int, Form(ge=1, le=10)] = 2,
 ) -> Response:
     job = TranscribeRequest(task="translate", initial_prompt=prompt or None,
-                            temperature=temperature)
-    return await _openai(request, service, file, job, response_format)
+                            temperature=temperature, word_timestamps=needs_words(response_format))
+    subtitles = SubtitleOptions(max_line_width, max_line_count)
+    return await _openai(request, service, file, job, response_format, subtitles)
 
 
 async def _openai(
-    request: Request, service: ServiceDep, file: UploadFile, job: TranscribeRequest, fmt: str
+    request: Request, service: ServiceDep, file: UploadFile, job: TranscribeRequest, fmt: str,
+    subtitles: SubtitleOptions,
 ) -> Response:
     single_file((await request.form()).getlist("file"))  # parsed once already: cached
     source = UploadSource(file.file, file.filename or "")
@@ -341,7 +380,7 @@ async def _openai(
         assert isinstance(body, dict)
         body["task"] = job.task
         return JSONResponse(body)
-    return respond(transcript, fmt, {})
+    return respond(transcript, fmt, {}, subtitles)
 
 
 @openai_router.get("/v1/models")

@@ -198,8 +198,17 @@ class Dispatcher:
     def _on_queued(self) -> None:
         """Called with the lock held after a chunk was queued: start it if a worker is idle."""
 
+    def _stop_worker(self, slot: WorkerSlot) -> None:
+        """Stop a busy worker now and replace it (lock held): its chunk was cancelled."""
+        raise NotImplementedError
+
     def wait_ready(self, timeout_s: float = 300.0) -> None:
-        wait_until_ready(lambda: self.ready, lambda: self._load_failure, timeout_s)
+        """Returns once every worker has loaded; raises if loading fails or stop() is called."""
+        wait_until_ready(lambda: self.ready, self._not_becoming_ready, timeout_s)
+
+    def _not_becoming_ready(self) -> str | None:
+        return self._load_failure or ("the executor is stopping" if self._stopping.is_set()
+                                      else None)
 
     @property
     def ready(self) -> bool:
@@ -233,9 +242,16 @@ class Dispatcher:
         return future
 
     def cancel(self, request_id: str) -> int:
-        """Drop a request's queued chunks; a running chunk finishes and its result is dropped."""
+        """Drop a request's queued chunks and stop its running ones at once: their workers are
+        stopped and replaced, so a cancelled request frees its CPU now, not when its chunk ends.
+        Returns how many chunks were dropped or stopped."""
         with self._lock:
             dropped = self._queues.drop(request_id)
+            for slot in self._slots():
+                if slot.running and slot.running.task.request_id == request_id:
+                    dropped.append(slot.running)
+                    slot.running, slot.ready = None, False
+                    self._stop_worker(slot)
         for pending in dropped:
             pending.future.cancel()
         return len(dropped)

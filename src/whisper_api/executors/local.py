@@ -11,6 +11,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -80,6 +81,8 @@ class WorkerPool(Dispatcher):
         with self._lock:
             for worker in self._workers.values():
                 worker.inbox.put(None)
+                if not worker.ready and worker.process:
+                    worker.process.kill()  # a model still loading has no work to finish
         if self._thread:
             self._thread.join(timeout=drain_timeout_s + 5)
         for worker in self._workers.values():
@@ -93,6 +96,14 @@ class WorkerPool(Dispatcher):
     def _busy(self) -> bool:
         with self._lock:
             return any(w.running for w in self._workers.values())
+
+    def _stop_worker(self, slot: WorkerSlot) -> None:
+        process = self._workers[slot.worker_id].process
+        if process is not None:
+            process.kill()
+            process.join(timeout=5)
+        if not self._stopping.is_set():
+            self._spawn(slot.worker_id)  # not a restart: nothing went wrong
 
     def _on_queued(self) -> None:
         self._dispatch()  # an idle worker starts now, not at the supervisor's next poll
@@ -179,5 +190,11 @@ class WorkerPool(Dispatcher):
             name=f"whisper-worker-{worker_id}",
             daemon=True,
         )
-        process.start()
+        # The child inherits the blocked SIGINT through exec, so a Ctrl-C while it still imports
+        # cannot print a traceback either; process_main ignores it, then unblocks it.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self._workers[worker_id] = _Process(worker_id, process=process, inbox=inbox)

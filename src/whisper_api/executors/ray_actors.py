@@ -154,7 +154,7 @@ class RayExecutor(Dispatcher):
         """Drop a request's queued chunks and ask Ray to cancel its running ones.
 
         Ray cannot interrupt a running task of a regular actor: that chunk finishes and its
-        result is dropped, as in the local pool.
+        result is dropped (the local pool kills and replaces its worker instead).
         """
         with self._lock:
             for actor in self._actors:
@@ -252,12 +252,7 @@ class RayExecutor(Dispatcher):
     def _restart_late(self) -> None:
         """Kill an actor stuck on a chunk; Ray restarts it, and the chunk gets one more try."""
         for slot in self._timed_out():
-            actor = self._actors[slot.worker_id]
-            if actor.task_ref is not None:
-                self._ray.cancel(actor.task_ref)
-            self._ray.kill(actor.handle, no_restart=False)
-            actor.task_ref, actor.ready = None, False
-            actor.pings.append(actor.handle.ping.remote())
+            self._stop_worker(slot)
 
     # --- helpers ---------------------------------------------------------------------------
     def _create_actor(self, worker_id: int) -> _Actor:

@@ -7,6 +7,7 @@ What a worker sends its executor are small frozen dataclasses (`Ready`, `LoadFai
 import io
 import logging
 import os
+import signal
 import threading
 import time
 import traceback
@@ -127,6 +128,11 @@ def process_main(
     parent_pid: int | None = None,
 ) -> None:
     """A local worker process: load once, report, then serve tasks from its inbox until None."""
+    # Ctrl-C reaches the whole process group; the parent decides how workers stop, so a worker
+    # never prints a KeyboardInterrupt traceback of its own (the pool blocks it until here).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _thread_lock_for_tqdm()
     if parent_pid is not None:
         watch_parent(parent_pid)
     transcriber, loaded = load(worker_id, config, factory)
@@ -138,3 +144,14 @@ def process_main(
     while (task := inbox.get()) is not None:
         path = Path(task.audio_path)
         outbox.put(decode(worker_id, transcriber, task, lambda: read_wav(path)))  # noqa: B023
+
+
+def _thread_lock_for_tqdm() -> None:
+    """faster-whisper's tqdm would create a multiprocessing lock: a named semaphore registered
+    with the resource tracker, which a worker killed on cancel never unregisters, so the parent
+    printed "leaked semaphore objects" at exit. One process needs only a thread lock."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    tqdm.set_lock(threading.RLock())

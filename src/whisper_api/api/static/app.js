@@ -39,7 +39,7 @@ async function submitJob(event) {
   const url = $("url").value.trim();
   if (!file && !url) { showError("Choose a file or paste a URL first."); return; }
   const fields = { language: $("language").value, format: $("format").value,
-    word_timestamps: $("words").checked };
+    word_timestamps: $("words").checked, ...subtitleOptions() };
   let request;
   if (file) {
     const form = new FormData();
@@ -206,13 +206,29 @@ function search() {
   }
 }
 
+// srt/vtt cue shape (the server's defaults are 42 characters and 2 lines).
+function subtitleOptions() {
+  return { max_line_width: Number($("line-width").value) || 42,
+    max_line_count: Number($("line-count").value) || 2 };
+}
+
+// The server names downloads after the input (talk.mp3 -> talk.srt): RFC 6266 filename*.
+function downloadName(response, format) {
+  const header = response.headers.get("Content-Disposition") || "";
+  const encoded = /filename\*=UTF-8''([^;]+)/i.exec(header);
+  if (encoded) return decodeURIComponent(encoded[1]);
+  const plain = /filename="([^"]+)"/i.exec(header);
+  return plain ? plain[1] : `transcript.${format === "text" ? "txt" : format}`;
+}
+
 async function download(format) {
   try {
-    const response = await api(`/api/v1/jobs/${state.jobId}/result?format=${format}`);
+    const query = new URLSearchParams({ format, ...subtitleOptions() });
+    const response = await api(`/api/v1/jobs/${state.jobId}/result?${query}`);
     const blob = await response.blob();
     const link = document.createElement("a");
     link.href = URL.createObjectURL(blob);
-    link.download = `transcript.${format === "text" ? "txt" : format}`;
+    link.download = downloadName(response, format);
     link.click();
     setTimeout(() => URL.revokeObjectURL(link.href), 1000);
   } catch (error) {
