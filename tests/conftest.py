@@ -36,6 +36,19 @@ def load_pcm(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.int16)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests run tiny.en (any model will do for most; `base` is about 3x slower) unless they
+    name `base`; bundled models are assembled in a temporary cache, not the user's. Set in the
+    environment so that servers and CLIs started by tests inherit it."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("WHISPER_MODEL", "tiny.en")
+    patch.delenv("WHISPER_MODELS", raising=False)
+    patch.setenv("MODEL_CACHE_DIR", str(tmp_path_factory.mktemp("models")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def jfk() -> Path:
     return DATA / "jfk.flac"

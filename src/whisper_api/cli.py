@@ -32,11 +32,8 @@ def build_executor(settings: Settings, workers: int | None = None) -> "WorkerPoo
     # PARALLEL_WORKERS=auto on Ray: as many actors as the cluster's CPUs (GPUs) allow at start.
     count = workers or (None if settings.parallel_workers == "auto" else settings.parallel_workers)
     threads = settings.worker_cpu_threads or max(1, round(settings.ray_num_cpus_per_worker))
-    config = WorkerConfig(
-        settings.whisper_model, settings.whisper_device, settings.compute_type, threads
-    )
     return RayExecutor(
-        count, config, settings.chunk_timeout_s, address=settings.ray_address,
+        count, _config(settings, threads), settings.chunk_timeout_s, address=settings.ray_address,
         num_cpus_per_worker=settings.ray_num_cpus_per_worker,
         num_gpus_per_worker=settings.ray_num_gpus_per_worker,
     )
@@ -49,8 +46,13 @@ def worker_config(settings: Settings, workers: int) -> WorkerConfig:
     # Two threads per core share: measured as fast as one thread per worker when all are busy,
     # and twice as fast for a lone request (docs/benchmarks.md).
     threads = settings.worker_cpu_threads or max(1, min(cores, 2 * cores // workers))
+    return _config(settings, threads)
+
+
+def _config(settings: Settings, threads: int) -> WorkerConfig:
     return WorkerConfig(
-        settings.whisper_model, settings.whisper_device, settings.compute_type, threads
+        settings.whisper_model, settings.whisper_device, settings.compute_type, threads,
+        settings.model_names, str(settings.model_cache_path),
     )
 
 
@@ -61,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("input", type=Path)
     tr.add_argument("--format", default="text", choices=FORMATS)
     tr.add_argument("--output", type=Path)
-    tr.add_argument("--language")
+    tr.add_argument("--language", help="'auto' (default) or an ISO 639-1 code such as 'pt'")
+    tr.add_argument("--model", help="one of WHISPER_MODEL / WHISPER_MODELS (default: "
+                    "WHISPER_MODEL)")
+    tr.add_argument("--task", default="transcribe", choices=("transcribe", "translate"),
+                    help="translate: English text from any language the model knows")
     tr.add_argument("--workers", type=int)
     tr.add_argument("--word-timestamps", action="store_true")
     tr.add_argument("--preset", choices=("accurate", "fast"))
@@ -91,9 +97,7 @@ def transcribe_command(args: argparse.Namespace) -> int:
     if not args.input.is_file():
         print(f"error: no such file: {args.input}", file=sys.stderr)
         return 2
-    language = None if args.language in (None, "auto") else args.language
-    request = TranscribeRequest(language=language, word_timestamps=args.word_timestamps,
-                                preset=args.preset)
+    request = checked_request(settings, args)  # refused (exit 2) before any model loads
     pool = build_executor(settings, args.workers)
     pool.start()
     try:
@@ -108,6 +112,17 @@ def transcribe_command(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
+
+
+def checked_request(settings: Settings, args: argparse.Namespace) -> TranscribeRequest:
+    """The request the API would accept for these arguments, or InvalidRequestError."""
+    from whisper_api.models import ModelCatalog, parse_language
+    from whisper_api.service import check_request
+
+    request = TranscribeRequest(language=parse_language(args.language), model=args.model,
+                                task=args.task, word_timestamps=args.word_timestamps,
+                                preset=args.preset)
+    return check_request(ModelCatalog(settings.model_names, settings.whisper_model), request)
 
 
 async def _transcribe(

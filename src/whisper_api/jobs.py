@@ -69,10 +69,13 @@ class JobInput:
     word_timestamps: bool = False
     format: str = "json"
     callback_url: str | None = None
+    model: str | None = None
+    task: str = "transcribe"
 
     @property
     def request(self) -> TranscribeRequest:
-        return TranscribeRequest(language=self.language, word_timestamps=self.word_timestamps)
+        return TranscribeRequest(language=self.language, model=self.model, task=self.task,
+                                 word_timestamps=self.word_timestamps)
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Job:
             },
             "request": {"source": self.input.url or self.input.filename or "upload",
                         "language": self.input.language,
+                        "model": self.input.model, "task": self.input.task,
                         "format": self.input.format,
                         "word_timestamps": self.input.word_timestamps},
         }
@@ -130,7 +134,8 @@ def transcript_from_json(text: str) -> Transcript:
     segments = tuple(
         Segment(**{**s, "words": tuple(Word(**w) for w in s["words"])}) for s in data["segments"]
     )
-    return Transcript(data["text"], segments, data["language"], data["duration_s"], data["extra"])
+    return Transcript(data["text"], segments, data["language"], data["duration_s"], data["extra"],
+                      data.get("language_probability", 0.0))
 
 
 # --- store ------------------------------------------------------------------------------------

@@ -44,14 +44,33 @@ class ChunkTranscriber(Protocol):
         self, audio: np.ndarray, options: DecodeOptions
     ) -> tuple[list[Segment], str, int]: ...
 
+    def detect_language(self, audio: np.ndarray, options: DecodeOptions) -> tuple[str, float]: ...
+
 
 TranscriberFactory = Callable[[WorkerConfig], ChunkTranscriber]
 
 
 def load_real_transcriber(config: WorkerConfig) -> ChunkTranscriber:
-    from whisper_api.transcriber import Transcriber
+    from whisper_api.transcriber import ModelSet
 
-    return Transcriber(config.model, config.device, config.compute_type, config.cpu_threads)
+    return ModelSet(config)
+
+
+def run_chunk(
+    transcriber: ChunkTranscriber, audio: np.ndarray, task: ChunkTask, worker_id: int
+) -> ChunkResult:
+    """Decode one chunk in a worker (either executor); detect its language first if not given."""
+    began = time.perf_counter()
+    options, probability = task.options, 0.0
+    if options.language is None or options.detect_only:
+        language, probability = transcriber.detect_language(audio, options)
+        options = replace(options, language=language)
+    segments: list[Segment] = []
+    language, redone = options.language or "en", 0
+    if not options.detect_only:
+        segments, language, redone = transcriber.transcribe(audio, options)
+    return ChunkResult(task.task_id, tuple(segments), language, worker_id,
+                       time.perf_counter() - began, redone, probability)
 
 
 def worker_main(
@@ -68,15 +87,9 @@ def worker_main(
         return
     outbox.put(("ready", worker_id, time.perf_counter() - started))
     while (task := inbox.get()) is not None:
-        began = time.perf_counter()
         try:
             audio = read_wav(Path(task.audio_path))
-            segments, language, redone = transcriber.transcribe(audio, task.options)
-            result = ChunkResult(
-                task.task_id, tuple(segments), language, worker_id,
-                time.perf_counter() - began, redone,
-            )
-            outbox.put(("done", worker_id, result))
+            outbox.put(("done", worker_id, run_chunk(transcriber, audio, task, worker_id)))
         except Exception as exc:
             log.debug("worker %d failed: %s", worker_id, traceback.format_exc())
             outbox.put(("error", worker_id, (task.task_id, f"{type(exc).__name__}: {exc}")))

@@ -38,7 +38,12 @@ from whisper_api.executor import (
     log_chunk_done,
     wait_until_ready,
 )
-from whisper_api.pool import ChunkTranscriber, TranscriberFactory, load_real_transcriber
+from whisper_api.pool import (
+    ChunkTranscriber,
+    TranscriberFactory,
+    load_real_transcriber,
+    run_chunk,
+)
 from whisper_api.transcript import ChunkResult, ChunkTask
 
 log = logging.getLogger("whisper_api.ray")
@@ -67,17 +72,11 @@ class ChunkWorker:
 
     def transcribe(self, task: ChunkTask, wav_bytes: bytes) -> tuple[ChunkResult | str, int]:
         """The result, or the error text (a model error is not retried), and the process id."""
-        began = time.perf_counter()
         try:
-            segments, language, redone = self._transcriber.transcribe(
-                decode_wav_bytes(wav_bytes), task.options
-            )
+            result = run_chunk(self._transcriber, decode_wav_bytes(wav_bytes), task,
+                               self._worker_id)
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}", os.getpid()
-        result = ChunkResult(
-            task.task_id, tuple(segments), language, self._worker_id,
-            time.perf_counter() - began, redone,
-        )
         return result, os.getpid()
 
 

@@ -5,13 +5,14 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from whisper_api.config import Settings
 from whisper_api.errors import MediaTooLargeError
 from whisper_api.executor import ChunkExecutor
+from whisper_api.models import ModelCatalog
 from whisper_api.pipeline import CONVERTED_NAME, Pipeline, Progress, TranscribeRequest
 from whisper_api.sessions import Session, SessionManager
 from whisper_api.transcript import Transcript
@@ -52,6 +53,10 @@ class Service:
         self.sync_requests = 0  # synchronous requests running now (only touched on the loop)
         self.sessions = SessionManager(settings.temp_dir, settings.max_temp_age_hours)
         self.pipeline = Pipeline(settings, executor, workers)
+        self.models = ModelCatalog(settings.model_names, settings.whisper_model)
+
+    def check(self, request: TranscribeRequest) -> TranscribeRequest:
+        return check_request(self.models, request)
 
     async def transcribe(
         self,
@@ -65,6 +70,7 @@ class Service:
 
         `keep_audio` moves the converted 16 kHz WAV there first (a job's player needs it).
         """
+        request = self.check(request)
         async with self.sessions.open(client_ip, source=_describe(source)) as session:
             media = await self.fetch(source, session, on_progress)
             started = time.perf_counter()
@@ -91,6 +97,13 @@ class Service:
             self.settings.download_timeout_s, self.settings.allow_private_urls,
         )
         return await asyncio.to_thread(fetch_media, source.url, session.download, limits)
+
+
+def check_request(models: ModelCatalog, request: TranscribeRequest) -> TranscribeRequest:
+    """The request with its model named and its language checked against that model: a 400
+    before any work starts, on every surface (routes, jobs, CLI)."""
+    choice = models.choose(request.model, request.language, request.task)
+    return replace(request, model=choice.model, language=choice.language)
 
 
 def save_stream(stream: BinaryIO, target: Path, max_bytes: int) -> None:

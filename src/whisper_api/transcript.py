@@ -32,7 +32,11 @@ class Segment:
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """How a worker decodes a chunk. `window_s` bounds how much speech shares one decoder window."""
+    """How a worker decodes a chunk. `window_s` bounds how much speech shares one decoder window.
+
+    `model` names one of the worker's models ("" = its default). `language` None: the worker
+    detects it first. `detect_only`: answer with the language and no segments.
+    """
 
     language: str | None = None
     task: str = "transcribe"
@@ -43,6 +47,8 @@ class DecodeOptions:
     window_s: float = 12.0
     batch_size: int = 8
     coverage_min: float = 0.6
+    model: str = ""
+    detect_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class ChunkResult:
     worker_id: int = -1
     elapsed_s: float = 0.0
     redone_utterances: int = 0
+    language_probability: float = 0.0  # 0 when the language was given, not detected
 
 
 @dataclass(frozen=True)
@@ -72,3 +79,4 @@ class Transcript:
     language: str
     duration_s: float
     extra: dict[str, object] = field(default_factory=dict)
+    language_probability: float = 0.0

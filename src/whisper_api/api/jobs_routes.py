@@ -8,7 +8,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from whisper_api.api.routes import AuthDep, JobBody, check_format, read_media_form, respond
+from whisper_api.api.routes import (
+    TASKS,
+    AuthDep,
+    JobBody,
+    check_format,
+    get_service,
+    read_media_form,
+    respond,
+)
 from whisper_api.formats import FORMATS
 from whisper_api.jobs import Job, JobInput, JobRunner, JobStatus, JobStore, database_path
 from whisper_api.service import Service
@@ -37,11 +45,14 @@ JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"}, "language": {"type": "string"},
         "format": {"type": "string", "enum": list(FORMATS)},
+        "model": {"type": "string"}, "task": {"type": "string", "enum": list(TASKS)},
         "word_timestamps": {"type": "boolean"}, "callback_url": {"type": "string"}}}}}}})
 async def create_job(request: Request, runner: JobsDep) -> JSONResponse:
     form = await read_media_form(request, JobBody)
-    job_input = JobInput(language=form.language, word_timestamps=form.word_timestamps,
-                         format=form.format, callback_url=form.callback_url)
+    checked = get_service(request).check(form.request)  # a 400 now, not a failed job later
+    job_input = JobInput(language=checked.language, word_timestamps=form.word_timestamps,
+                         format=form.format, callback_url=form.callback_url,
+                         model=checked.model, task=checked.task)
     job = await runner.submit(form.source, job_input)
     return JSONResponse({"id": job.id, "status": str(job.status)}, 202,
                         {"Location": f"/api/v1/jobs/{job.id}"})

@@ -15,9 +15,9 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from whisper_api.errors import InvalidRequestError, QueueFullError, SyncTimeoutError
 from whisper_api.formats import FORMATS, content_type, render
+from whisper_api.models import OPENAI_ALIAS, ModelInfo, parse_language
 from whisper_api.pipeline import TranscribeRequest
 from whisper_api.service import MediaSource, Service, UploadSource, UrlSource
-from whisper_api.transcriber import supported_languages
 from whisper_api.transcript import Transcript
 
 
@@ -60,12 +60,16 @@ async def ready(service: ServiceDep) -> JSONResponse:
 
 # --- the seed's endpoint --------------------------------------------------------------------
 Format = Literal["json", "verbose_json", "text", "srt", "vtt", "tsv"]
+Task = Literal["transcribe", "translate"]
+TASKS = ("transcribe", "translate")
 
 
 class TranscribeBody(BaseModel):
     youtube_url: str | None = None
     url: str | None = None
     language: str = "auto"
+    model: str | None = None
+    task: Task = "transcribe"
     format: Format = "json"
     word_timestamps: bool = False
 
@@ -89,21 +93,28 @@ class MediaForm:
     format: str
     word_timestamps: bool
     callback_url: str | None = None
+    model: str | None = None
+    task: str = "transcribe"
+
+    @property
+    def request(self) -> TranscribeRequest:
+        return TranscribeRequest(language=self.language, model=self.model, task=self.task,
+                                 word_timestamps=self.word_timestamps)
 
 
 @seed_router.post("/api/v1/transcribe", openapi_extra={"requestBody": {"content": {
     "application/json": {"schema": TranscribeBody.model_json_schema()},
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"}, "language": {"type": "string"},
+        "model": {"type": "string"}, "task": {"type": "string", "enum": list(TASKS)},
         "format": {"type": "string", "enum": list(FORMATS)}}}}}}})
 async def transcribe(request: Request, service: ServiceDep) -> Response:
     form = await read_media_form(request)
     started = time.perf_counter()
-    job = TranscribeRequest(language=form.language, word_timestamps=form.word_timestamps)
+    job = service.check(form.request)
     transcript = await run_sync(request, service, service.transcribe(
         form.source, job, _client_ip(request)))
-    extra = {"processing_time": round(time.perf_counter() - started, 3),
-             "model": service.settings.whisper_model}
+    extra = {"processing_time": round(time.perf_counter() - started, 3), "model": job.model}
     return respond(transcript, form.format, extra)
 
 
@@ -122,6 +133,7 @@ async def read_media_form(
             check_language(str(form.get("language") or "auto")), fmt,
             str(form.get("word_timestamps", "false")).lower() == "true",
             str(form.get("callback_url") or "") or None,
+            str(form.get("model") or "") or None, check_task(str(form.get("task") or "")),
         )
     try:
         body = model.model_validate(json.loads(await request.body() or b"null"))
@@ -132,7 +144,7 @@ async def read_media_form(
     return MediaForm(
         UrlSource(body.youtube_url or body.url or ""), check_language(body.language),
         body.format, body.word_timestamps,
-        body.callback_url if isinstance(body, JobBody) else None,
+        body.callback_url if isinstance(body, JobBody) else None, body.model, body.task,
     )
 
 
@@ -149,13 +161,15 @@ def check_format(fmt: str) -> str:
 
 
 def check_language(language: str | None) -> str | None:
-    if language in (None, "", "auto"):
-        return None
-    code = language.lower()
-    if code not in supported_languages():
-        raise InvalidRequestError(f"unknown language code {language!r}; use 'auto' or an ISO "
-                                  "639-1 code such as 'en', 'de', 'fr'")
-    return code
+    return parse_language(language)
+
+
+def check_task(task: str) -> str:
+    if task in ("", "transcribe"):
+        return "transcribe"
+    if task not in TASKS:
+        raise InvalidRequestError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    return task
 
 
 def respond(transcript: Transcript, fmt: str, extra: dict[str, Any]) -> Response:
@@ -220,8 +234,8 @@ async def openai_transcriptions(
     granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
 ) -> Response:
     job = TranscribeRequest(
-        language=check_language(language), initial_prompt=prompt or None, temperature=temperature,
-        word_timestamps="word" in (granularities or []),
+        language=check_language(language), model=model, initial_prompt=prompt or None,
+        temperature=temperature, word_timestamps="word" in (granularities or []),
     )
     return await _openai(request, service, file, job, response_format)
 
@@ -236,7 +250,7 @@ async def openai_translations(
     response_format: Annotated[OpenAIFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
 ) -> Response:
-    job = TranscribeRequest(task="translate", initial_prompt=prompt or None,
+    job = TranscribeRequest(task="translate", model=model, initial_prompt=prompt or None,
                             temperature=temperature)
     return await _openai(request, service, file, job, response_format)
 
@@ -244,6 +258,7 @@ async def openai_translations(
 async def _openai(
     request: Request, service: ServiceDep, file: UploadFile, job: TranscribeRequest, fmt: str
 ) -> Response:
+    job = service.check(job)
     source = UploadSource(file.file, file.filename or "")
     transcript = await run_sync(request, service, service.transcribe(
         source, job, _client_ip(request)))
@@ -258,8 +273,25 @@ async def _openai(
 
 
 @openai_router.get("/v1/models")
-async def models(service: ServiceDep) -> dict[str, Any]:
-    names = dict.fromkeys(["whisper-1", service.settings.whisper_model])
-    return {"object": "list", "data": [
-        {"id": name, "object": "model", "created": 0, "owned_by": "whisper-api"}
-        for name in names]}
+async def list_models(service: ServiceDep) -> dict[str, Any]:
+    """The loaded models (OpenAI's list shape), `whisper-1` first as the default's alias;
+    `languages` and `translation` tell a client (the web page) what each can do."""
+    default = service.models.get(None)
+    entries = [_model_entry(OPENAI_ALIAS, default)]
+    entries += [_model_entry(name, info) for name, info in service.models.models.items()]
+    return {"object": "list", "data": entries}
+
+
+@openai_router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, service: ServiceDep) -> dict[str, Any]:
+    try:
+        info = service.models.get(model_id)
+    except InvalidRequestError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return _model_entry(model_id, info)
+
+
+def _model_entry(model_id: str, info: ModelInfo) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "whisper-api",
+            "root": info.name, "languages": list(info.languages),
+            "translation": info.can_translate}
