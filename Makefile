@@ -36,6 +36,7 @@ test: sysdeps lint
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/languages.py
 	$(BIN)/python bench/load.py
 
 clean:
