@@ -145,3 +145,29 @@ def test_detection_hears_speech_after_a_long_intro(tmp_path: Path) -> None:
     audio = np.concatenate([intro, speech, np.zeros(16000, np.float32), speech])
     transcriber = Transcriber(resolve_model("base", tmp_path), "cpu", "int8", 2)
     assert transcriber.detect_language(audio)[0] == "pt"
+
+
+def test_a_ray_actor_body_serves_every_model_and_detects_once(tmp_path: Path) -> None:
+    """The actor class without Ray: the constructor loads both models, each task picks one."""
+    import io
+    import wave
+
+    from whisper_api.pool import load_real_transcriber
+    from whisper_api.ray_executor import ChunkWorker
+    from whisper_api.transcript import ChunkResult, ChunkTask
+
+    config = WorkerConfig("base", "cpu", "int8", 2, ("tiny.en",), str(tmp_path))
+    actor = ChunkWorker(0, config, load_real_transcriber)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(load_pcm(DATA / "fleurs_pt_007.ogg").tobytes())
+    detect = ChunkTask("r:language", "r", "", 0.0, 8.8, DecodeOptions(detect_only=True))
+    found, _ = actor.transcribe(detect, buffer.getvalue())
+    assert isinstance(found, ChunkResult) and found.language == "pt" and not found.segments
+    english = ChunkTask("r:0", "r", "", 0.0, 8.8, DecodeOptions(model="tiny.en"))
+    answered, _ = actor.transcribe(english, buffer.getvalue())
+    assert isinstance(answered, ChunkResult) and answered.language == "en"
+    assert answered.language_probability == 1.0  # English-only: nothing to detect

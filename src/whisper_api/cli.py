@@ -52,7 +52,8 @@ def worker_config(settings: Settings, workers: int) -> WorkerConfig:
 def _config(settings: Settings, threads: int) -> WorkerConfig:
     return WorkerConfig(
         settings.whisper_model, settings.whisper_device, settings.compute_type, threads,
-        settings.model_names, str(settings.model_cache_path),
+        # Unset: each worker uses its own user's cache (a Ray node may have another home).
+        settings.model_names, str(settings.model_cache_dir or ""),
     )
 
 

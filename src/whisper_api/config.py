@@ -76,12 +76,6 @@ class Settings(BaseSettings):
         return tuple(dict.fromkeys([self.whisper_model, *(m for m in listed if m)]))
 
     @property
-    def model_cache_path(self) -> Path:
-        from whisper_api.models import default_cache_dir
-
-        return self.model_cache_dir or default_cache_dir()
-
-    @property
     def api_key_set(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
 

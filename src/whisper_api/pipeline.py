@@ -117,8 +117,8 @@ class Pipeline:
         task = ChunkTask(f"{tasks[0].request_id}:language", tasks[0].request_id, str(probe), 0.0,
                          sum(b - a for a, b in regions), options)
         result = await asyncio.wrap_future(self._executor.submit(task))
-        log.info("Detected language %s (p=%.2f) from %d regions", result.language,
-                 result.language_probability, len(regions))
+        log.info("Detected language %s (p=%.2f) from %d regions in %.2fs", result.language,
+                 result.language_probability, len(regions), result.elapsed_s)
         fixed = [replace(t, options=replace(t.options, language=result.language)) for t in tasks]
         return fixed, result.language_probability
 
