@@ -89,6 +89,7 @@ class Pipeline:
         tasks = await asyncio.to_thread(self._write_chunks, wav, spans, session, request)
         probability = 0.0
         if len(tasks) > 1 and request.language is None:
+            on_progress(Progress("detecting language", 0, len(tasks), 0.0, duration_s))
             tasks, probability = await self._detect_language(wav, duration_s, session, tasks)
         results = await self._run(tasks, duration_s, on_progress)
         on_progress(Progress("merging", len(tasks), len(tasks), duration_s, duration_s))
