@@ -99,6 +99,8 @@ def test_translation_of_a_long_file_through_jobs(server: Server, long_portuguese
     text = httpx.get(f"{job_url}/result").json()["text"]
     assert words(text).count("accident") >= 3  # English, from every chunk
     assert "acidente" not in words(text)
+    verbose = httpx.get(f"{job_url}/result", params={"format": "verbose_json"}).json()
+    assert verbose["task"] == "translate" and verbose["language"] == "pt"
 
 
 def test_translations_route_gives_english(server: Server) -> None:

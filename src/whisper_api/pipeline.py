@@ -102,7 +102,8 @@ class Pipeline:
         log.info("Merged %d segments from %d chunks (language=%s)", len(segments), len(spans),
                  language)
         elapsed = time.perf_counter() - started
-        extra = {"processing_time": round(elapsed, 3), "mode": mode, "chunks": len(spans)}
+        extra = {"processing_time": round(elapsed, 3), "mode": mode, "chunks": len(spans),
+                 "task": request.task}
         return Transcript(join_text(segments), tuple(segments), language, duration_s, extra,
                           round(probability, 4))
 
