@@ -55,6 +55,7 @@ screenshots: sysdeps install-dev
 
 bench: install-dev
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/languages.py
 	$(BIN)/python bench/load.py
 
 clean:

@@ -112,7 +112,7 @@ Rows = dict[str, tuple[float, str]]
 
 def ours(wav: Path, out: Path, variants: dict[str, Variant],
          overhead_chunks: int) -> tuple[Rows, Overhead]:
-    settings = Settings(temp_dir=out / "temp")
+    settings = Settings(temp_dir=out / "temp", whisper_model="tiny.en")  # as the baselines
     with local_pool(settings) as (pool, count):
         rows = run_variants(settings, pool, count, wav, variants)
         overhead = measure_overhead(pool, count, out, overhead_chunks)
@@ -120,7 +120,7 @@ def ours(wav: Path, out: Path, variants: dict[str, Variant],
 
 
 def on_ray(wav: Path, out: Path, overhead_chunks: int) -> tuple[Rows, Overhead]:
-    settings = Settings(temp_dir=out / "temp")
+    settings = Settings(temp_dir=out / "temp", whisper_model="tiny.en")  # as the baselines
     with ray_executor(settings) as (executor, count):
         rows = run_variants(settings, executor, count, wav, {RAY_LABEL: "accurate"})
         overhead = measure_overhead(executor, count, out, overhead_chunks)

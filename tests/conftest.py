@@ -46,14 +46,19 @@ def load_pcm(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def state_outside_the_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Settings default to ./data (the jobs database) and ./temp: a test that builds an app
-    without naming them must not leave a database in the checkout (`git status` stays clean).
-    Subprocesses inherit these too."""
+def test_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Set in the environment, so that servers and CLIs started by tests inherit it:
+    - settings default to ./data (the jobs database) and ./temp: a test that builds an app
+      without naming them must not leave a database in the checkout (`git status` clean);
+    - tests run tiny.en (any model will do for most; `base` is about 3x slower) unless they
+      name `base`; bundled models are assembled in a temporary cache, not the user's."""
     root = tmp_path_factory.mktemp("state")
     patch = pytest.MonkeyPatch()
     patch.setenv("DATA_DIR", str(root / "data"))
     patch.setenv("TEMP_DIR", str(root / "temp"))
+    patch.setenv("WHISPER_MODEL", "tiny.en")
+    patch.delenv("WHISPER_MODELS", raising=False)
+    patch.setenv("MODEL_CACHE_DIR", str(root / "models"))
     yield
     patch.undo()
 

@@ -144,3 +144,13 @@ def test_plan_on_real_wav_cuts_in_silences(
     cuts = [c.start_s for c in plan[1:]]
     assert all(in_any(cut, silences) for cut in cuts), cuts
     assert all(0 < c.duration_s <= max_chunk for c in plan)
+
+
+def test_language_regions_spread_over_the_whole_file() -> None:
+    from whisper_api.chunking import spread_regions
+
+    assert spread_regions(100.0) == [(0.0, 100.0)]  # short: all of it
+    regions = spread_regions(2700.0)  # a 45-minute video
+    assert len(regions) == 6 and all(b - a == 30.0 for a, b in regions)
+    assert regions[0][0] > 60.0 and regions[-1][1] < 2700.0  # not only the intro
+    assert all(a[1] <= b[0] for a, b in zip(regions, regions[1:], strict=False))

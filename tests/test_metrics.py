@@ -14,9 +14,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.chunks import CONFIG, make_task
 from tests.support.fakes import echo_factory
+from tests.support.processes import wait_for
 from tests.support.server import Server, run_server, wait_ready, worker_pids
-from tests.test_pool import CONFIG, make_task, wait_for
 from whisper_api.api.app import create_app
 from whisper_api.api.metrics import RequestMetricsMiddleware
 from whisper_api.config import Settings

@@ -21,7 +21,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {"AUDIO_LIMIT_SINGLE_CORE": "10", "PARALLEL_CHUNK_DURATION": "20",
-           "ALLOW_PRIVATE_URLS": "true"}
+           "ALLOW_PRIVATE_URLS": "true", "WHISPER_MODELS": "base"}
     with run_server(tmp_path_factory.mktemp("web"), **env) as running:
         yield running
 
@@ -51,6 +51,18 @@ def page(browser: Browser, server: Server) -> Iterator[Page]:
     opened.goto(server.url)
     yield opened
     context.close()
+
+
+def test_languages_and_translation_follow_the_chosen_model(page: Page) -> None:
+    expect(page.locator("#model option")).to_have_count(2)
+    page.select_option("#model", "base")
+    expect(page.locator('#language option[value="pt"]')).to_have_text("Portuguese (pt)")
+    page.select_option("#language", "pt")
+    expect(page.locator('#task option[value="translate"]')).to_be_enabled()
+    page.select_option("#model", "tiny.en")  # English only: no Portuguese, no translation
+    expect(page.locator("#language option")).to_have_count(2)
+    expect(page.locator("#language")).to_have_value("auto")
+    expect(page.locator('#task option[value="translate"]')).to_be_disabled()
 
 
 def test_upload_progress_transcript_download_and_seek(

@@ -154,9 +154,17 @@ def iter_wav_blocks(path: Path, block_s: float) -> Iterator[np.ndarray]:
 
 
 def copy_wav_slice(source: Path, target: Path, start_s: float, duration_s: float) -> None:
+    concat_wav_slices(source, target, [(start_s, start_s + duration_s)])
+
+
+def concat_wav_slices(source: Path, target: Path, spans: list[tuple[float, float]]) -> None:
+    """Write the (start_s, end_s) spans of a 16 kHz mono s16 WAV one after another."""
+    parts = []
     with wave.open(str(source), "rb") as wav:
-        wav.setpos(min(wav.getnframes(), int(round(start_s * SAMPLE_RATE_HZ))))
-        raw = wav.readframes(int(round(duration_s * SAMPLE_RATE_HZ)))
+        for start_s, end_s in spans:
+            wav.setpos(min(wav.getnframes(), int(round(start_s * SAMPLE_RATE_HZ))))
+            parts.append(wav.readframes(int(round((end_s - start_s) * SAMPLE_RATE_HZ))))
+        raw = b"".join(parts)
     with wave.open(str(target), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(BYTES_PER_SAMPLE)

@@ -21,12 +21,12 @@ from whisper_api.config import Settings, load_settings
 from whisper_api.errors import ConfigError, InvalidRequestError, WhisperApiError
 from whisper_api.executors.ray_actors import INSTALL_HINT
 from whisper_api.formats import FORMATS, needs_words, render
+from whisper_api.models import ModelCatalog, parse_language
 from whisper_api.pipeline import Progress, TranscribeRequest
-from whisper_api.service import FileSource, UrlSource, download, start_service
+from whisper_api.service import FileSource, UrlSource, check_request, download, start_service
 from whisper_api.sessions import SessionManager
 from whisper_api.subtitles import SubtitleOptions
 from whisper_api.terminal import BarLogHandler, ProgressBar
-from whisper_api.transcriber import supported_languages
 from whisper_api.transcript import Transcript
 
 GRACEFUL_STOP_S = 2
@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--output", type=Path, metavar="FILE",
                     help="write the transcript to FILE instead of stdout")
     tr.add_argument("--language", metavar="CODE",
-                    help="ISO 639-1 code such as en, or auto (default: auto-detect)")
+                    help="ISO 639-1 code such as pt, or auto (default: auto-detect)")
+    tr.add_argument("--model", metavar="NAME",
+                    help="one of WHISPER_MODEL / WHISPER_MODELS (default: WHISPER_MODEL)")
+    tr.add_argument("--task", default="transcribe", choices=("transcribe", "translate"),
+                    help="translate: English text from any language the model knows")
     tr.add_argument("--workers", type=int, metavar="N",
                     help="worker processes (default: PARALLEL_WORKERS; a file that is one "
                          "chunk uses one)")
@@ -102,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 def transcribe_command(args: argparse.Namespace, bar: ProgressBar) -> int:
     settings = load_settings()
     source = _source(args.input)
-    request = TranscribeRequest(
-        language=_check_language(args.language), preset=args.preset,
-        word_timestamps=args.word_timestamps or needs_words(args.format),
-    )
+    request = checked_request(settings, args)  # refused (exit 2) before any model loads
     subtitles = SubtitleOptions(args.max_line_width, args.max_line_count)
     try:
         transcript = asyncio.run(_transcribe(settings, source, request, args.workers, bar))
@@ -130,14 +131,13 @@ def _source(given: str) -> Path | UrlSource:
     return path
 
 
-def _check_language(language: str | None) -> str | None:
-    if language in (None, "", "auto"):
-        return None
-    code = language.lower()
-    if code not in supported_languages():
-        raise InvalidRequestError(f"unknown language code {language!r}; use auto or an ISO "
-                                  "639-1 code such as en, de, fr")
-    return code
+def checked_request(settings: Settings, args: argparse.Namespace) -> TranscribeRequest:
+    """The request the API would accept for these arguments, or InvalidRequestError."""
+    request = TranscribeRequest(
+        language=parse_language(args.language), model=args.model, task=args.task,
+        word_timestamps=args.word_timestamps or needs_words(args.format), preset=args.preset,
+    )
+    return check_request(ModelCatalog(settings.model_names, settings.whisper_model), request)
 
 
 async def _transcribe(

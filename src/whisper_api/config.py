@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     parallel_workers: int | Literal["auto"] = "auto"
     parallel_chunk_duration: float = 120.0
     audio_limit_single_core: float = 300.0
-    whisper_model: str = "tiny.en"
+    whisper_model: str = "base"
+    whisper_models: str = ""  # comma-separated; every worker loads each once
+    model_cache_dir: Path | None = None  # where bundled models are assembled
     whisper_device: Literal["cpu", "cuda", "auto"] = "cpu"
     whisper_compute_type: str | None = None
     transcribe_preset: Preset = "accurate"
@@ -69,6 +71,12 @@ class Settings(BaseSettings):
         if self.whisper_compute_type:
             return self.whisper_compute_type
         return "float16" if self.whisper_device == "cuda" else "int8"
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """WHISPER_MODEL first, then the others of WHISPER_MODELS, each once."""
+        listed = (m.strip() for m in self.whisper_models.split(","))
+        return tuple(dict.fromkeys([self.whisper_model, *(m for m in listed if m)]))
 
     @property
     def api_key_set(self) -> frozenset[str]:

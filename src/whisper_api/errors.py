@@ -6,7 +6,8 @@
     ├── InvalidRequestError (400) a bad argument from the caller
     │   └── UrlNotAllowedError (400) scheme or address refused (SSRF guard)
     ├── UnauthorizedError (401)   missing or wrong API key (with WWW-Authenticate)
-    ├── JobNotFoundError (404)    no such job, or its result or audio has expired
+    ├── NotFoundError (404)       no such model (GET /v1/models/{id})
+    │   └── JobNotFoundError (404) no such job, or its result or audio has expired
     ├── JobStateError (409)       the job is not in a state that allows this
     ├── ClientDisconnectedError (499) the caller went away before the answer
     ├── InputLostError (500)      a job's stored input is missing on the server's disk
@@ -56,9 +57,13 @@ class UnauthorizedError(WhisperApiError):
         return {"WWW-Authenticate": "Bearer"}
 
 
-class JobNotFoundError(WhisperApiError):
+class NotFoundError(WhisperApiError):
     status_code = 404
     code = "not_found"
+
+
+class JobNotFoundError(NotFoundError):
+    pass
 
 
 class JobStateError(WhisperApiError):

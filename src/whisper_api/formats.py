@@ -43,7 +43,9 @@ def to_verbose_json(t: Transcript) -> dict[str, Any]:
     """OpenAI's shape: task, language, duration, text, segments, and words when present."""
     segments = [_verbose_segment(i, s) for i, s in enumerate(t.segments)]
     body: dict[str, Any] = {
-        "task": "transcribe", "language": t.language, "duration": round(t.duration_s, 3),
+        "task": t.extra.get("task", "transcribe"), "language": t.language,
+        "language_probability": round(t.language_probability, 4),
+        "duration": round(t.duration_s, 3),
         "text": t.text, "segments": segments,
     }
     words = [(bare_word(w.word), w) for s in t.segments for w in s.words]

@@ -77,11 +77,14 @@ class JobInput:
     callback_url: str | None = None
     max_line_width: int = 42  # srt/vtt shaping, the result's default
     max_line_count: int = 2
+    model: str | None = None
+    task: str = "transcribe"
 
     @property
     def request(self) -> TranscribeRequest:
         words = self.word_timestamps or needs_words(self.format)
-        return TranscribeRequest(language=self.language, word_timestamps=words)
+        return TranscribeRequest(language=self.language, model=self.model, task=self.task,
+                                 word_timestamps=words)
 
 
 @dataclass
@@ -115,6 +118,7 @@ class Job:
             },
             "request": {"source": self.input.url or self.input.filename or "upload",
                         "language": self.input.language,
+                        "model": self.input.model, "task": self.input.task,
                         "format": self.input.format,
                         "word_timestamps": self.input.word_timestamps},
         }
@@ -141,7 +145,8 @@ def transcript_from_json(text: str) -> Transcript:
         Segment(**{**s, "words": tuple(Word(**w) for w in s["words"]),
                    "tokens": tuple(s.get("tokens", ()))}) for s in data["segments"]
     )
-    return Transcript(data["text"], segments, data["language"], data["duration_s"], data["extra"])
+    return Transcript(data["text"], segments, data["language"], data["duration_s"], data["extra"],
+                      data.get("language_probability", 0.0))
 
 
 # --- store ------------------------------------------------------------------------------------

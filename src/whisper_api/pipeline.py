@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from whisper_api.audio import convert_to_wav, copy_wav_slice
-from whisper_api.chunking import ChunkSpan, frame_energies_db, plan_chunks
+from whisper_api.audio import concat_wav_slices, convert_to_wav, copy_wav_slice
+from whisper_api.chunking import ChunkSpan, frame_energies_db, plan_chunks, spread_regions
 from whisper_api.config import Preset, Settings
 from whisper_api.errors import MediaTooLargeError
 from whisper_api.executors.base import ChunkExecutor
@@ -29,7 +29,10 @@ PRESETS: dict[str, DecodeOptions] = {
 
 @dataclass(frozen=True)
 class TranscribeRequest:
+    """`model` None is the default model; `language` None detects it once per file."""
+
     language: str | None = None
+    model: str | None = None
     task: str = "transcribe"
     word_timestamps: bool = False
     initial_prompt: str | None = None
@@ -62,7 +65,7 @@ class Pipeline:
         return replace(
             base, language=request.language, task=request.task,
             word_timestamps=request.word_timestamps, initial_prompt=request.initial_prompt,
-            temperature=request.temperature,
+            temperature=request.temperature, model=request.model or "",
         )
 
     async def transcribe(
@@ -86,16 +89,42 @@ class Pipeline:
         await asyncio.to_thread(session.update_metadata, duration_s=duration_s,
                                 chunks=len(spans), mode=mode)
         tasks = await asyncio.to_thread(self._write_chunks, wav, spans, session, request)
+        probability = 0.0
+        if len(tasks) > 1 and request.language is None:
+            on_progress(Progress("detecting language", 0, len(tasks), 0.0, duration_s))
+            tasks, probability = await self._detect_language(wav, duration_s, session, tasks)
         results = await self._run(tasks, duration_s, on_progress)
         on_progress(Progress("merging", len(tasks), len(tasks), duration_s, duration_s))
         segments = merge_results(
             [(span.start_s, r) for span, r in zip(spans, results, strict=True)],
             [span.end_s for span in spans],
         )
-        language = next((r.language for r in results if r.language), request.language or "en")
+        language = tasks[0].options.language or results[0].language
+        probability = probability or results[0].language_probability
+        log.info("Merged %d segments from %d chunks (language=%s)", len(segments), len(spans),
+                 language)
         elapsed = time.perf_counter() - started
-        extra = {"processing_time": round(elapsed, 3), "mode": mode, "chunks": len(spans)}
-        return Transcript(join_text(segments), tuple(segments), language, duration_s, extra)
+        extra = {"processing_time": round(elapsed, 3), "mode": mode, "chunks": len(spans),
+                 "task": request.task}
+        return Transcript(join_text(segments), tuple(segments), language, duration_s, extra,
+                          round(probability, 4))
+
+    async def _detect_language(
+        self, wav: Path, duration_s: float, session: Session, tasks: list[ChunkTask]
+    ) -> tuple[list[ChunkTask], float]:
+        """Detect the file's language once, from regions spread over it, before fan-out: each
+        chunk deciding alone gave one 45-minute video three languages."""
+        probe = session.chunks / "language_probe.wav"
+        regions = spread_regions(duration_s)
+        await asyncio.to_thread(concat_wav_slices, wav, probe, regions)
+        options = replace(tasks[0].options, detect_only=True)
+        task = ChunkTask(f"{tasks[0].request_id}:language", tasks[0].request_id, str(probe), 0.0,
+                         sum(b - a for a, b in regions), options)
+        result = await asyncio.wrap_future(self._executor.submit(task))
+        log.info("Detected language %s (p=%.2f) from %d regions in %.2fs", result.language,
+                 result.language_probability, len(regions), result.elapsed_s)
+        fixed = [replace(t, options=replace(t.options, language=result.language)) for t in tasks]
+        return fixed, result.language_probability
 
     def _plan(self, wav: Path, duration_s: float) -> list[ChunkSpan]:
         settings = self._settings

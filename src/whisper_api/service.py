@@ -11,7 +11,7 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -23,6 +23,7 @@ from whisper_api.errors import (
     disk_full,
 )
 from whisper_api.executors import ChunkExecutor, build_executor
+from whisper_api.models import ModelCatalog
 from whisper_api.pipeline import CONVERTED_NAME, Pipeline, Progress, TranscribeRequest
 from whisper_api.sessions import Session, SessionManager
 from whisper_api.transcript import Transcript
@@ -76,6 +77,10 @@ class Service:
         # occupy the threads that conversion and file work (asyncio.to_thread) need.
         self.downloads = ThreadPoolExecutor(settings.max_concurrent_downloads,
                                             thread_name_prefix="download")
+        self.models = ModelCatalog(settings.model_names, settings.whisper_model)
+
+    def check(self, request: TranscribeRequest) -> TranscribeRequest:
+        return check_request(self.models, request)
 
     async def transcribe(
         self,
@@ -89,6 +94,7 @@ class Service:
 
         `keep_audio` moves the converted 16 kHz WAV there first (a job's player needs it).
         """
+        request = self.check(request)
         async with self.sessions.open(client_ip, source=_describe(source)) as session:
             media = await self.fetch(source, session, on_progress)
             started = time.perf_counter()
@@ -143,6 +149,13 @@ async def download(settings: Settings, url: str, target_dir: Path, pool: Executo
         await asyncio.wait({future}, timeout=CANCEL_GRACE_S)
         raise DownloadError(control.timeout_message)
     return future.result()
+
+
+def check_request(models: ModelCatalog, request: TranscribeRequest) -> TranscribeRequest:
+    """The request with its model named and its language checked against that model: a 400
+    before any work starts, on every surface (routes, jobs, CLI)."""
+    choice = models.choose(request.model, request.language, request.task)
+    return replace(request, model=choice.model, language=choice.language)
 
 
 def save_stream(stream: BinaryIO, target: Path, max_bytes: int) -> None:

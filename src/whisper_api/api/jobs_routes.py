@@ -11,11 +11,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 
 from whisper_api.api.routes import (
     SUBTITLE_FIELDS,
+    TASKS,
     AuthDep,
     Caller,
     CallerDep,
     JobBody,
     check_format,
+    get_service,
     read_media_form,
     respond,
     subtitle_options,
@@ -50,14 +52,17 @@ JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"}, "language": {"type": "string"},
         "format": {"type": "string", "enum": list(FORMATS)},
+        "model": {"type": "string"}, "task": {"type": "string", "enum": list(TASKS)},
         "word_timestamps": {"type": "boolean"}, "callback_url": {"type": "string"},
         **SUBTITLE_FIELDS}}}}}})
 async def create_job(request: Request, runner: JobsDep, caller: CallerDep) -> JSONResponse:
     form = await read_media_form(request, JobBody)
-    job_input = JobInput(language=form.language, word_timestamps=form.word_timestamps,
+    checked = get_service(request).check(form.request)  # a 400 now, not a failed job later
+    job_input = JobInput(language=checked.language, word_timestamps=form.word_timestamps,
                          format=form.format, callback_url=form.callback_url,
                          max_line_width=form.subtitles.max_line_width,
-                         max_line_count=form.subtitles.max_line_count)
+                         max_line_count=form.subtitles.max_line_count,
+                         model=checked.model, task=checked.task)
     job = await runner.submit(form.source, job_input, caller.tenant)
     return JSONResponse({"id": job.id, "status": str(job.status)}, 202,
                         {"Location": f"/api/v1/jobs/{job.id}"})

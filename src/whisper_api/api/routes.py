@@ -19,15 +19,16 @@ from whisper_api.errors import (
     ClientDisconnectedError,
     InvalidRequestError,
     MediaTooLargeError,
+    NotFoundError,
     ShuttingDownError,
     SyncTimeoutError,
     UnauthorizedError,
 )
 from whisper_api.formats import FORMATS, content_type, needs_words, render
+from whisper_api.models import OPENAI_ALIAS, ModelInfo, parse_language
 from whisper_api.pipeline import TranscribeRequest
 from whisper_api.service import MediaSource, Service, UploadSource, UrlSource
 from whisper_api.subtitles import SubtitleOptions
-from whisper_api.transcriber import supported_languages
 from whisper_api.transcript import Transcript
 
 
@@ -104,12 +105,16 @@ async def ready(service: ServiceDep) -> JSONResponse:
 
 # --- the seed's endpoint --------------------------------------------------------------------
 Format = Literal["json", "verbose_json", "text", "srt", "vtt", "tsv"]
+Task = Literal["transcribe", "translate"]
+TASKS = ("transcribe", "translate")
 
 
 class TranscribeBody(BaseModel):
     youtube_url: str | None = None
     url: str | None = None
     language: str = "auto"
+    model: str | None = None
+    task: Task = "transcribe"
     format: Format = "json"
     word_timestamps: bool = False
     max_line_width: int = 42  # srt/vtt: characters per line (openai-whisper's name)
@@ -136,6 +141,14 @@ class MediaForm:
     word_timestamps: bool
     subtitles: SubtitleOptions
     callback_url: str | None = None
+    model: str | None = None
+    task: str = "transcribe"
+
+    @property
+    def request(self) -> TranscribeRequest:
+        words = self.word_timestamps or needs_words(self.format)
+        return TranscribeRequest(language=self.language, model=self.model, task=self.task,
+                                 word_timestamps=words)
 
 
 SUBTITLE_FIELDS = {
@@ -155,12 +168,10 @@ SUBTITLE_FIELDS = {
 async def transcribe(request: Request, service: ServiceDep) -> Response:
     form = await read_media_form(request)
     started = time.perf_counter()
-    job = TranscribeRequest(language=form.language,
-                            word_timestamps=form.word_timestamps or needs_words(form.format))
+    job = service.check(form.request)
     transcript = await run_sync(request, service, service.transcribe(
         form.source, job, _client_ip(request)))
-    extra = {"processing_time": round(time.perf_counter() - started, 3),
-             "model": service.settings.whisper_model}
+    extra = {"processing_time": round(time.perf_counter() - started, 3), "model": job.model}
     return respond(transcript, form.format, extra, form.subtitles)
 
 
@@ -178,6 +189,7 @@ async def read_media_form(
             str(form.get("word_timestamps", "false")).lower() == "true",
             subtitle_options(form.get("max_line_width"), form.get("max_line_count")),
             str(form.get("callback_url") or "") or None,
+            str(form.get("model") or "") or None, check_task(str(form.get("task") or "")),
         )
     try:
         body = model.model_validate(parse_json(await read_small_body(request)))
@@ -187,7 +199,7 @@ async def read_media_form(
         UrlSource(body.youtube_url or body.url or ""), check_language(body.language),
         body.format, body.word_timestamps,
         SubtitleOptions(body.max_line_width, body.max_line_count),
-        body.callback_url if isinstance(body, JobBody) else None,
+        body.callback_url if isinstance(body, JobBody) else None, body.model, body.task,
     )
 
 
@@ -271,13 +283,15 @@ def check_format(fmt: str) -> str:
 
 
 def check_language(language: str | None) -> str | None:
-    if language in (None, "", "auto"):
-        return None
-    code = language.lower()
-    if code not in supported_languages():
-        raise InvalidRequestError(f"unknown language code {language!r}; use 'auto' or an ISO "
-                                  "639-1 code such as 'en', 'de', 'fr'")
-    return code
+    return parse_language(language)
+
+
+def check_task(task: str) -> str:
+    if task in ("", "transcribe"):
+        return "transcribe"
+    if task not in TASKS:
+        raise InvalidRequestError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    return task
 
 
 def respond(
@@ -340,7 +354,8 @@ async def openai_transcriptions(
     max_line_count: Annotated[int, Form(ge=1, le=10)] = 2,
 ) -> Response:
     job = TranscribeRequest(
-        language=check_language(language), initial_prompt=prompt or None, temperature=temperature,
+        language=check_language(language), model=model, initial_prompt=prompt or None,
+        temperature=temperature,
         word_timestamps="word" in (granularities or []) or needs_words(response_format),
     )
     subtitles = SubtitleOptions(max_line_width, max_line_count)
@@ -359,7 +374,7 @@ async def openai_translations(
     max_line_width: Annotated[int, Form(ge=10, le=1000)] = 42,
     max_line_count: Annotated[int, Form(ge=1, le=10)] = 2,
 ) -> Response:
-    job = TranscribeRequest(task="translate", initial_prompt=prompt or None,
+    job = TranscribeRequest(task="translate", model=model, initial_prompt=prompt or None,
                             temperature=temperature, word_timestamps=needs_words(response_format))
     subtitles = SubtitleOptions(max_line_width, max_line_count)
     return await _openai(request, service, file, job, response_format, subtitles)
@@ -370,6 +385,7 @@ async def _openai(
     subtitles: SubtitleOptions,
 ) -> Response:
     single_file((await request.form()).getlist("file"))  # parsed once already: cached
+    job = service.check(job)
     source = UploadSource(file.file, file.filename or "")
     transcript = await run_sync(request, service, service.transcribe(
         source, job, _client_ip(request)))
@@ -384,8 +400,25 @@ async def _openai(
 
 
 @openai_router.get("/v1/models")
-async def models(service: ServiceDep) -> dict[str, Any]:
-    names = dict.fromkeys(["whisper-1", service.settings.whisper_model])
-    return {"object": "list", "data": [
-        {"id": name, "object": "model", "created": 0, "owned_by": "whisper-api"}
-        for name in names]}
+async def list_models(service: ServiceDep) -> dict[str, Any]:
+    """The loaded models (OpenAI's list shape), `whisper-1` first as the default's alias;
+    `languages` and `translation` tell a client (the web page) what each can do."""
+    default = service.models.get(None)
+    entries = [_model_entry(OPENAI_ALIAS, default)]
+    entries += [_model_entry(name, info) for name, info in service.models.models.items()]
+    return {"object": "list", "data": entries}
+
+
+@openai_router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, service: ServiceDep) -> dict[str, Any]:
+    try:
+        info = service.models.get(model_id)
+    except InvalidRequestError as exc:
+        raise NotFoundError(str(exc)) from exc
+    return _model_entry(model_id, info)
+
+
+def _model_entry(model_id: str, info: ModelInfo) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "whisper-api",
+            "root": info.name, "languages": list(info.languages),
+            "translation": info.can_translate}

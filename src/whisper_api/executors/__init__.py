@@ -30,11 +30,8 @@ def build_executor(settings: Settings, workers: int | None = None) -> ChunkExecu
     # PARALLEL_WORKERS=auto on Ray: as many actors as the cluster's CPUs (GPUs) allow at start.
     size = workers or (None if settings.parallel_workers == "auto" else settings.parallel_workers)
     threads = settings.worker_cpu_threads or max(1, round(settings.ray_num_cpus_per_worker))
-    config = WorkerConfig(
-        settings.whisper_model, settings.whisper_device, settings.compute_type, threads
-    )
     return RayExecutor(
-        size, config, settings.chunk_timeout_s, address=settings.ray_address,
+        size, _config(settings, threads), settings.chunk_timeout_s, address=settings.ray_address,
         num_cpus_per_worker=settings.ray_num_cpus_per_worker,
         num_gpus_per_worker=settings.ray_num_gpus_per_worker,
     )
@@ -45,6 +42,12 @@ def worker_config(settings: Settings, workers: int) -> WorkerConfig:
     # Two threads per core share: measured as fast as one thread per worker when all are busy,
     # and twice as fast for a lone request (docs/benchmarks.md).
     threads = settings.worker_cpu_threads or max(1, min(cores, 2 * cores // workers))
+    return _config(settings, threads)
+
+
+def _config(settings: Settings, threads: int) -> WorkerConfig:
     return WorkerConfig(
-        settings.whisper_model, settings.whisper_device, settings.compute_type, threads
+        settings.whisper_model, settings.whisper_device, settings.compute_type, threads,
+        # Unset: each worker uses its own user's cache (a Ray node may have another home).
+        settings.model_names, str(settings.model_cache_dir or ""),
     )

@@ -29,12 +29,19 @@ chunk_log = logging.getLogger("whisper_api.chunks")
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """What each worker needs to load its model, once."""
+    """What each worker needs to load its models, once: `model` is the default, `models` the
+    others (WHISPER_MODELS), `cache_dir` where bundled models are assembled ("" = default)."""
 
     model: str
     device: str
     compute_type: str
     cpu_threads: int
+    models: tuple[str, ...] = ()
+    cache_dir: str = ""
+
+    @property
+    def all_models(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.model, *self.models)))
 
 
 # Upper bounds of the chunk latency buckets, in seconds: a chunk is 0.1 s to CHUNK_TIMEOUT_S long.

@@ -13,7 +13,7 @@ import time
 import traceback
 import wave
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,14 +31,16 @@ class ChunkTranscriber(Protocol):
         self, audio: np.ndarray, options: DecodeOptions
     ) -> tuple[list[Segment], str, int]: ...
 
+    def detect_language(self, audio: np.ndarray, options: DecodeOptions) -> tuple[str, float]: ...
+
 
 TranscriberFactory = Callable[[WorkerConfig], ChunkTranscriber]
 
 
 def load_real_transcriber(config: WorkerConfig) -> ChunkTranscriber:
-    from whisper_api.transcriber import Transcriber
+    from whisper_api.transcriber import ModelSet
 
-    return Transcriber(config.model, config.device, config.compute_type, config.cpu_threads)
+    return ModelSet(config)
 
 
 @dataclass(frozen=True)
@@ -86,15 +88,29 @@ def decode(
     read_audio: Callable[[], np.ndarray],
 ) -> Done | Failed:
     """Decode one chunk; any error (unreadable audio, a model error) fails only this chunk."""
-    began = time.perf_counter()
     try:
-        segments, language, redone = transcriber.transcribe(read_audio(), task.options)
+        return Done(worker_id, run_chunk(transcriber, read_audio(), task, worker_id))
     except Exception as exc:
         log.debug("worker %d failed: %s", worker_id, traceback.format_exc())
         return Failed(worker_id, task.task_id, f"{type(exc).__name__}: {exc}")
-    result = ChunkResult(task.task_id, tuple(segments), language, worker_id,
-                         time.perf_counter() - began, redone)
-    return Done(worker_id, result)
+
+
+def run_chunk(
+    transcriber: ChunkTranscriber, audio: np.ndarray, task: ChunkTask, worker_id: int
+) -> ChunkResult:
+    """Detect the language first when the task does not give one (a one-chunk file, or the
+    pipeline's detection task), then decode unless the task only asks for the language."""
+    began = time.perf_counter()
+    options, probability = task.options, 0.0
+    if options.language is None or options.detect_only:
+        language, probability = transcriber.detect_language(audio, options)
+        options = replace(options, language=language)
+    segments: list[Segment] = []
+    language, redone = options.language or "en", 0
+    if not options.detect_only:
+        segments, language, redone = transcriber.transcribe(audio, options)
+    return ChunkResult(task.task_id, tuple(segments), language, worker_id,
+                       time.perf_counter() - began, redone, probability)
 
 
 def decode_wav_bytes(data: bytes) -> np.ndarray:

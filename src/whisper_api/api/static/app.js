@@ -39,7 +39,8 @@ async function submitJob(event) {
   const url = $("url").value.trim();
   if (!file && !url) { showError("Choose a file or paste a URL first."); return; }
   const fields = { language: $("language").value, format: $("format").value,
-    word_timestamps: $("words").checked, ...subtitleOptions() };
+    word_timestamps: $("words").checked, task: $("task").value, ...subtitleOptions() };
+  if ($("model").value) fields.model = $("model").value;
   let request;
   if (file) {
     const form = new FormData();
@@ -267,12 +268,51 @@ async function refreshJobs() {
   }
 }
 
+// The model list and each model's languages come from the server, so the page never offers a
+// language (or translation) that the chosen model cannot do.
+const models = new Map();
+const languageNames = new Intl.DisplayNames(["en"], { type: "language" });
+
+function languageName(code) {
+  try { return languageNames.of(code) || code; } catch (_) { return code; }
+}
+
+async function loadModels() {
+  try {
+    const list = (await (await api("/v1/models")).json()).data;
+    const select = $("model");
+    select.replaceChildren();
+    for (const model of list.filter((m) => m.id !== "whisper-1")) {
+      models.set(model.id, model);
+      const option = new Option(model.id, model.id);
+      option.title = model.translation ? `${model.languages.length} languages` : "English only";
+      select.append(option);
+    }
+    showModel();
+  } catch (_) { /* without the list (no key yet) the server's default model answers */ }
+}
+
+function showModel() {
+  const model = models.get($("model").value);
+  if (!model) return;
+  const chosen = $("language").value;
+  const options = model.languages.map((code) => new Option(`${languageName(code)} (${code})`, code));
+  options.sort((a, b) => a.text.localeCompare(b.text));
+  $("language").replaceChildren(new Option("auto-detect", "auto"), ...options);
+  $("language").value = model.languages.includes(chosen) ? chosen : "auto";
+  const translate = $("task").querySelector('option[value="translate"]');
+  translate.disabled = !model.translation;
+  if (!model.translation) $("task").value = "transcribe";
+}
+
 function setUp() {
   $("api-key").value = localStorage.getItem("whisper-api-key") || "";
   $("api-key").addEventListener("change", (e) => {
     localStorage.setItem("whisper-api-key", e.target.value.trim());
     refreshJobs();
+    loadModels();
   });
+  $("model").addEventListener("change", showModel);
   $("job-form").addEventListener("submit", submitJob);
   $("cancel").addEventListener("click", cancelJob);
   $("refresh").addEventListener("click", refreshJobs);
@@ -298,6 +338,7 @@ function setUp() {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("file").click(); }
   });
   refreshJobs();
+  loadModels();
 }
 
 setUp();
