@@ -23,6 +23,7 @@ from whisper_api.jobs import (
 )
 from whisper_api.pipeline import Progress, TranscribeRequest
 from whisper_api.service import MediaSource, UploadSource, UrlSource
+from whisper_api.subtitles import SubtitleOptions
 from whisper_api.transcript import Segment, Transcript, Word
 
 TRANSCRIPT = Transcript("hello there", (Segment(0.0, 1.0, "hello there", (
@@ -238,3 +239,21 @@ def test_result_ttl_sweep(tmp_path: Path) -> None:
         await runner.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_job_input_keeps_the_whole_request_through_the_store() -> None:
+    job_input = JobInput(TranscribeRequest(language="pt", model="base", task="translate",
+                                           word_timestamps=True, initial_prompt="olá",
+                                           temperature=0.2, preset="fast"),
+                         "srt", SubtitleOptions(30, 1), "http://hook.test/done")
+    assert JobInput.from_json(job_input.to_json()) == job_input
+
+
+def test_a_record_written_before_the_request_was_nested_still_reads() -> None:
+    legacy = ('{"url": "http://media.test/a.mp3", "upload_name": null, "filename": null, '
+              '"language": "de", "word_timestamps": false, "format": "vtt", '
+              '"callback_url": null, "max_line_width": 30, "max_line_count": 1}')
+    job_input = JobInput.from_json(legacy)
+    assert job_input.request == TranscribeRequest(language="de")
+    assert job_input.subtitles == SubtitleOptions(30, 1)
+    assert (job_input.url, job_input.format) == ("http://media.test/a.mp3", "vtt")

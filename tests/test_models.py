@@ -152,10 +152,9 @@ def test_a_ray_actor_body_serves_every_model_and_detects_once(tmp_path: Path) ->
     import io
     import wave
 
-    from whisper_api.ray_executor import ChunkWorker
-
-    from whisper_api.executors.worker import load_real_transcriber
-    from whisper_api.transcript import ChunkResult, ChunkTask
+    from whisper_api.executors.ray_actors import ChunkWorker
+    from whisper_api.executors.worker import Done, load_real_transcriber
+    from whisper_api.transcript import ChunkTask
 
     config = WorkerConfig("base", "cpu", "int8", 2, ("tiny.en",), str(tmp_path))
     actor = ChunkWorker(0, config, load_real_transcriber)
@@ -167,8 +166,9 @@ def test_a_ray_actor_body_serves_every_model_and_detects_once(tmp_path: Path) ->
         out.writeframes(load_pcm(DATA / "fleurs_pt_007.ogg").tobytes())
     detect = ChunkTask("r:language", "r", "", 0.0, 8.8, DecodeOptions(detect_only=True))
     found, _ = actor.transcribe(detect, buffer.getvalue())
-    assert isinstance(found, ChunkResult) and found.language == "pt" and not found.segments
+    assert isinstance(found, Done)
+    assert found.result.language == "pt" and not found.result.segments
     english = ChunkTask("r:0", "r", "", 0.0, 8.8, DecodeOptions(model="tiny.en"))
     answered, _ = actor.transcribe(english, buffer.getvalue())
-    assert isinstance(answered, ChunkResult) and answered.language == "en"
-    assert answered.language_probability == 1.0  # English-only: nothing to detect
+    assert isinstance(answered, Done) and answered.result.language == "en"
+    assert answered.result.language_probability == 1.0  # English-only: nothing to detect

@@ -33,8 +33,8 @@ from tests.conftest import DATA
 from tests.support.processes import alive
 from tests.support.server import Server, run_server, worker_pids
 from tests.test_jobs import FakeTranscribe, make_settings, wait_status
-from whisper_api import audio, download, jobs
-from whisper_api.api.routes import authenticate, tenant_of
+from whisper_api import audio, download
+from whisper_api.api.auth import authenticate, tenant_of
 from whisper_api.audio import convert_to_wav
 from whisper_api.download import DownloadLimits, FetchControl, fetch_media, fetch_with_ytdlp
 from whisper_api.errors import (
@@ -46,9 +46,12 @@ from whisper_api.errors import (
     UrlNotAllowedError,
 )
 from whisper_api.executors import ChunkExecutor
-from whisper_api.jobs import JobInput, JobRunner, JobStatus, JobStore, database_path
+from whisper_api.jobs import Job, JobInput, JobRunner, JobStatus, JobStore, database_path
+from whisper_api.jobs import runner as job_runner
+from whisper_api.pipeline import TranscribeRequest
 from whisper_api.service import Service, UrlSource, keep_copy
 from whisper_api.sessions import SessionManager
+from whisper_api.transcript import Transcript
 
 PUBLIC_IP = "93.184.216.34"  # only ever returned by fake resolvers; never connected to
 JFK = DATA / "jfk.flac"
@@ -278,7 +281,7 @@ def test_a_request_past_the_deadline_fails_and_its_session_folder_goes(listener:
         service = _service(tmp_path, allow_private_urls=True, download_timeout_s=0.5)
         with pytest.raises(DownloadError, match="DOWNLOAD_TIMEOUT_S"):
             await service.transcribe(UrlSource(listener.url("/trickle.flac")),
-                                     jobs.TranscribeRequest())
+                                     TranscribeRequest())
         service.close()
 
     asyncio.run(scenario())
@@ -541,7 +544,7 @@ class FailingStore(JobStore):
         super().__init__(path)
         self.failures = failures
 
-    async def save(self, job: jobs.Job, result: jobs.Transcript | None = None) -> None:
+    async def save(self, job: Job, result: Transcript | None = None) -> None:
         if job.status.finished and self.failures > 0:
             self.failures -= 1
             raise sqlite3.OperationalError("database or disk is full")
@@ -551,9 +554,9 @@ class FailingStore(JobStore):
 def test_a_job_whose_record_cannot_be_written_fails_and_never_stays_running(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(jobs, "RECORD_RETRY_S", 0.05)
+    monkeypatch.setattr(job_runner, "RECORD_RETRY_S", 0.05)
 
-    async def scenario() -> tuple[jobs.Job | None, jobs.Job | None]:
+    async def scenario() -> tuple[Job | None, Job | None]:
         settings = make_settings(tmp_path)
         store = FailingStore(database_path(settings), failures=3)
         runner = JobRunner(settings, store, FakeTranscribe(), 1)
@@ -591,7 +594,7 @@ def test_job_admission_is_exact_under_concurrency(tmp_path: Path) -> None:
         results = await asyncio.gather(*(
             runner.submit(UrlSource(f"http://media.test/{i}.mp3"), JobInput())
             for i in range(40)), return_exceptions=True)
-        accepted = sum(isinstance(r, jobs.Job) for r in results)
+        accepted = sum(isinstance(r, Job) for r in results)
         refused = sum(isinstance(r, QueueFullError) for r in results)
         fake.gate.set()
         await runner.stop()

@@ -23,7 +23,13 @@ from whisper_api.executors.ray_actors import INSTALL_HINT
 from whisper_api.formats import FORMATS, needs_words, render
 from whisper_api.models import ModelCatalog, parse_language
 from whisper_api.pipeline import Progress, TranscribeRequest
-from whisper_api.service import FileSource, UrlSource, check_request, download, start_service
+from whisper_api.service import (
+    FileSource,
+    UrlSource,
+    check_request,
+    download_media,
+    start_service,
+)
 from whisper_api.sessions import SessionManager
 from whisper_api.subtitles import SubtitleOptions
 from whisper_api.terminal import BarLogHandler, ProgressBar
@@ -169,7 +175,7 @@ async def _transcribe(
 async def _download(settings: Settings, source: UrlSource, folder: Path, bar: ProgressBar) -> Path:
     bar.update(Progress("downloading"))
     with ThreadPoolExecutor(1, thread_name_prefix="download") as pool:
-        return await download(settings, source.url, folder, pool)
+        return await download_media(settings, source.url, folder, pool)
 
 
 async def _redraw(bar: ProgressBar) -> None:

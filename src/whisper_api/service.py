@@ -116,13 +116,18 @@ class Service:
                                     self.settings.max_upload_bytes)
             return target
         on_progress(Progress("downloading"))
-        return await download(self.settings, source.url, session.download, self.downloads)
+        return await self.download(source.url, session.download)
+
+    async def download(self, url: str, target_dir: Path) -> Path:
+        """A URL's media on the server's bounded download pool (see `download_media`)."""
+        return await download_media(self.settings, url, target_dir, self.downloads)
 
     def close(self) -> None:
         self.downloads.shutdown(wait=False, cancel_futures=True)
 
 
-async def download(settings: Settings, url: str, target_dir: Path, pool: Executor) -> Path:
+async def download_media(settings: Settings, url: str, target_dir: Path,
+                         pool: Executor) -> Path:
     """fetch_media on `pool` (the server's bounded download pool), within DOWNLOAD_TIMEOUT_S.
 
     Cancelling the caller (job cancel, client gone, SYNC_TIMEOUT_S) or reaching the deadline

@@ -14,8 +14,8 @@ from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from whisper_api.api.auth import authenticate
 from whisper_api.api.errors import error_body
-from whisper_api.api.routes import authenticate
 from whisper_api.config import Settings
 from whisper_api.errors import QueueFullError, UnauthorizedError
 

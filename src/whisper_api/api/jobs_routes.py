@@ -9,15 +9,12 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
+from whisper_api.api.auth import AuthDep, Caller, CallerDep, get_service
 from whisper_api.api.routes import (
     SUBTITLE_FIELDS,
     TASKS,
-    AuthDep,
-    Caller,
-    CallerDep,
     JobBody,
     check_format,
-    get_service,
     read_media_form,
     respond,
     subtitle_options,
@@ -58,11 +55,7 @@ JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#
 async def create_job(request: Request, runner: JobsDep, caller: CallerDep) -> JSONResponse:
     form = await read_media_form(request, JobBody)
     checked = get_service(request).check(form.request)  # a 400 now, not a failed job later
-    job_input = JobInput(language=checked.language, word_timestamps=form.word_timestamps,
-                         format=form.format, callback_url=form.callback_url,
-                         max_line_width=form.subtitles.max_line_width,
-                         max_line_count=form.subtitles.max_line_count,
-                         model=checked.model, task=checked.task)
+    job_input = JobInput(checked, form.format, form.subtitles, form.callback_url)
     job = await runner.submit(form.source, job_input, caller.tenant)
     return JSONResponse({"id": job.id, "status": str(job.status)}, 202,
                         {"Location": f"/api/v1/jobs/{job.id}"})
@@ -103,8 +96,8 @@ async def get_result(
     transcript = await runner.result(job_id)
     if transcript is None:
         raise JobNotFoundError(f"the result of job {job_id} has expired")
-    subtitles = subtitle_options(max_line_width or job.input.max_line_width,
-                                 max_line_count or job.input.max_line_count)
+    subtitles = subtitle_options(max_line_width or job.input.subtitles.max_line_width,
+                                 max_line_count or job.input.subtitles.max_line_count)
     name = download_name(job.input.filename or job.input.url, fmt)
     return respond(transcript, fmt, {"job_id": job.id, "processing_time": job.processing_time_s},
                    subtitles, {"Content-Disposition": content_disposition(name)})

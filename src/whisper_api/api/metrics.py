@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from whisper_api.api.routes import AuthDep
+from whisper_api.api.auth import AuthDep
 from whisper_api.metrics import Metrics
 
 log = logging.getLogger("whisper_api.access")

@@ -1,20 +1,18 @@
 """HTTP surfaces: health, the seed's /api/v1/transcribe, and OpenAI's /v1/audio/*."""
 
 import asyncio
-import hashlib
 import json
-import secrets
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError, model_validator
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from whisper_api.config import Settings
+from whisper_api.api.auth import AuthDep, ServiceDep
 from whisper_api.errors import (
     ClientDisconnectedError,
     InvalidRequestError,
@@ -22,7 +20,6 @@ from whisper_api.errors import (
     NotFoundError,
     ShuttingDownError,
     SyncTimeoutError,
-    UnauthorizedError,
 )
 from whisper_api.formats import FORMATS, content_type, needs_words, render
 from whisper_api.models import OPENAI_ALIAS, ModelInfo, parse_language
@@ -31,60 +28,8 @@ from whisper_api.service import MediaSource, Service, UploadSource, UrlSource
 from whisper_api.subtitles import SubtitleOptions
 from whisper_api.transcript import Transcript
 
-
-def get_service(request: Request) -> Service:
-    service: Service = request.app.state.service
-    return service
-
-
-ServiceDep = Annotated[Service, Depends(get_service)]
-
-
 MAX_JSON_BYTES = 64 * 1024  # a URL and a few options; anything bigger is not a real request
 MAX_JSON_DEPTH = 16
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is asking: `tenant` is a hash of their key (never the key), None without API_KEYS.
-
-    With API_KEYS a job belongs to the key that made it; `sees_all` (no keys configured, or
-    ADMIN_API_KEY) lifts that.
-    """
-
-    tenant: str | None = None
-    sees_all: bool = True
-
-
-def tenant_of(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def authenticate(settings: Settings, authorization: str) -> Caller:
-    """API_KEYS / ADMIN_API_KEY set: every route but /health and the page needs
-    `Authorization: Bearer <key>`. Raises 401 otherwise."""
-    keys, admin = settings.api_key_set, settings.admin_api_key
-    if not keys and not admin:
-        return Caller()
-    scheme, _, token = authorization.partition(" ")
-    # Compared as bytes: compare_digest refuses non-ASCII str, which was a 500. Headers arrive
-    # decoded as latin-1, so this gives back the bytes the client sent.
-    given = token.encode("latin-1", "replace")
-    if scheme.lower() == "bearer" and token:
-        if admin and secrets.compare_digest(given, admin.encode()):
-            return Caller(tenant_of(admin), sees_all=True)
-        for key in keys:
-            if secrets.compare_digest(given, key.encode()):
-                return Caller(tenant_of(key), sees_all=False)
-    raise UnauthorizedError("missing or invalid API key")
-
-
-def require_key(request: Request, service: ServiceDep) -> Caller:
-    return authenticate(service.settings, request.headers.get("authorization", ""))
-
-
-AuthDep = Depends(require_key)
-CallerDep = Annotated[Caller, Depends(require_key)]
 health_router = APIRouter()
 seed_router = APIRouter(dependencies=[AuthDep])
 openai_router = APIRouter(dependencies=[AuthDep])
@@ -133,22 +78,14 @@ class JobBody(TranscribeBody):
 
 @dataclass(frozen=True)
 class MediaForm:
-    """What /api/v1/transcribe and /api/v1/jobs read from a request, already checked."""
+    """What /api/v1/transcribe and /api/v1/jobs read from a request, already checked: the media,
+    the one TranscribeRequest passed on whole, and how the result is rendered."""
 
     source: MediaSource
-    language: str | None
+    request: TranscribeRequest
     format: str
-    word_timestamps: bool
     subtitles: SubtitleOptions
     callback_url: str | None = None
-    model: str | None = None
-    task: str = "transcribe"
-
-    @property
-    def request(self) -> TranscribeRequest:
-        words = self.word_timestamps or needs_words(self.format)
-        return TranscribeRequest(language=self.language, model=self.model, task=self.task,
-                                 word_timestamps=words)
 
 
 SUBTITLE_FIELDS = {
@@ -163,6 +100,7 @@ SUBTITLE_FIELDS = {
     "application/json": {"schema": TranscribeBody.model_json_schema()},
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"}, "language": {"type": "string"},
+        "model": {"type": "string"}, "task": {"type": "string", "enum": list(TASKS)},
         "format": {"type": "string", "enum": list(FORMATS)},
         **SUBTITLE_FIELDS}}}}}})
 async def transcribe(request: Request, service: ServiceDep) -> Response:
@@ -185,22 +123,32 @@ async def read_media_form(
         fmt = check_format(str(form.get("format") or "json"))
         return MediaForm(
             UploadSource(upload.file, upload.filename or ""),
-            check_language(str(form.get("language") or "auto")), fmt,
-            str(form.get("word_timestamps", "false")).lower() == "true",
-            subtitle_options(form.get("max_line_width"), form.get("max_line_count")),
+            form_request(fmt, str(form.get("language") or "auto"), str(form.get("model") or ""),
+                         str(form.get("task") or ""),
+                         str(form.get("word_timestamps", "false")).lower() == "true"),
+            fmt, subtitle_options(form.get("max_line_width"), form.get("max_line_count")),
             str(form.get("callback_url") or "") or None,
-            str(form.get("model") or "") or None, check_task(str(form.get("task") or "")),
         )
     try:
         body = model.model_validate(parse_json(await read_small_body(request)))
     except ValidationError as exc:
         raise InvalidRequestError(_first_error(exc)) from exc
     return MediaForm(
-        UrlSource(body.youtube_url or body.url or ""), check_language(body.language),
-        body.format, body.word_timestamps,
-        SubtitleOptions(body.max_line_width, body.max_line_count),
-        body.callback_url if isinstance(body, JobBody) else None, body.model, body.task,
+        UrlSource(body.youtube_url or body.url or ""),
+        form_request(body.format, body.language, body.model or "", body.task,
+                     body.word_timestamps),
+        body.format, SubtitleOptions(body.max_line_width, body.max_line_count),
+        body.callback_url if isinstance(body, JobBody) else None,
     )
+
+
+def form_request(fmt: str, language: str, model: str, task: str,
+                 word_timestamps: bool) -> TranscribeRequest:
+    """Subtitle formats are shaped from word timestamps: asked for whether or not the caller
+    did."""
+    return TranscribeRequest(language=check_language(language), model=model or None,
+                             task=check_task(task),
+                             word_timestamps=word_timestamps or needs_words(fmt))
 
 
 def single_file(parts: list[Any]) -> StarletteUpload:

@@ -1,34 +1,25 @@
-"""Durable async jobs: records in SQLite, inputs under DATA_DIR/jobs/{id}/, a bounded runner.
+"""The job runner: admission, a bounded number of running jobs, cancel, resume, sweep, callbacks.
 
-A job's record (status, timings, its request, the result once done) lives in one SQLite table so
-that it survives a restart. The store uses the stdlib `sqlite3` module on one dedicated thread
-(the connection never leaves it), so the event loop never waits on disk.
-
-The runner admits at most MAX_QUEUED_JOBS waiting jobs (`QueueFullError` beyond that; the check
-and the admission happen with no await between them, so the cap is exact) and runs as many jobs
-at once as there are workers; the rest really wait on a semaphore. With API_KEYS each job
-records its tenant (a hash of the key that made it). A finished job whose record cannot be
-written (a full disk) fails with that reason: served from memory and written as soon as the
-store takes writes again, so it never stays `running`. Shutdown cancels
-running jobs and puts them back to `queued`; startup resumes queued and running jobs whose input
-is still on disk and fails the others with a reason, so no job stays `running` forever.
-Finished jobs and their input folders are swept after RESULT_TTL_HOURS.
+Inputs live under DATA_DIR/jobs/{id}/ and records in the store (jobs/store.py), so jobs
+survive a restart. At most MAX_QUEUED_JOBS jobs wait (`QueueFullError` beyond that; the check
+and the admission happen with no await between them, so the cap is exact), and as many run at
+once as there are workers; the rest really wait on a semaphore. With API_KEYS each job records
+its tenant (a hash of the key that made it). A finished job whose record cannot be written (a
+full disk) fails with that reason: served from memory and written as soon as the store takes
+writes again, so it never stays `running`. Shutdown cancels running jobs and puts them back to
+`queued`; startup resumes queued and running jobs whose input is still on disk and fails the
+others with a reason. Finished jobs and their input folders are swept after RESULT_TTL_HOURS.
 """
 
 import asyncio
-import json
 import logging
 import shutil
-import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TypeVar
+from typing import BinaryIO, Protocol
 
 from whisper_api.config import Settings
 from whisper_api.errors import (
@@ -38,251 +29,21 @@ from whisper_api.errors import (
     QueueFullError,
     WhisperApiError,
 )
-from whisper_api.formats import needs_words
+from whisper_api.jobs.model import Job, JobInput, JobStatus, display_name
+from whisper_api.jobs.store import JobStore
 from whisper_api.pipeline import Progress, TranscribeRequest
 from whisper_api.service import MediaSource, UploadSource, UrlSource, safe_suffix, save_stream
-from whisper_api.transcript import Segment, Transcript, Word
+from whisper_api.transcript import Transcript
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
+log = logging.getLogger("whisper_api.jobs")
 SWEEP_INTERVAL_S = 600.0
 HEARTBEAT_S = 15.0
 CALLBACK_TIMEOUT_S = 10.0
 INPUT_NAME = "input"
 AUDIO_NAME = "audio.wav"  # the converted audio, kept for the web page's player
-
-
-class JobStatus(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
-
-
-@dataclass(frozen=True)
-class JobInput:
-    """What to transcribe: `url`, or an upload saved as `upload_name` in the job's folder."""
-
-    url: str | None = None
-    upload_name: str | None = None
-    filename: str | None = None  # the client's name for the upload: shown, never used as a path
-    language: str | None = None
-    word_timestamps: bool = False
-    format: str = "json"
-    callback_url: str | None = None
-    max_line_width: int = 42  # srt/vtt shaping, the result's default
-    max_line_count: int = 2
-    model: str | None = None
-    task: str = "transcribe"
-
-    @property
-    def request(self) -> TranscribeRequest:
-        words = self.word_timestamps or needs_words(self.format)
-        return TranscribeRequest(language=self.language, model=self.model, task=self.task,
-                                 word_timestamps=words)
-
-
-@dataclass
-class Job:
-    id: str
-    input: JobInput
-    status: JobStatus = JobStatus.queued
-    created_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-    processing_time_s: float | None = None
-    error: str | None = None
-    progress: Progress = field(default_factory=lambda: Progress("queued"))
-    tenant: str | None = None  # a hash of the API key that made it (API_KEYS), never the key
-
-    def to_dict(self) -> dict[str, Any]:
-        """The status body of GET /api/v1/jobs/{id}, the SSE events and the callback."""
-        p = self.progress
-        percent = 100.0 if self.status == JobStatus.succeeded else (
-            round(100 * p.audio_done_s / p.audio_total_s, 1) if p.audio_total_s else 0.0)
-        return {
-            "id": self.id, "status": str(self.status), "error": self.error,
-            "progress": {
-                "stage": p.stage, "chunks_done": p.chunks_done, "chunks_total": p.chunks_total,
-                "percent": percent, "audio_seconds_done": round(p.audio_done_s, 3),
-                "audio_seconds_total": round(p.audio_total_s, 3),
-            },
-            "timings": {
-                "created_at": _iso(self.created_at), "started_at": _iso(self.started_at),
-                "finished_at": _iso(self.finished_at), "processing_time": self.processing_time_s,
-            },
-            "request": {"source": self.input.url or self.input.filename or "upload",
-                        "language": self.input.language,
-                        "model": self.input.model, "task": self.input.task,
-                        "format": self.input.format,
-                        "word_timestamps": self.input.word_timestamps},
-        }
-
-
-def display_name(filename: str) -> str | None:
-    """The last path part of a client's file name, at most 100 characters."""
-    name = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
-    return name[:100] or None
-
-
-def _iso(stamp: float | None) -> str | None:
-    return None if stamp is None else datetime.fromtimestamp(stamp, UTC).isoformat()
-
-
-# --- transcript <-> JSON ----------------------------------------------------------------------
-def transcript_to_json(transcript: Transcript) -> str:
-    return json.dumps(asdict(transcript), default=str)
-
-
-def transcript_from_json(text: str) -> Transcript:
-    data = json.loads(text)
-    segments = tuple(
-        Segment(**{**s, "words": tuple(Word(**w) for w in s["words"]),
-                   "tokens": tuple(s.get("tokens", ()))}) for s in data["segments"]
-    )
-    return Transcript(data["text"], segments, data["language"], data["duration_s"], data["extra"],
-                      data.get("language_probability", 0.0))
-
-
-# --- store ------------------------------------------------------------------------------------
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    processing_time_s REAL,
-    error TEXT,
-    input TEXT NOT NULL,
-    progress TEXT NOT NULL,
-    result TEXT,
-    tenant TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
-"""
-COLUMNS = ("id, status, created_at, started_at, finished_at, processing_time_s, error, input, "
-           "progress, tenant")
 RECORD_RETRY_S = 5.0  # how often records that could not be written are tried again
 
 
-def database_path(settings: Settings) -> Path:
-    """DATABASE_URL is `sqlite:///relative.db` or `sqlite:////absolute.db`; default DATA_DIR."""
-    url = settings.database_url
-    if not url:
-        return settings.data_dir / "jobs.db"
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or len(url) == len(prefix):
-        raise ValueError(f"DATABASE_URL must look like sqlite:///path/jobs.db, got {url!r}")
-    return Path(url[len(prefix):])
-
-
-class JobStore:
-    """Job records in SQLite; every call runs on the store's one thread."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="jobs-db")
-        self._db: sqlite3.Connection | None = None
-
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-
-    async def open(self) -> None:
-        await self._call(self._open)
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "tenant" not in columns:  # a database from before tenants
-            self._db.execute("ALTER TABLE jobs ADD COLUMN tenant TEXT")
-
-    async def close(self) -> None:
-        def close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-        await self._call(close)
-        self._thread.shutdown(wait=True)
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("the job store is not open")
-        return self._db
-
-    async def save(self, job: Job, result: Transcript | None = None) -> None:
-        row = (job.id, str(job.status), job.created_at, job.started_at, job.finished_at,
-               job.processing_time_s, job.error, json.dumps(asdict(job.input)),
-               json.dumps(asdict(job.progress)), job.tenant,
-               transcript_to_json(result) if result is not None else None)
-        await self._call(self._save, row)
-
-    def _save(self, row: tuple[Any, ...]) -> None:
-        self.db.execute(
-            f"INSERT INTO jobs ({COLUMNS}, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at,"
-            " finished_at=excluded.finished_at, processing_time_s=excluded.processing_time_s,"
-            " error=excluded.error, progress=excluded.progress,"
-            " result=COALESCE(excluded.result, jobs.result)", row)
-
-    async def get(self, job_id: str) -> Job | None:
-        rows = await self._call(self._select, "WHERE id = ?", (job_id,))
-        return rows[0] if rows else None
-
-    async def recent(self, limit: int, tenant: str | None = None,
-                     every_tenant: bool = True) -> list[Job]:
-        if every_tenant:
-            return await self._call(self._select, "ORDER BY created_at DESC LIMIT ?", (limit,))
-        return await self._call(self._select, "WHERE tenant IS ? ORDER BY created_at DESC "
-                                "LIMIT ?", (tenant, limit))
-
-    async def unfinished(self) -> list[Job]:
-        return await self._call(self._select, "WHERE status IN ('queued', 'running') "
-                                "ORDER BY created_at", ())
-
-    def _select(self, where: str, args: tuple[Any, ...]) -> list[Job]:
-        rows = self.db.execute(f"SELECT {COLUMNS} FROM jobs {where}", args).fetchall()
-        return [_job_from_row(row) for row in rows]
-
-    async def result(self, job_id: str) -> Transcript | None:
-        def load() -> str | None:
-            row = self.db.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            return row[0] if row else None
-        text = await self._call(load)
-        return transcript_from_json(text) if text else None
-
-    async def delete_finished_before(self, cutoff: float) -> list[str]:
-        """Remove finished jobs older than `cutoff` (epoch seconds); returns their ids."""
-        def delete() -> list[str]:
-            ids = [r[0] for r in self.db.execute(
-                "SELECT id FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled') "
-                "AND COALESCE(finished_at, created_at) < ?", (cutoff,))]
-            self.db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
-            return ids
-        return await self._call(delete)
-
-    async def known_ids(self) -> set[str]:
-        def ids() -> set[str]:
-            return {r[0] for r in self.db.execute("SELECT id FROM jobs")}
-        return await self._call(ids)
-
-
-def _job_from_row(row: tuple[Any, ...]) -> Job:
-    job_id, status, created, started, finished, processing, error, inp, progress, tenant = row
-    return Job(job_id, JobInput(**json.loads(inp)), JobStatus(status), created, started,
-               finished, processing, error, Progress(**json.loads(progress)), tenant)
-
-
-# --- runner -----------------------------------------------------------------------------------
 class Transcribe(Protocol):
     """`Service.transcribe`'s shape (a fake in unit tests)."""
 
