@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +57,7 @@ Baseline = tuple[str, Callable[[], str]]
 
 def faster_whisper_rows(args: argparse.Namespace, device: str) -> list[Baseline]:
     cores = os.cpu_count() or 1
-    model = WhisperModel(args.model, device=device,
+    model = WhisperModel(str(args.model), device=device,
                          compute_type="float16" if device == "cuda" else "int8",
                          cpu_threads=cores if device == "cpu" else 0)
     batched = BatchedInferencePipeline(model)
@@ -78,7 +79,7 @@ def ours(args: argparse.Namespace, device: str, workers: int) -> tuple[float, st
     settings = Settings(
         whisper_model=str(args.model), whisper_device=device, parallel_workers=workers,
         worker_cpu_threads=max(1, cores // workers) if device == "cpu" else 1,
-        audio_limit_single_core=60.0, temp_dir=args.out / "temp", data_dir=args.out / "data",
+        audio_limit_single_core=60.0, temp_dir=Path(tempfile.gettempdir()) / "whisper-bench",
         cleanup_on_startup=False,
     )
     service = start_service(settings)
