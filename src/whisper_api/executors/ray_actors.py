@@ -150,19 +150,15 @@ class RayExecutor(Dispatcher):
     def _on_queued(self) -> None:
         self._wake.set()
 
-    def cancel(self, request_id: str) -> int:
-        """Drop a request's queued chunks and ask Ray to cancel its running ones.
-
-        Ray cannot interrupt a running task of a regular actor: that chunk finishes and its
-        result is dropped (the local pool kills and replaces its worker instead).
-        """
-        with self._lock:
-            for actor in self._actors:
-                if actor.running and actor.running.task.request_id == request_id:
-                    actor.running.future.cancel()
-                    if actor.task_ref is not None:
-                        self._ray.cancel(actor.task_ref)
-        return super().cancel(request_id)
+    def _stop_worker(self, slot: WorkerSlot) -> None:
+        """Ray cannot interrupt a running task of a regular actor, so the actor is killed and
+        Ray restarts it (its model reloads), as the local pool replaces a process."""
+        actor = self._actors[slot.worker_id]
+        if actor.task_ref is not None:
+            self._ray.cancel(actor.task_ref)
+        self._ray.kill(actor.handle, no_restart=False)
+        actor.task_ref, actor.ready = None, False
+        actor.pings.append(actor.handle.ping.remote())
 
     # --- dispatcher ------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
