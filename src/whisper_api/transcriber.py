@@ -1,20 +1,27 @@
 """The only module that imports faster_whisper: model resolution and chunk decoding.
 
-Decoding strategy (measured in docs/benchmarks.md): Silero VAD splits the chunk into utterances,
-neighbouring utterances are packed into decoder windows of at most `window_s` seconds and decoded
-in one batch with timestamps. tiny.en sometimes skips a whole sentence inside a window; an
-utterance that the returned timestamps do not cover is decoded again on its own.
+Decoding strategy (measured in docs/benchmarks.md): Silero VAD splits the chunk into speech
+regions (utterances), neighbouring regions are packed into decoder windows of at most `window_s`
+seconds and decoded in batches with timestamps. Each region is then judged by what came back for
+it (regions.judge: word rate, compression, log-probability, repeated n-grams): tiny.en sometimes
+skips or garbles a whole sentence inside a window while its timestamps still cover it. A failing
+region is decoded again alone by the sequential decoder (beam 5, temperature fallback), and every
+segment's times are fitted inside its region.
 """
 
 import functools
 import logging
 import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from whisper_api.errors import ModelNotFoundError
+from whisper_api.regions import Region, RegionLimits, assign, fit_to_region, judge, redo_set
 from whisper_api.transcript import DecodeOptions, Segment, Word
 
 log = logging.getLogger(__name__)
@@ -23,6 +30,11 @@ BUNDLED_MODEL = "tiny.en"
 # Whisper's own guard against hallucinations on silence (openai/whisper transcribe.py).
 NO_SPEECH_PROB = 0.6
 LOW_LOGPROB = -1.0
+LIMITS = RegionLimits()
+# The sequential decoder's own defaults for a region decoded again (faster-whisper transcribe).
+REDO_BEAM_SIZE = 5
+REDO_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+ProgressSink = Callable[[float], None]
 
 
 def resolve_model(name: str) -> str:
@@ -65,59 +77,101 @@ class Transcriber:
             ) from exc
         self._batched = BatchedInferencePipeline(self._model)
 
-    def transcribe(
-        self, audio: np.ndarray, options: DecodeOptions
-    ) -> tuple[list[Segment], str, int]:
-        """Segments (relative to `audio`), the language, and how many utterances were redone."""
-        utterances = self.find_utterances(audio)
-        if not utterances:
-            return [], options.language or "en", 0
-        windows = pack_windows(utterances, options.window_s)
-        segments, language = self._decode(audio, windows, options, with_timestamps=True)
-        missing = [u for u in utterances if not is_covered(u, segments, options.coverage_min)]
-        if missing:
-            kept, missing = split_for_redo(utterances, segments, missing)
-            redone, _ = self._decode(audio, missing, options, with_timestamps=False)
-            segments = sorted([*kept, *redone], key=lambda s: s.start)
-        return [s for s in segments if not _hallucinated(s)], language, len(missing)
+    @classmethod
+    def with_decoders(cls, model: Any, batched: Any) -> "Transcriber":
+        """A transcriber around given decoders (a test seam: fakes that skip or garble)."""
+        transcriber = cls.__new__(cls)
+        transcriber._model, transcriber._batched = model, batched
+        return transcriber
 
-    def find_utterances(self, audio: np.ndarray) -> list[tuple[float, float]]:
+    def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions, on_progress: ProgressSink | None = None
+    ) -> tuple[list[Segment], str, int]:
+        """Segments (relative to `audio`), the language, and how many regions were redone.
+
+        `on_progress` receives how many seconds of `audio` are decoded, once per decoded window.
+        """
+        report = on_progress or _ignore
+        regions = self.find_utterances(audio)
+        if not regions:
+            return [], options.language or "en", 0
+        windows = pack_windows(regions, options.window_s)
+        segments, language = self._decode(audio, windows, options, report)
+        groups = assign(regions, segments)
+        redo = self._regions_to_redo(regions, groups)
+        redo_options = replace(options, language=options.language or language)
+        kept: list[Segment] = []
+        for index, (region, group) in enumerate(zip(regions, groups, strict=True)):
+            if index in redo:
+                group = self._decode_alone(audio, region, redo_options)
+            kept.extend(fit_to_region(region, [s for s in group if not _hallucinated(s)]))
+        report(len(audio) / SAMPLE_RATE_HZ)
+        return kept, language, len(redo)
+
+    def find_utterances(self, audio: np.ndarray) -> list[Region]:
         from faster_whisper.vad import VadOptions, get_speech_timestamps
 
         vad = VadOptions(min_silence_duration_ms=300, speech_pad_ms=200, max_speech_duration_s=20)
         spans = get_speech_timestamps(audio, vad)
         return [(s["start"] / SAMPLE_RATE_HZ, s["end"] / SAMPLE_RATE_HZ) for s in spans]
 
+    @staticmethod
+    def _regions_to_redo(regions: list[Region], groups: list[list[Segment]]) -> set[int]:
+        verdicts = [judge(r, g, LIMITS) for r, g in zip(regions, groups, strict=True)]
+        failing = {i for i, verdict in enumerate(verdicts) if verdict}
+        if failing:
+            log.debug("regions to redo: %s", Counter(v for v in verdicts if v))
+        return redo_set(regions, groups, failing)
+
     def _decode(
-        self,
-        audio: np.ndarray,
-        clips: list[tuple[float, float]],
-        options: DecodeOptions,
-        with_timestamps: bool,
+        self, audio: np.ndarray, windows: list[Region], options: DecodeOptions,
+        report: ProgressSink,
     ) -> tuple[list[Segment], str]:
         raw, info = self._batched.transcribe(
             audio,
             language=options.language,
             task=options.task,
-            clip_timestamps=[{"start": a, "end": b} for a, b in clips],
+            clip_timestamps=[{"start": a, "end": b} for a, b in windows],
             vad_filter=False,
             batch_size=options.batch_size,
             beam_size=options.beam_size,
             temperature=options.temperature,
             initial_prompt=options.initial_prompt,
             word_timestamps=options.word_timestamps,
-            without_timestamps=not with_timestamps,
         )
-        # Materialise here: generators must never cross a process boundary.
-        return [_segment(s) for s in raw if s.text.strip()], info.language
+        # Materialise here: generators must never cross a process boundary. The generator
+        # decodes one batch of windows at a time, so its segments are the progress.
+        segments = []
+        for segment in raw:
+            report(float(segment.end))
+            if segment.text.strip():
+                segments.append(_segment(segment))
+        return segments, info.language
+
+    def _decode_alone(
+        self, audio: np.ndarray, region: Region, options: DecodeOptions
+    ) -> list[Segment]:
+        """The sequential decoder on one region: beam 5, Whisper's temperature fallback."""
+        first, last = (int(t * SAMPLE_RATE_HZ) for t in region)
+        temperatures = tuple(t for t in REDO_TEMPERATURES if t >= options.temperature)
+        raw, _ = self._model.transcribe(
+            audio[first:last],
+            language=options.language,
+            task=options.task,
+            beam_size=REDO_BEAM_SIZE,
+            temperature=temperatures or (options.temperature,),
+            initial_prompt=options.initial_prompt,
+            word_timestamps=options.word_timestamps,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
+        return [_segment(s).shifted(region[0]) for s in raw if s.text.strip()]
 
 
-def pack_windows(
-    utterances: list[tuple[float, float]], window_s: float
-) -> list[tuple[float, float]]:
-    """Merge consecutive utterances while the merged span fits in `window_s` seconds."""
-    windows: list[tuple[float, float]] = []
-    for start, end in utterances:
+def pack_windows(regions: list[Region], window_s: float) -> list[Region]:
+    """Merge consecutive regions while the merged span fits in `window_s` seconds."""
+    windows: list[Region] = []
+    for start, end in regions:
         if windows and end - windows[-1][0] <= window_s:
             windows[-1] = (windows[-1][0], end)
         else:
@@ -125,33 +179,8 @@ def pack_windows(
     return windows
 
 
-def split_for_redo(
-    utterances: list[tuple[float, float]], segments: list[Segment],
-    missing: list[tuple[float, float]],
-) -> tuple[list[Segment], list[tuple[float, float]]]:
-    """The segments to keep, and every utterance to decode again.
-
-    A segment overlapping a missing utterance is dropped (its text may hold part of it), so
-    every other utterance that segment overlapped must be decoded again too, or its words would
-    be lost with it: grow both sets until they no longer change.
-    """
-    redo = set(missing)
-    while True:
-        dropped = [s for s in segments if any(_overlap(u, s) > 0 for u in redo)]
-        grown = redo | {u for u in utterances if any(_overlap(u, s) > 0 for s in dropped)}
-        if grown == redo:
-            kept = [s for s in segments if s not in dropped]
-            return kept, sorted(redo)
-        redo = grown
-
-
-def is_covered(utterance: tuple[float, float], segments: list[Segment], minimum: float) -> bool:
-    covered = sum(_overlap(utterance, s) for s in segments)
-    return covered >= minimum * (utterance[1] - utterance[0])
-
-
-def _overlap(utterance: tuple[float, float], segment: Segment) -> float:
-    return max(0.0, min(utterance[1], segment.end) - max(utterance[0], segment.start))
+def _ignore(_: float) -> None:
+    return None
 
 
 def _hallucinated(segment: Segment) -> bool:
