@@ -43,10 +43,35 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
+FILLERS = {"uh", "um", "er", "ah", "hmm", "mm", "uhm", "erm"}
+
+
 def normalise(text: str) -> str:
-    """Lower case, 'mr' spelled out, punctuation dropped: the usual English WER normalisation."""
-    text = re.sub(r"\bmr\b\.?", "mister", text.lower())
-    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text).split())
+    """English WER normalisation, applied to references and hypotheses alike.
+
+    Lower case; "mr"/"mrs"/"dr" spelled out; "%" as "percent"; numbers spelled out (num2words:
+    the corpus writes "1961" in one source and "nineteen sixty one" in another); hyphens as
+    spaces; other punctuation dropped; hesitations (uh, um, ...) dropped, since some references
+    keep them and others do not.
+    """
+    text = text.lower().replace("%", " percent").replace("-", " ")
+    for short, long in (("mr", "mister"), ("mrs", "missus"), ("dr", "doctor")):
+        text = re.sub(rf"\b{short}\b\.?", long, text)
+    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
+    text = re.sub(r"\d+(\.\d+)?", lambda m: " " + _spell(m.group()) + " ", text)
+    words = re.sub(r"[^a-z0-9' ]+", " ", text.replace("-", " ")).split()
+    return " ".join(w.strip("'") for w in words if w.strip("'") not in FILLERS)
+
+
+def _spell(number: str) -> str:
+    from num2words import num2words
+
+    if "." in number:
+        return str(num2words(float(number)))
+    value = int(number)
+    # A four-digit number in running speech is mostly a year: "nineteen sixty-one".
+    spoken = num2words(value, to="year") if 1100 <= value < 2100 else num2words(value)
+    return str(spoken).replace(",", "")
 
 
 def wer_percent(reference: str, hypothesis: str) -> float:

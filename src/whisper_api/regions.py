@@ -42,20 +42,41 @@ class RegionLimits:
 
 
 def assign(regions: list[Region], segments: list[Segment]) -> list[list[Segment]]:
-    """Each segment goes to the region it overlaps most, or the nearest when it overlaps none."""
+    """Each region's share of the segments.
+
+    A decoder segment often spans several regions of its window, so a segment with word
+    timestamps is cut at region boundaries: each word goes to the region it lies in. A segment
+    without words goes whole to the region it overlaps most (or the nearest).
+    """
     groups: list[list[Segment]] = [[] for _ in regions]
+    if not regions:
+        return groups
     for segment in segments:
-        if regions:
-            groups[_home(regions, segment)].append(segment)
+        if not segment.words:
+            groups[_home(regions, segment.start, segment.end)].append(segment)
+            continue
+        for index, words in _words_by_region(regions, segment.words).items():
+            groups[index].append(_from_words(segment, words))
     return groups
 
 
-def _home(regions: list[Region], segment: Segment) -> int:
+def _words_by_region(regions: list[Region], words: tuple[Word, ...]) -> dict[int, list[Word]]:
+    by_region: dict[int, list[Word]] = {}
+    for word in words:
+        by_region.setdefault(_home(regions, word.start, word.end), []).append(word)
+    return by_region
+
+
+def _from_words(segment: Segment, words: list[Word]) -> Segment:
+    text = "".join(w.word for w in words).strip()
+    return replace(segment, start=words[0].start, end=words[-1].end, text=text, words=tuple(words))
+
+
+def _home(regions: list[Region], start: float, end: float) -> int:
     def score(index: int) -> tuple[float, float]:
-        start, end = regions[index]
-        overlap = max(0.0, min(end, segment.end) - max(start, segment.start))
-        middle = (segment.start + segment.end) / 2
-        return overlap, -abs((start + end) / 2 - middle)
+        first, last = regions[index]
+        overlap = max(0.0, min(last, end) - max(first, start))
+        return overlap, -abs((first + last) / 2 - (start + end) / 2)
 
     return max(range(len(regions)), key=score)
 
@@ -100,16 +121,18 @@ def most_repeated_ngram(words: list[str], n: int) -> int:
 def redo_set(
     regions: list[Region], groups: list[list[Segment]], failing: set[int]
 ) -> set[int]:
-    """Failing regions plus every region sharing a segment with one (its text went with it).
+    """Failing regions plus every region sharing a wordless segment with one.
 
-    A segment that overlaps a failing region is dropped, since its text may hold part of that
-    region; a region that segment also overlapped must be decoded again too, or its words would
-    be lost with it (a real bug: a chunk lost the sentence sharing a segment with a skipped one).
+    Without word timestamps a segment cannot be cut at region boundaries. One that overlaps a
+    failing region is dropped, since its text may hold part of that region; a region that
+    segment also overlapped must be decoded again too, or its words would be lost with it (a
+    real bug: a chunk lost the sentence sharing a segment with a skipped one).
     """
     redo = set(failing)
     while True:
-        dropped = [s for i in redo for s in groups[i]]
-        dropped += [s for g in groups for s in g if any(_overlap(regions[i], s) for i in redo)]
+        dropped = [s for i in redo for s in groups[i] if not s.words]
+        dropped += [s for g in groups for s in g
+                    if not s.words and any(_overlap(regions[i], s) for i in redo)]
         grown = redo | {i for i, r in enumerate(regions) if any(_overlap(r, s) for s in dropped)}
         if grown == redo:
             return redo

@@ -106,6 +106,8 @@ class Transcriber:
                 group = self._decode_alone(audio, region, redo_options)
             kept.extend(fit_to_region(region, [s for s in group if not _hallucinated(s)]))
         report(len(audio) / SAMPLE_RATE_HZ)
+        if not options.word_timestamps:
+            kept = [replace(s, words=()) for s in kept]
         return kept, language, len(redo)
 
     def find_utterances(self, audio: np.ndarray) -> list[Region]:
@@ -137,7 +139,11 @@ class Transcriber:
             beam_size=options.beam_size,
             temperature=options.temperature,
             initial_prompt=options.initial_prompt,
-            word_timestamps=options.word_timestamps,
+            # Words always: they cut a window's text at region boundaries. No timestamp tokens:
+            # in batched mode faster-whisper drops the text after a window's last timestamp
+            # pair (it would seek there sequentially; batched windows never seek).
+            word_timestamps=True,
+            without_timestamps=True,
         )
         # Materialise here: generators must never cross a process boundary. The generator
         # decodes one batch of windows at a time, so its segments are the progress.
