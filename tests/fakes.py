@@ -5,6 +5,7 @@ the fake through its `DecodeOptions.initial_prompt`, a `;`-separated list of dir
 
     sleep=<seconds>   sleep this long before answering
     mark=<path>       create this file when the chunk starts (proves the worker is mid-chunk)
+    progress          report half the chunk decoded before sleeping
     raise             raise RuntimeError instead of answering
 
 The answer is one Segment whose text encodes the chunk's length in samples, so a test can check
@@ -12,6 +13,7 @@ that a result belongs to the task (each task gets a WAV of a distinct length).
 """
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +41,16 @@ class EchoTranscriber:
     """Answers with the chunk's length in samples, after the sleep the task asks for."""
 
     def transcribe(
-        self, audio: np.ndarray, options: DecodeOptions
+        self, audio: np.ndarray, options: DecodeOptions,
+        on_progress: Callable[[float], None] | None = None,
     ) -> tuple[list[Segment], str, int]:
         directives = parse_directives(options.initial_prompt)
         if "mark" in directives:
             Path(directives["mark"]).touch()
         if "raise" in directives:
             raise RuntimeError(f"fake failure on {len(audio)} samples")
+        if "progress" in directives and on_progress is not None:
+            on_progress(len(audio) / SAMPLE_RATE_HZ / 2)
         time.sleep(float(directives.get("sleep", "0")))
         segment = Segment(0.0, len(audio) / SAMPLE_RATE_HZ, text_for(len(audio)))
         return [segment], "en", 0
@@ -55,7 +60,8 @@ class HangingTranscriber:
     """Never answers in time: sleeps far longer than any test's chunk timeout."""
 
     def transcribe(
-        self, audio: np.ndarray, options: DecodeOptions
+        self, audio: np.ndarray, options: DecodeOptions,
+        on_progress: Callable[[float], None] | None = None,
     ) -> tuple[list[Segment], str, int]:
         time.sleep(120.0)
         return [], "en", 0
@@ -63,7 +69,8 @@ class HangingTranscriber:
 
 class RaisingTranscriber:
     def transcribe(
-        self, audio: np.ndarray, options: DecodeOptions
+        self, audio: np.ndarray, options: DecodeOptions,
+        on_progress: Callable[[float], None] | None = None,
     ) -> tuple[list[Segment], str, int]:
         raise RuntimeError(f"fake failure on {len(audio)} samples")
 

@@ -12,6 +12,8 @@ from whisper_api.errors import TranscriptionError
 from whisper_api.transcript import ChunkResult, ChunkTask
 
 POLL_S = 0.05
+# Seconds of a chunk's audio decoded so far; called from the executor's own thread.
+ChunkProgress = Callable[[float], None]
 chunk_log = logging.getLogger("whisper_api.chunks")
 
 
@@ -69,7 +71,9 @@ class ChunkExecutor(Protocol):
 
     def stop(self, drain_timeout_s: float = 30.0) -> None: ...
 
-    def submit(self, task: ChunkTask) -> "Future[ChunkResult]": ...
+    def submit(
+        self, task: ChunkTask, on_progress: "ChunkProgress | None" = None
+    ) -> "Future[ChunkResult]": ...
 
     def cancel(self, request_id: str) -> int: ...
 
@@ -86,6 +90,7 @@ class Pending:
     task: ChunkTask
     future: "Future[ChunkResult]"
     attempts: int = 0
+    on_progress: ChunkProgress | None = None
 
 
 class RequestQueues:
@@ -147,7 +152,7 @@ def log_chunk_done(result: ChunkResult, task: ChunkTask) -> None:
     """The one structured line per chunk, whichever executor ran it."""
     chunk_log.info(
         "chunk_done task_id=%s worker_id=%d elapsed_s=%.3f segments=%d audio_s=%.3f "
-        "redone_utterances=%d",
+        "redone_regions=%d",
         task.task_id, result.worker_id, result.elapsed_s, len(result.segments), task.duration_s,
         result.redone_utterances,
     )

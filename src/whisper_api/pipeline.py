@@ -52,6 +52,42 @@ def _ignore(_: Progress) -> None:
     return None
 
 
+class _ChunkTracker:
+    """Audio decoded so far across a file's chunks: finished chunks count whole, running ones
+    by what their worker reported (per decoded window), so one-chunk files move too."""
+
+    def __init__(self, tasks: list[ChunkTask], duration_s: float, on_progress: ProgressCallback,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._tasks, self._duration_s, self._on_progress = tasks, duration_s, on_progress
+        self._loop = loop
+        self._decoded_s = [0.0] * len(tasks)
+        self._done = [False] * len(tasks)
+
+    def reporter(self, index: int) -> Callable[[float], None]:
+        """Called on the executor's thread: hop to the event loop before touching state."""
+        def report(done_s: float) -> None:
+            self._loop.call_soon_threadsafe(self._decoded, index, done_s)
+
+        return report
+
+    def _decoded(self, index: int, done_s: float) -> None:
+        if not self._done[index]:
+            self._decoded_s[index] = min(max(done_s, 0.0), self._tasks[index].duration_s)
+            self.publish()
+
+    def chunks_done(self, done: list[bool]) -> None:
+        self._done = done
+        self.publish()
+
+    def publish(self) -> None:
+        decoded_s = sum(
+            t.duration_s if finished else partial
+            for t, finished, partial in zip(self._tasks, self._done, self._decoded_s, strict=True)
+        )
+        self._on_progress(Progress("transcribing", sum(self._done), len(self._tasks),
+                                   min(decoded_s, self._duration_s), self._duration_s))
+
+
 class Pipeline:
     def __init__(self, settings: Settings, executor: ChunkExecutor, workers: int) -> None:
         self._settings, self._executor, self._workers = settings, executor, workers
@@ -92,7 +128,8 @@ class Pipeline:
         )
         language = next((r.language for r in results if r.language), request.language or "en")
         elapsed = time.perf_counter() - started
-        extra = {"processing_time": round(elapsed, 3), "mode": mode, "chunks": len(spans)}
+        extra = {"processing_time": round(elapsed, 3), "mode": mode, "chunks": len(spans),
+                 "redone_regions": sum(r.redone_utterances for r in results)}
         return Transcript(join_text(segments), tuple(segments), language, duration_s, extra)
 
     def _plan(self, wav: Path, duration_s: float) -> list[ChunkSpan]:
@@ -122,15 +159,16 @@ class Pipeline:
     async def _run(
         self, tasks: list[ChunkTask], duration_s: float, on_progress: ProgressCallback
     ) -> list[ChunkResult]:
-        futures = [asyncio.wrap_future(self._executor.submit(t)) for t in tasks]
-        on_progress(Progress("transcribing", 0, len(tasks), 0.0, duration_s))
-        done = 0
+        tracker = _ChunkTracker(tasks, duration_s, on_progress, asyncio.get_running_loop())
+        futures = [
+            asyncio.wrap_future(self._executor.submit(t, tracker.reporter(i)))
+            for i, t in enumerate(tasks)
+        ]
+        tracker.publish()
         try:
             for finished in asyncio.as_completed(futures):
                 await finished
-                done += 1
-                done_s = sum(t.duration_s for t, f in zip(tasks, futures, strict=True) if f.done())
-                on_progress(Progress("transcribing", done, len(tasks), done_s, duration_s))
+                tracker.chunks_done([f.done() for f in futures])
             return [f.result() for f in futures]
         finally:
             if any(not f.done() for f in futures):

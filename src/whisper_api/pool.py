@@ -26,6 +26,7 @@ import numpy as np
 from whisper_api.errors import ChunkTimeoutError, TranscriptionError
 from whisper_api.executor import (
     POLL_S,
+    ChunkProgress,
     ExecutorStats,
     Pending,
     RequestQueues,
@@ -37,11 +38,13 @@ from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Segmen
 
 log = logging.getLogger("whisper_api.pool")
 MAX_ATTEMPTS = 2
+PROGRESS_EVERY_S = 0.25
 
 
 class ChunkTranscriber(Protocol):
     def transcribe(
-        self, audio: np.ndarray, options: DecodeOptions
+        self, audio: np.ndarray, options: DecodeOptions,
+        on_progress: Callable[[float], None] | None = None,
     ) -> tuple[list[Segment], str, int]: ...
 
 
@@ -71,7 +74,8 @@ def worker_main(
         began = time.perf_counter()
         try:
             audio = read_wav(Path(task.audio_path))
-            segments, language, redone = transcriber.transcribe(audio, task.options)
+            report = _progress_reporter(worker_id, task.task_id, outbox)
+            segments, language, redone = transcriber.transcribe(audio, task.options, report)
             result = ChunkResult(
                 task.task_id, tuple(segments), language, worker_id,
                 time.perf_counter() - began, redone,
@@ -80,6 +84,20 @@ def worker_main(
         except Exception as exc:
             log.debug("worker %d failed: %s", worker_id, traceback.format_exc())
             outbox.put(("error", worker_id, (task.task_id, f"{type(exc).__name__}: {exc}")))
+
+
+def _progress_reporter(worker_id: int, task_id: str, outbox: Any) -> Callable[[float], None]:
+    """Sends how much of the chunk is decoded, at most every PROGRESS_EVERY_S of wall time
+    (a batch of windows finishes in one burst)."""
+    last_sent = -PROGRESS_EVERY_S
+
+    def report(done_s: float) -> None:
+        nonlocal last_sent
+        if time.monotonic() - last_sent >= PROGRESS_EVERY_S:
+            last_sent = time.monotonic()
+            outbox.put(("progress", worker_id, (task_id, done_s)))
+
+    return report
 
 
 class WorkerState(StrEnum):
@@ -173,13 +191,15 @@ class WorkerPool:
         return None
 
     # --- tasks -----------------------------------------------------------------------------
-    def submit(self, task: ChunkTask) -> "Future[ChunkResult]":
+    def submit(
+        self, task: ChunkTask, on_progress: ChunkProgress | None = None
+    ) -> "Future[ChunkResult]":
         future: Future[ChunkResult] = Future()
         if self._stopping.is_set():
             future.set_exception(TranscriptionError("the service is shutting down"))
             return future
         with self._lock:
-            self._queues.push(Pending(task, future))
+            self._queues.push(Pending(task, future, on_progress=on_progress))
             self._dispatch()  # an idle worker starts now, not at the supervisor's next poll
         return future
 
@@ -209,6 +229,9 @@ class WorkerPool:
 
     def _handle(self, message: tuple[str, int, Any]) -> None:
         kind, worker_id, payload = message
+        if kind == "progress":
+            self._report_progress(*payload)
+            return
         with self._lock:
             worker = self._workers.get(worker_id)
             if kind == "ready" and worker:
@@ -222,6 +245,12 @@ class WorkerPool:
             elif kind == "error":
                 task_id, message_text = payload
                 self._finish(worker, task_id, error=TranscriptionError(message_text))
+
+    def _report_progress(self, task_id: str, done_s: float) -> None:
+        with self._lock:
+            pending = self._running.get(task_id)
+        if pending is not None and pending.on_progress is not None:
+            pending.on_progress(done_s)
 
     def _finish(
         self,

@@ -31,6 +31,7 @@ import numpy as np
 from whisper_api.errors import ChunkTimeoutError, TranscriptionError, WhisperApiError
 from whisper_api.executor import (
     POLL_S,
+    ChunkProgress,
     ExecutorStats,
     Pending,
     RequestQueues,
@@ -195,7 +196,10 @@ class RayExecutor:
         return None
 
     # --- tasks -----------------------------------------------------------------------------
-    def submit(self, task: ChunkTask) -> "Future[ChunkResult]":
+    def submit(
+        self, task: ChunkTask, on_progress: ChunkProgress | None = None
+    ) -> "Future[ChunkResult]":
+        """`on_progress` is accepted for the protocol; Ray reports a chunk when it is done."""
         future: Future[ChunkResult] = Future()
         if self._stopping.is_set():
             future.set_exception(TranscriptionError("the service is shutting down"))
