@@ -42,7 +42,6 @@ class DecodeOptions:
     beam_size: int = 1
     window_s: float = 12.0
     batch_size: int = 8
-    coverage_min: float = 0.6
 
 
 @dataclass(frozen=True)
