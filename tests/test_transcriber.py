@@ -19,6 +19,8 @@ GOOD = {
     REGIONS[2]: "The hallway smelt of boiled cabbage.",
 }
 REDONE_TEXT = "the sentence the sequential decoder heard in the region again"
+BATCHED_AGAIN = "the sentence the batched decoder heard in the region alone"
+DEFAULTS = DecodeOptions()
 
 
 @dataclass
@@ -37,14 +39,20 @@ class Info:
 
 
 class FakeBatched:
-    """Answers each region with `answers[region]` (text, logprob), timestamps on the region."""
+    """First call: each region's `answers[region]` (text, logprob), timestamps on the region.
+    Later calls (regions decoded again alone): BATCHED_AGAIN for each requested window."""
 
     def __init__(self, answers: dict[Region, tuple[str, float]]) -> None:
         self.answers = answers
+        self.calls: list[list[dict[str, float]]] = []
 
     def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
+        self.calls.append(kwargs["clip_timestamps"])
+        answers = self.answers if len(self.calls) == 1 else {
+            (c["start"], c["end"]): (BATCHED_AGAIN, -0.2) for c in kwargs["clip_timestamps"]}
+
         def segments() -> Iterator[RawSegment]:
-            for (start, end), (text, logprob) in self.answers.items():
+            for (start, end), (text, logprob) in answers.items():
                 yield RawSegment(start, end, text, logprob)
 
         return segments(), Info()
@@ -61,13 +69,15 @@ class FakeSequential:
         return [RawSegment(0.0, len(audio) / SAMPLE_RATE_HZ, REDONE_TEXT)], Info()
 
 
-def run(answers: dict[Region, tuple[str, float]]) -> tuple[str, int, FakeSequential, list[float]]:
+def run(
+    answers: dict[Region, tuple[str, float]], options: DecodeOptions = DEFAULTS
+) -> tuple[str, int, FakeSequential, list[float]]:
     sequential = FakeSequential()
     transcriber = Transcriber.with_decoders(sequential, FakeBatched(answers))
     transcriber.find_utterances = lambda audio: list(REGIONS)  # type: ignore[method-assign]
     progress: list[float] = []
     audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
-    segments, _, redone = transcriber.transcribe(audio, DecodeOptions(), progress.append)
+    segments, _, redone = transcriber.transcribe(audio, options, progress.append)
     return " ".join(s.text for s in segments), redone, sequential, progress
 
 
@@ -118,3 +128,9 @@ def test_progress_moves_per_window_and_ends_at_the_chunk_length() -> None:
     _, _, _, progress = run(answers_with(GOOD[REGIONS[1]]))
     assert len(progress) > 2 and progress == sorted(progress)
     assert progress[-1] == 17.0
+
+
+def test_batched_redo_decodes_failing_regions_alone_in_one_batch() -> None:
+    text, redone, sequential, _ = run(answers_with("show"), DecodeOptions(batched_redo=True))
+    assert redone == 1 and sequential.calls == []
+    assert text == f"{GOOD[REGIONS[0]]} {BATCHED_AGAIN} {GOOD[REGIONS[2]]}"

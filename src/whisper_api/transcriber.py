@@ -100,9 +100,11 @@ class Transcriber:
         groups = assign(regions, segments)
         redo = self._regions_to_redo(regions, groups)
         redo_options = replace(options, language=options.language or language)
+        left = self._redo_batched(audio, regions, groups, redo, redo_options) \
+            if options.batched_redo else redo
         kept: list[Segment] = []
         for index, (region, group) in enumerate(zip(regions, groups, strict=True)):
-            if index in redo:
+            if index in left:
                 group = self._decode_alone(audio, region, redo_options)
             kept.extend(fit_to_region(region, [s for s in group if not _hallucinated(s)]))
         report(len(audio) / SAMPLE_RATE_HZ)
@@ -116,6 +118,22 @@ class Transcriber:
         vad = VadOptions(min_silence_duration_ms=300, speech_pad_ms=200, max_speech_duration_s=20)
         spans = get_speech_timestamps(audio, vad)
         return [(s["start"] / SAMPLE_RATE_HZ, s["end"] / SAMPLE_RATE_HZ) for s in spans]
+
+    def _redo_batched(
+        self, audio: np.ndarray, regions: list[Region], groups: list[list[Segment]],
+        redo: set[int], options: DecodeOptions,
+    ) -> set[int]:
+        """Decode the failing regions again each in its own window, in batches (beam 5); put
+        their answers into `groups` and return the regions that still fail."""
+        if not redo:
+            return redo
+        chosen = sorted(redo)
+        alone = [regions[i] for i in chosen]
+        segments, _ = self._decode(audio, alone, replace(options, beam_size=REDO_BEAM_SIZE),
+                                   _ignore)
+        for index, group in zip(chosen, assign(alone, segments), strict=True):
+            groups[index] = group
+        return {i for i in chosen if judge(regions[i], groups[i], LIMITS)}
 
     @staticmethod
     def _regions_to_redo(regions: list[Region], groups: list[list[Segment]]) -> set[int]:

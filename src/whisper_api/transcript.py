@@ -42,6 +42,9 @@ class DecodeOptions:
     beam_size: int = 1
     window_s: float = 12.0
     batch_size: int = 8
+    # Failing regions first decoded again alone in batches; only those still failing go to
+    # the sequential decoder one by one.
+    batched_redo: bool = False
 
 
 @dataclass(frozen=True)
