@@ -33,6 +33,7 @@ LOW_LOGPROB = -1.0
 LIMITS = RegionLimits()
 # The sequential decoder's own defaults for a region decoded again (faster-whisper transcribe).
 REDO_BEAM_SIZE = 5
+REDO_WINDOW_S = 10.0
 REDO_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 ProgressSink = Callable[[float], None]
 
@@ -102,6 +103,7 @@ class Transcriber:
         redo_options = replace(options, language=options.language or language)
         left = self._redo_batched(audio, regions, groups, redo, redo_options) \
             if options.batched_redo else redo
+        left = left if options.sequential_redo else set()
         kept: list[Segment] = []
         for index, (region, group) in enumerate(zip(regions, groups, strict=True)):
             if index in left:
@@ -123,15 +125,22 @@ class Transcriber:
         self, audio: np.ndarray, regions: list[Region], groups: list[list[Segment]],
         redo: set[int], options: DecodeOptions,
     ) -> set[int]:
-        """Decode the failing regions again each in its own window, in batches (beam 5); put
-        their answers into `groups` and return the regions that still fail."""
+        """Decode the failing regions again in short windows, in batches (beam 5); put their
+        answers into `groups` and return the regions that still fail.
+
+        Skips come in runs (the decoder stops early and drops the rest of a long window), so
+        neighbouring failing regions share a window of at most REDO_WINDOW_S: short windows
+        rarely skip, and each window costs a full 30 s encoder pass.
+        """
         if not redo:
             return redo
         chosen = sorted(redo)
-        alone = [regions[i] for i in chosen]
-        segments, _ = self._decode(audio, alone, replace(options, beam_size=REDO_BEAM_SIZE),
+        windows = [w for run in _runs(chosen) for w in
+                   pack_windows([regions[i] for i in run], REDO_WINDOW_S)]
+        segments, _ = self._decode(audio, windows, replace(options, beam_size=REDO_BEAM_SIZE),
                                    _ignore)
-        for index, group in zip(chosen, assign(alone, segments), strict=True):
+        for index, group in zip(chosen, assign([regions[i] for i in chosen], segments),
+                                strict=True):
             groups[index] = group
         return {i for i in chosen if judge(regions[i], groups[i], LIMITS)}
 
@@ -201,6 +210,17 @@ def pack_windows(regions: list[Region], window_s: float) -> list[Region]:
         else:
             windows.append((start, end))
     return windows
+
+
+def _runs(indices: list[int]) -> list[list[int]]:
+    """Sorted indices split into runs of consecutive ones."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
 
 
 def _ignore(_: float) -> None:

@@ -43,8 +43,9 @@ class DecodeOptions:
     window_s: float = 12.0
     batch_size: int = 8
     # Failing regions first decoded again alone in batches; only those still failing go to
-    # the sequential decoder one by one.
+    # the sequential decoder one by one (unless `sequential_redo` is off).
     batched_redo: bool = False
+    sequential_redo: bool = True
 
 
 @dataclass(frozen=True)
