@@ -100,19 +100,23 @@ class Transcriber:
         segments, language = self._decode(audio, windows, options, report)
         groups = assign(regions, segments)
         redo = self._regions_to_redo(regions, groups)
-        redo_options = replace(options, language=options.language or language)
-        left = self._redo_batched(audio, regions, groups, redo, redo_options) \
-            if options.batched_redo else redo
-        left = left if options.sequential_redo else set()
-        kept: list[Segment] = []
-        for index, (region, group) in enumerate(zip(regions, groups, strict=True)):
-            if index in left:
-                group = self._decode_alone(audio, region, redo_options)
-            kept.extend(fit_to_region(region, [s for s in group if not _hallucinated(s)]))
+        # The language found once is reused: a redo never detects it again.
+        self._repair(audio, regions, groups, redo,
+                     replace(options, language=options.language or language))
+        kept = [s for region, group in zip(regions, groups, strict=True)
+                for s in fit_to_region(region, [s for s in group if not _hallucinated(s)])]
         report(len(audio) / SAMPLE_RATE_HZ)
         if not options.word_timestamps:
             kept = [replace(s, words=()) for s in kept]
         return kept, language, len(redo)
+
+    def _repair(self, audio: np.ndarray, regions: list[Region], groups: list[list[Segment]],
+                redo: set[int], options: DecodeOptions) -> None:
+        """Replace the failing regions' groups with a new decoding of each region."""
+        left = self._redo_batched(audio, regions, groups, redo, options) \
+            if options.batched_redo else redo
+        for index in sorted(left) if options.sequential_redo else []:
+            groups[index] = self._decode_alone(audio, regions[index], options)
 
     def find_utterances(self, audio: np.ndarray) -> list[Region]:
         from faster_whisper.vad import VadOptions, get_speech_timestamps
