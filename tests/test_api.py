@@ -60,8 +60,8 @@ def test_openai_sdk(server: Server, jfk: Path) -> None:
         verbose = client.audio.transcriptions.create(
             model="whisper-1", file=audio, response_format="verbose_json",
             timestamp_granularities=["word"])
-    words = [w.word for w in verbose.words or []]
-    assert words[:4] == ["And", "so", "my", "fellow"]
+    words = [w.word.strip(",.").lower() for w in verbose.words or []]
+    assert words[:4] == ["and", "so", "my", "fellow"]
     assert verbose.duration == pytest.approx(11.0, abs=0.1)
     assert [m.id for m in client.models.list()][0] == "whisper-1"
 

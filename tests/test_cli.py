@@ -1,6 +1,7 @@
 """The console script as a user runs it: real processes, the real tiny.en model."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,11 @@ def test_transcribe_prints_srt_and_cleans_up(jfk: Path, tmp_path: Path) -> None:
     done = cli("transcribe", str(jfk), "--format", "srt", tmp=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("1\n00:00:00,")
-    assert "ask not what your country can do for you" in done.stdout
+    # Segments end at speech pauses, so a sentence may span cues: read the cues' words.
+    cue_lines = [line for line in done.stdout.splitlines()
+                 if line and "-->" not in line and not line.isdigit()]
+    spoken = " ".join(re.sub(r"[^a-z' ]", " ", " ".join(cue_lines).lower()).split())
+    assert "ask not what your country can do for you" in spoken
     assert "1/1 chunks" in done.stderr
     assert list((tmp_path / "temp").iterdir()) == []
 
@@ -37,7 +42,7 @@ def test_output_file_with_words(jfk: Path, tmp_path: Path) -> None:
     import json
 
     body = json.loads(out.read_text())
-    assert [w["word"] for w in body["words"]][:3] == ["And", "so", "my"]
+    assert [w["word"].strip(",.").lower() for w in body["words"]][:3] == ["and", "so", "my"]
     assert body["words"][-1]["end"] <= body["duration"] + 0.01
 
 
