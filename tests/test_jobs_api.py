@@ -84,7 +84,7 @@ def test_upload_job_streams_progress_and_matches_sync(server: Server, jfk: Path)
         sync = httpx.post(f"{server.url}/api/v1/transcribe", timeout=60,
                           files={"file": ("jfk.flac", handle)}, data={"format": "srt"})
     assert srt.status_code == 200 and srt.text == sync.text
-    assert "ask not what your country" in srt.text
+    assert "ask not" in srt.text and "what your country" in srt.text  # cues end at pauses
     as_json = httpx.get(f"{server.url}/api/v1/jobs/{job_id}/result?format=json").json()
     with jfk.open("rb") as handle:
         sync_json = httpx.post(f"{server.url}/api/v1/transcribe", timeout=60,
