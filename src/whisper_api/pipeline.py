@@ -82,7 +82,8 @@ class _ChunkTracker:
     def reporter(self, index: int) -> Callable[[float], None]:
         """Called on the executor's thread: hop to the event loop before touching state."""
         def report(done_s: float) -> None:
-            self._loop.call_soon_threadsafe(self._decoded, index, done_s)
+            if not self._loop.is_closed():  # a late report from a cancelled file's chunk
+                self._loop.call_soon_threadsafe(self._decoded, index, done_s)
 
         return report
 

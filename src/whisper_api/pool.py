@@ -249,8 +249,12 @@ class WorkerPool:
     def _report_progress(self, task_id: str, done_s: float) -> None:
         with self._lock:
             pending = self._running.get(task_id)
-        if pending is not None and pending.on_progress is not None:
+        if pending is None or pending.on_progress is None:
+            return
+        try:
             pending.on_progress(done_s)
+        except Exception:  # a caller's callback must never stop the supervisor thread
+            log.exception("progress callback for %s failed", task_id)
 
     def _finish(
         self,
