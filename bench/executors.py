@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from whisper_api.config import Settings
-from whisper_api.executors import ChunkExecutor, build_executor, worker_config
+from whisper_api.executors import ChunkExecutor, worker_config
 from whisper_api.executors.ray_actors import RayExecutor
 from whisper_api.pipeline import PRESETS
+from whisper_api.service import start_service
 from whisper_api.transcript import ChunkTask
 
 RAY_ACTORS = 2
@@ -44,15 +45,14 @@ def ray_installed() -> bool:
 
 @contextmanager
 def local_pool(settings: Settings) -> Iterator[tuple[ChunkExecutor, int]]:
-    """The pool `whisper-api serve` starts with these settings, models loaded."""
-    pool = build_executor(settings)
-    count = pool.stats().workers
-    pool.start()
+    """The pool `whisper-api serve` starts with these settings (start_service), models loaded."""
+    service = start_service(settings)
     try:
-        pool.wait_ready()
-        yield pool, count
+        service.executor.wait_ready()
+        yield service.executor, service.workers
     finally:
-        pool.stop()
+        service.close()
+        service.executor.stop()
 
 
 @contextmanager

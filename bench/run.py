@@ -1,12 +1,15 @@
 """Long-form speed and accuracy: whisper-api against faster-whisper's own pipelines, same run.
 
-Usage: python bench/run.py [--passes 3] [--seed 7] [--sweep] [--no-ray] [--overhead-chunks 40]
+Usage: python bench/run.py [--model tiny.en|base|DIR] [--passes 1 3] [--seeds 7 11] [--fan-out]
+                          [--sweep] [--no-ray] [--overhead-chunks 40] [--shared ../shared]
                           [--out bench/out]
-Builds a long file with shared/tools/make_long.py, then times (model load excluded everywhere):
-faster-whisper sequential `transcribe` (beam 5), `BatchedInferencePipeline` (batch 8), the per-clip
-oracle (each clip alone, beam 5), and whisper-api end to end (conversion included) per preset,
-on the local worker pool and (when Ray is installed) on Ray actors; then what one chunk costs to
-dispatch on each executor (bench/executors.py).
+For every (passes, seed) it builds a long file with shared/tools/make_long.py and times, in one
+process run (model load excluded everywhere): faster-whisper sequential `transcribe` (beam 5),
+`BatchedInferencePipeline` (batch 8), the per-clip oracle (each clip alone, beam 5), and
+whisper-api end to end (conversion included) per preset on the local worker pool (and, with
+--ray, on Ray actors); then what one chunk costs to dispatch on each executor (bench/executors.py).
+Every row: wall, x realtime, WER (references and hypotheses normalised alike: `normalise`) and,
+for ours, the speech regions the workers decoded again.
 """
 
 import argparse
@@ -35,18 +38,43 @@ from executors import (
 )
 from whisper_api.config import Settings
 from whisper_api.executors import ChunkExecutor
-from whisper_api.pipeline import PRESETS, Pipeline, TranscribeRequest
+from whisper_api.pipeline import MODEL_PRESETS, PRESETS, Pipeline, TranscribeRequest
 from whisper_api.sessions import SessionManager
 from whisper_api.transcriber import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = ROOT.parent / "shared"  # --shared overrides it (a git worktree has no sibling shared/)
+
+
+FILLERS = {"uh", "um", "er", "ah", "hmm", "mm", "uhm", "erm"}
 
 
 def normalise(text: str) -> str:
-    """Lower case, 'mr' spelled out, punctuation dropped: the usual English WER normalisation."""
-    text = re.sub(r"\bmr\b\.?", "mister", text.lower())
-    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text).split())
+    """English WER normalisation, applied to references and hypotheses alike.
+
+    Lower case; "mr"/"mrs"/"dr" spelled out; "%" as "percent"; numbers spelled out (num2words:
+    the corpus writes "1961" in one source and "nineteen sixty one" in another); hyphens as
+    spaces; other punctuation dropped; hesitations (uh, um, ...) dropped, since some references
+    keep them and others do not.
+    """
+    text = text.lower().replace("%", " percent").replace("-", " ")
+    for short, long in (("mr", "mister"), ("mrs", "missus"), ("dr", "doctor")):
+        text = re.sub(rf"\b{short}\b\.?", long, text)
+    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
+    text = re.sub(r"\d+(\.\d+)?", lambda m: " " + _spell(m.group()) + " ", text)
+    words = re.sub(r"[^a-z0-9' ]+", " ", text.replace("-", " ")).split()
+    return " ".join(w.strip("'") for w in words if w.strip("'") not in FILLERS)
+
+
+def _spell(number: str) -> str:
+    from num2words import num2words
+
+    if "." in number:
+        return str(num2words(float(number)))
+    value = int(number)
+    # A four-digit number in running speech is mostly a year: "nineteen sixty-one".
+    spoken = num2words(value, to="year") if 1100 <= value < 2100 else num2words(value)
+    return str(spoken).replace(",", "")
 
 
 def wer_percent(reference: str, hypothesis: str) -> float:
@@ -55,6 +83,8 @@ def wer_percent(reference: str, hypothesis: str) -> float:
 
 def build_long(out: Path, passes: int, seed: int) -> tuple[Path, str]:
     prefix = out / f"long_{passes}_{seed}"
+    if not prefix.with_suffix(".txt").exists():
+        prefix.with_suffix(".wav").unlink(missing_ok=True)
     if not prefix.with_suffix(".wav").exists():
         subprocess.run([sys.executable, str(SHARED / "tools" / "make_long.py"),
                         str(SHARED / "audio"), str(prefix), str(passes), str(seed)], check=True)
@@ -73,31 +103,34 @@ def clip_order(reference: str) -> list[Path]:
     return order
 
 
-def timed(fn: Callable[[], str]) -> tuple[float, str]:
+Row = tuple[float, str, int]  # wall seconds, text, regions decoded again
+
+
+def timed(fn: Callable[[], tuple[str, int]]) -> Row:
     started = time.perf_counter()
-    text = fn()
-    return time.perf_counter() - started, text
+    text, redone = fn()
+    return time.perf_counter() - started, text, redone
 
 
-def baselines(wav: Path, reference: str, threads: int) -> dict[str, tuple[float, str]]:
-    model = WhisperModel(resolve_model("tiny.en"), device="cpu", compute_type="int8",
+def baselines(wav: Path, reference: str, threads: int, model_name: str) -> "Rows":
+    model = WhisperModel(resolve_model(model_name), device="cpu", compute_type="int8",
                          cpu_threads=threads)
     batched = BatchedInferencePipeline(model)
 
-    def sequential() -> str:
+    def sequential() -> tuple[str, int]:
         segments, _ = model.transcribe(str(wav), language="en", beam_size=5)
-        return " ".join(s.text for s in segments)
+        return " ".join(s.text for s in segments), 0
 
-    def batch() -> str:
+    def batch() -> tuple[str, int]:
         segments, _ = batched.transcribe(str(wav), language="en", batch_size=8)
-        return " ".join(s.text for s in segments)
+        return " ".join(s.text for s in segments), 0
 
     clips = [decode_audio(str(p)) for p in clip_order(reference)]
 
-    def oracle() -> str:
+    def oracle() -> tuple[str, int]:
         return " ".join(
             s.text for clip in clips for s in model.transcribe(clip, language="en", beam_size=5)[0]
-        )
+        ), 0
 
     return {
         "faster-whisper sequential (beam 5)": timed(sequential),
@@ -107,20 +140,20 @@ def baselines(wav: Path, reference: str, threads: int) -> dict[str, tuple[float,
 
 
 Variant = str | dict[str, float]
-Rows = dict[str, tuple[float, str]]
+Rows = dict[str, Row]
 
 
-def ours(wav: Path, out: Path, variants: dict[str, Variant],
-         overhead_chunks: int) -> tuple[Rows, Overhead]:
-    settings = Settings(temp_dir=out / "temp", whisper_model="tiny.en")  # as the baselines
+def ours(wav: Path, out: Path, variants: dict[str, Variant], overhead_chunks: int,
+         model: str) -> tuple[Rows, Overhead]:
+    settings = Settings(temp_dir=out / "temp", whisper_model=model)
     with local_pool(settings) as (pool, count):
         rows = run_variants(settings, pool, count, wav, variants)
         overhead = measure_overhead(pool, count, out, overhead_chunks)
     return rows, overhead
 
 
-def on_ray(wav: Path, out: Path, overhead_chunks: int) -> tuple[Rows, Overhead]:
-    settings = Settings(temp_dir=out / "temp", whisper_model="tiny.en")  # as the baselines
+def on_ray(wav: Path, out: Path, overhead_chunks: int, model: str) -> tuple[Rows, Overhead]:
+    settings = Settings(temp_dir=out / "temp", whisper_model=model)
     with ray_executor(settings) as (executor, count):
         rows = run_variants(settings, executor, count, wav, {RAY_LABEL: "accurate"})
         overhead = measure_overhead(executor, count, out, overhead_chunks)
@@ -130,10 +163,10 @@ def on_ray(wav: Path, out: Path, overhead_chunks: int) -> tuple[Rows, Overhead]:
 def on_executors(wav: Path, args: argparse.Namespace,
                  variants: dict[str, Variant]) -> tuple[Rows, dict[str, Overhead]]:
     """The local pool, then (with --ray) Ray actors: one after the other, never competing."""
-    rows, overhead = ours(wav, args.out, variants, args.overhead_chunks)
+    rows, overhead = ours(wav, args.out, variants, args.overhead_chunks, args.model)
     overheads = {"local pool": overhead}
     if args.ray:
-        ray_rows, overheads["Ray"] = on_ray(wav, args.out, args.overhead_chunks)
+        ray_rows, overheads["Ray"] = on_ray(wav, args.out, args.overhead_chunks, args.model)
         rows.update(ray_rows)
     return rows, overheads
 
@@ -152,10 +185,11 @@ def run_variants(settings: Settings, executor: ChunkExecutor, workers: int, wav:
 
 
 async def _run(settings: Settings, executor: ChunkExecutor, workers: int, wav: Path,
-               variant: str | dict[str, float]) -> str:
+               variant: str | dict[str, float]) -> tuple[str, int]:
     sessions = SessionManager(settings.temp_dir, 24)
     if isinstance(variant, dict):
-        PRESETS["sweep"] = dataclasses.replace(PRESETS["accurate"], **variant)  # type: ignore[arg-type]
+        for table in (PRESETS, *MODEL_PRESETS.values()):
+            table["sweep"] = dataclasses.replace(table["accurate"], **variant)  # type: ignore[arg-type]
         preset = "sweep"
     else:
         preset = variant
@@ -163,19 +197,22 @@ async def _run(settings: Settings, executor: ChunkExecutor, workers: int, wav: P
     with sessions.session() as session:
         pipeline = Pipeline(settings, executor, workers)
         transcript = await pipeline.transcribe(wav, session, request)
-    return transcript.text
+    return transcript.text, int(transcript.extra.get("redone_regions", 0))  # type: ignore[call-overload]
 
 
-def report(
-    rows: dict[str, tuple[float, str]], reference: str, duration_s: float, out: Path
-) -> None:
-    print(f"\n{'pipeline':44s} {'wall s':>8s} {'x realtime':>11s} {'WER %':>7s}")
-    table = []
-    for label, (seconds, text) in rows.items():
+def report(rows: Rows, reference: str, duration_s: float, name: str, out: Path) -> list[str]:
+    """Prints the table and returns it as markdown rows for docs/benchmarks.md."""
+    print(f"\n{name}: {duration_s:.1f} s")
+    print(f"{'pipeline':44s} {'wall s':>8s} {'x realtime':>11s} {'WER %':>7s} {'redone':>7s}")
+    table, markdown = [], []
+    for label, (seconds, text, redone) in rows.items():
         wer = wer_percent(reference, text)
         table.append((label, seconds, duration_s / seconds, wer))
-        print(f"{label:44s} {seconds:8.2f} {duration_s / seconds:11.1f} {wer:7.1f}")
-    plot(table, out / "benchmark.png")
+        print(f"{label:44s} {seconds:8.2f} {duration_s / seconds:11.1f} {wer:7.1f} {redone:7d}")
+        markdown.append(f"| {name} | {label} | {seconds:.1f} | {duration_s / seconds:.1f} | "
+                        f"{wer:.1f} | {redone if label.startswith('whisper-api') else ''} |")
+    plot(table, out / f"benchmark_{name}.png")
+    return markdown
 
 
 def plot(table: list[tuple[str, float, float, float]], path: Path) -> None:
@@ -197,34 +234,57 @@ def plot(table: list[tuple[str, float, float, float]], path: Path) -> None:
 
 
 def main() -> None:
+    global SHARED
+    args = parse_args()
+    SHARED = args.shared
+    args.out.mkdir(parents=True, exist_ok=True)
+    model_label = Path(args.model).name
+    print(f"{os.cpu_count()} cores, {model_label} int8")
+    markdown = ["| file | pipeline | wall s | x realtime | WER % | redone regions |",
+                "| --- | --- | ---: | ---: | ---: | ---: |"]
+    overheads: dict[str, Overhead] = {}
+    for passes in args.passes:
+        for seed in args.seeds:
+            wav, reference = build_long(args.out, passes, seed)
+            duration_s = len(decode_audio(str(wav))) / 16000
+            rows = baselines(wav, reference, os.cpu_count() or 1, args.model)
+            our_rows, overheads = on_executors(wav, args, variants(args))
+            rows.update(our_rows)
+            name = f"{model_label}_{passes}x_seed{seed}"
+            markdown += report(rows, reference, duration_s, name, args.out)
+    print("\n" + "\n".join(markdown))
+    report_overheads(overheads)
+
+
+def variants(args: argparse.Namespace) -> dict[str, Variant]:
+    chosen: dict[str, Variant] = {"whisper-api accurate": "accurate", "whisper-api fast": "fast"}
+    if args.fan_out:
+        chosen |= {"whisper-api accurate, fan-out": "accurate", "whisper-api fast, fan-out": "fast"}
+    if args.sweep:
+        for window in (12.0, 20.0, 29.0):
+            for beam in (1, 5):
+                chosen[f"sweep window {window:.0f}s beam {beam}"] = {
+                    "window_s": window, "beam_size": beam}
+    return chosen
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--passes", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--sweep", action="store_true", help="also try decoder window sizes")
+    parser.add_argument("--model", default="tiny.en",
+                        help="tiny.en, or a model directory (its name picks the presets)")
+    parser.add_argument("--passes", type=int, nargs="+", default=[1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 11])
+    parser.add_argument("--fan-out", action="store_true",
+                        help="also force the parallel path (60 s chunks) for each preset")
+    parser.add_argument("--sweep", action="store_true", help="also try window sizes and beams")
     parser.add_argument("--ray", action=argparse.BooleanOptionalAction, default=ray_installed(),
                         help="also run on Ray actors (default: when Ray is installed)")
     parser.add_argument("--overhead-chunks", type=int, default=40,
                         help="silent chunks per executor for the dispatch overhead")
+    parser.add_argument("--shared", type=Path, default=SHARED,
+                        help="the shared folder with audio/ and tools/make_long.py")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    wav, reference = build_long(args.out, args.passes, args.seed)
-    duration_s = len(decode_audio(str(wav))) / 16000
-    print(f"{wav.name}: {duration_s:.1f} s, {os.cpu_count()} cores, tiny.en int8")
-    variants: dict[str, str | dict[str, float]] = {
-        "whisper-api accurate": "accurate", "whisper-api fast": "fast",
-        "whisper-api accurate, fan-out": "accurate", "whisper-api fast, fan-out": "fast",
-    }
-    if args.sweep:
-        for window in (8.0, 12.0, 16.0, 22.0, 29.0):
-            for coverage in (0.3, 0.6):
-                variants[f"sweep window {window:.0f}s coverage {coverage}"] = {
-                    "window_s": window, "coverage_min": coverage}
-    rows = baselines(wav, reference, os.cpu_count() or 1)
-    our_rows, overheads = on_executors(wav, args, variants)
-    rows.update(our_rows)
-    report(rows, reference, duration_s, args.out)
-    report_overheads(overheads)
+    return parser.parse_args()
 
 
 if __name__ == "__main__":

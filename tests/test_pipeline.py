@@ -73,6 +73,18 @@ def test_long_file_fans_out_and_merges_in_order(
     assert done == sorted(done) and done[-1] == t.extra["chunks"]
 
 
+def test_one_chunk_file_progress_moves_before_the_chunk_is_done(
+    pool: WorkerPool, long_speech: Path, tmp_path: Path
+) -> None:
+    transcript, progress = run(pool, long_speech, tmp_path)
+    assert transcript.extra["chunks"] == 1
+    assert isinstance(transcript.extra["redone_regions"], int)
+    inside = [p for p in progress if p.stage == "transcribing" and p.chunks_done == 0]
+    assert any(0 < p.audio_done_s < transcript.duration_s for p in inside)
+    done = [p.audio_done_s for p in progress if p.stage == "transcribing"]
+    assert done == sorted(done)
+
+
 def test_bad_media_leaves_no_session(pool: WorkerPool, tmp_path: Path) -> None:
     bogus = tmp_path / "x.mp3"
     bogus.write_text("not audio")

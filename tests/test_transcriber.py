@@ -1,36 +1,136 @@
-"""The worker's decoding plan: packing utterances into windows and choosing what to redo."""
+"""The worker's decoding plan: packing regions into windows, judging each region by what came back
+for it, and decoding a failing one again alone (fake decoders: the test is about the plan)."""
 
-from whisper_api.transcriber import is_covered, pack_windows, split_for_redo
-from whisper_api.transcript import Segment
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from whisper_api.regions import Region
+from whisper_api.transcriber import SAMPLE_RATE_HZ, Transcriber, pack_windows
+from whisper_api.transcript import DecodeOptions
+
+REGIONS: list[Region] = [(0.0, 4.0), (5.0, 12.0), (13.0, 16.0)]
+GOOD = {
+    REGIONS[0]: "It was a bright cold day in April.",
+    REGIONS[1]: "And the clocks were striking thirteen as Winston hurried home through the wind.",
+    REGIONS[2]: "The hallway smelt of boiled cabbage.",
+}
+REDONE_TEXT = "the sentence the sequential decoder heard in the region again"
+BATCHED_AGAIN = "the sentence the batched decoder heard in the region alone"
+DEFAULTS = DecodeOptions()
 
 
-def seg(start: float, end: float, text: str = "x") -> Segment:
-    return Segment(start, end, text)
+@dataclass
+class RawSegment:
+    start: float
+    end: float
+    text: str
+    avg_logprob: float = -0.2
+    no_speech_prob: float = 0.01
+    words: None = None
+
+
+@dataclass
+class Info:
+    language: str = "en"
+
+
+class FakeBatched:
+    """First call: each region's `answers[region]` (text, logprob), timestamps on the region.
+    Later calls (regions decoded again alone): BATCHED_AGAIN for each requested window."""
+
+    def __init__(self, answers: dict[Region, tuple[str, float]]) -> None:
+        self.answers = answers
+        self.calls: list[list[dict[str, float]]] = []
+
+    def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
+        self.calls.append(kwargs["clip_timestamps"])
+        answers = self.answers if len(self.calls) == 1 else {
+            (c["start"], c["end"]): (BATCHED_AGAIN, -0.2) for c in kwargs["clip_timestamps"]}
+
+        def segments() -> Iterator[RawSegment]:
+            for (start, end), (text, logprob) in answers.items():
+                yield RawSegment(start, end, text, logprob)
+
+        return segments(), Info()
+
+
+class FakeSequential:
+    """Records every region it is asked to decode again; answers with a full sentence."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, dict[str, Any]]] = []
+
+    def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[list[RawSegment], Info]:
+        self.calls.append((len(audio), kwargs))
+        return [RawSegment(0.0, len(audio) / SAMPLE_RATE_HZ, REDONE_TEXT)], Info()
+
+
+def run(
+    answers: dict[Region, tuple[str, float]], options: DecodeOptions = DEFAULTS
+) -> tuple[str, int, FakeSequential, list[float]]:
+    sequential = FakeSequential()
+    transcriber = Transcriber.with_decoders(sequential, FakeBatched(answers))
+    transcriber.find_utterances = lambda audio: list(REGIONS)  # type: ignore[method-assign]
+    progress: list[float] = []
+    audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
+    segments, _, redone = transcriber.transcribe(audio, options, progress.append)
+    return " ".join(s.text for s in segments), redone, sequential, progress
+
+
+def answers_with(middle: str, logprob: float = -0.2) -> dict[Region, tuple[str, float]]:
+    return {
+        REGIONS[0]: (GOOD[REGIONS[0]], -0.2), REGIONS[1]: (middle, logprob),
+        REGIONS[2]: (GOOD[REGIONS[2]], -0.2),
+    }
 
 
 def test_pack_windows_merges_while_the_span_fits() -> None:
-    utterances = [(0.0, 4.0), (5.0, 9.0), (10.0, 13.0), (20.0, 21.0)]
-    assert pack_windows(utterances, 12.0) == [(0.0, 9.0), (10.0, 21.0)]
-    assert pack_windows(utterances, 3.0) == utterances
+    regions = [(0.0, 4.0), (5.0, 9.0), (10.0, 13.0), (20.0, 21.0)]
+    assert pack_windows(regions, 12.0) == [(0.0, 9.0), (10.0, 21.0)]
+    assert pack_windows(regions, 3.0) == regions
 
 
-def test_is_covered_by_share_of_the_utterance() -> None:
-    assert is_covered((0.0, 10.0), [seg(0.0, 7.0)], 0.6)
-    assert not is_covered((0.0, 10.0), [seg(0.0, 5.0)], 0.6)
-    assert is_covered((0.0, 10.0), [seg(0.0, 3.0), seg(4.0, 7.0)], 0.6)
+def test_trusted_regions_are_not_decoded_again() -> None:
+    text, redone, sequential, _ = run(answers_with(GOOD[REGIONS[1]]))
+    assert redone == 0 and sequential.calls == []
+    assert text == " ".join(GOOD.values())
 
 
-def test_redo_takes_every_utterance_a_dropped_segment_touched() -> None:
-    # The decoder put "A B" in one segment spanning utterances a and b, then skipped c.
-    a, b, c, d = (0.0, 4.0), (4.5, 8.0), (8.5, 12.0), (13.0, 15.0)
-    segments = [seg(0.0, 8.6, "A B"), seg(13.0, 15.0, "D")]
-    kept, redo = split_for_redo([a, b, c, d], segments, missing=[c])
-    # Dropping "A B" (it overlaps c) would lose A and B unless a and b are decoded again too.
-    assert redo == [a, b, c]
-    assert kept == [segments[1]]
+@pytest.mark.parametrize("middle, logprob", [
+    pytest.param("show", -0.2, id="a 7 s sentence came back as one word"),
+    pytest.param("", -0.2, id="dropped"),
+    pytest.param("as never been surpassed " * 4, -0.2, id="tail of the previous, repeated"),
+    pytest.param(GOOD[REGIONS[1]], -1.6, id="the decoder was unsure"),
+])
+def test_a_failing_region_is_decoded_again_alone(middle: str, logprob: float) -> None:
+    text, redone, sequential, _ = run(answers_with(middle, logprob))
+    assert redone == 1
+    [(samples, kwargs)] = sequential.calls
+    assert samples == 7 * SAMPLE_RATE_HZ  # the region alone
+    assert kwargs["beam_size"] == 5 and len(kwargs["temperature"]) > 1
+    assert text == f"{GOOD[REGIONS[0]]} {REDONE_TEXT} {GOOD[REGIONS[2]]}"
 
 
-def test_redo_leaves_untouched_segments_alone() -> None:
-    a, b = (0.0, 4.0), (6.0, 9.0)
-    segments = [seg(0.0, 4.0, "A")]
-    assert split_for_redo([a, b], segments, missing=[b]) == (segments, [b])
+def test_a_segment_shared_with_a_failing_region_takes_its_other_region_along() -> None:
+    # One segment holds region 0's sentence but its times spill into region 1, which failed.
+    answers = {(0.0, 6.0): (GOOD[REGIONS[0]], -0.2), (6.0, 12.0): ("show", -0.2),
+               REGIONS[2]: (GOOD[REGIONS[2]], -0.2)}
+    text, redone, sequential, _ = run(answers)
+    assert redone == 2 and len(sequential.calls) == 2
+    assert text == f"{REDONE_TEXT} {REDONE_TEXT} {GOOD[REGIONS[2]]}"
+
+
+def test_progress_moves_per_window_and_ends_at_the_chunk_length() -> None:
+    _, _, _, progress = run(answers_with(GOOD[REGIONS[1]]))
+    assert len(progress) > 2 and progress == sorted(progress)
+    assert progress[-1] == 17.0
+
+
+def test_batched_redo_decodes_failing_regions_alone_in_one_batch() -> None:
+    text, redone, sequential, _ = run(answers_with("show"), DecodeOptions(batched_redo=True))
+    assert redone == 1 and sequential.calls == []
+    assert text == f"{GOOD[REGIONS[0]]} {BATCHED_AGAIN} {GOOD[REGIONS[2]]}"

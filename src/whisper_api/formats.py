@@ -48,6 +48,8 @@ def to_verbose_json(t: Transcript) -> dict[str, Any]:
         "duration": round(t.duration_s, 3),
         "text": t.text, "segments": segments,
     }
+    if "redone_regions" in t.extra:  # speech regions the worker decoded again (quality signal)
+        body["redone_regions"] = t.extra["redone_regions"]
     words = [(bare_word(w.word), w) for s in t.segments for w in s.words]
     if words:
         body["words"] = [

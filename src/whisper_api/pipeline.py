@@ -20,11 +20,27 @@ log = logging.getLogger(__name__)
 CONVERTED_NAME = "audio_16k.wav"  # the converted audio in a session's download/ folder
 SPACE_FACTOR = 2.0  # the converted WAV and, for long files, its chunk copies
 
-# Measured on the long dev and held-out files (docs/benchmarks.md).
+# Measured per model (tiny.en, base) on long files built from the shared corpus
+# (docs/benchmarks.md): windows filled to ~30 s (the encoder's fixed input); beam 5 costs little
+# in a batch and wins WER; failing regions are first decoded again in short windows in one batch.
+# `accurate` then gives what still fails to the sequential decoder (temperature fallback);
+# `fast` keeps the batched answer.
 PRESETS: dict[str, DecodeOptions] = {
-    "accurate": DecodeOptions(window_s=12.0, beam_size=1, coverage_min=0.6),
-    "fast": DecodeOptions(window_s=22.0, beam_size=1, coverage_min=0.6, batch_size=8),
+    "accurate": DecodeOptions(window_s=29.0, beam_size=5, batch_size=8, batched_redo=True),
+    "fast": DecodeOptions(window_s=29.0, beam_size=5, batch_size=8, batched_redo=True,
+                          sequential_redo=False),
 }
+# Models whose measurements chose other settings than PRESETS (matched by model name): none
+# so far; tiny.en and base were both measured and both chose PRESETS.
+MODEL_PRESETS: dict[str, dict[str, DecodeOptions]] = {
+    "tiny.en": PRESETS, "base": PRESETS,
+}
+
+
+def preset_options(model: str, preset: str) -> DecodeOptions:
+    """A preset's decoding options for a model: a size name, or a directory named after one."""
+    name = Path(model).name
+    return MODEL_PRESETS.get(name, PRESETS)[preset]
 
 
 @dataclass(frozen=True)
@@ -56,12 +72,50 @@ def _ignore(_: Progress) -> None:
     return None
 
 
+class _ChunkTracker:
+    """Audio decoded so far across a file's chunks: finished chunks count whole, running ones
+    by what their worker reported (per decoded window), so one-chunk files move too."""
+
+    def __init__(self, tasks: list[ChunkTask], duration_s: float, on_progress: ProgressCallback,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._tasks, self._duration_s, self._on_progress = tasks, duration_s, on_progress
+        self._loop = loop
+        self._decoded_s = [0.0] * len(tasks)
+        self._done = [False] * len(tasks)
+
+    def reporter(self, index: int) -> Callable[[float], None]:
+        """Called on the executor's thread: hop to the event loop before touching state."""
+        def report(done_s: float) -> None:
+            if not self._loop.is_closed():  # a late report from a cancelled file's chunk
+                self._loop.call_soon_threadsafe(self._decoded, index, done_s)
+
+        return report
+
+    def _decoded(self, index: int, done_s: float) -> None:
+        if not self._done[index]:
+            self._decoded_s[index] = min(max(done_s, 0.0), self._tasks[index].duration_s)
+            self.publish()
+
+    def chunks_done(self, done: list[bool]) -> None:
+        self._done = done
+        self.publish()
+
+    def publish(self) -> None:
+        decoded_s = sum(
+            t.duration_s if finished else partial
+            for t, finished, partial in zip(self._tasks, self._done, self._decoded_s, strict=True)
+        )
+        self._on_progress(Progress("transcribing", sum(self._done), len(self._tasks),
+                                   min(decoded_s, self._duration_s), self._duration_s))
+
+
 class Pipeline:
     def __init__(self, settings: Settings, executor: ChunkExecutor, workers: int) -> None:
         self._settings, self._executor, self._workers = settings, executor, workers
 
     def decode_options(self, request: TranscribeRequest) -> DecodeOptions:
-        base = PRESETS[request.preset or self._settings.transcribe_preset]
+        base = preset_options(request.model or self._settings.whisper_model,
+                              request.preset or self._settings.transcribe_preset)
         return replace(
             base, language=request.language, task=request.task,
             word_timestamps=request.word_timestamps, initial_prompt=request.initial_prompt,
@@ -105,7 +159,8 @@ class Pipeline:
                  language)
         elapsed = time.perf_counter() - started
         extra = {"processing_time": round(elapsed, 3), "mode": mode, "chunks": len(spans),
-                 "task": request.task}
+                 "task": request.task,
+                 "redone_regions": sum(r.redone_utterances for r in results)}
         return Transcript(join_text(segments), tuple(segments), language, duration_s, extra,
                           round(probability, 4))
 
@@ -153,15 +208,16 @@ class Pipeline:
     async def _run(
         self, tasks: list[ChunkTask], duration_s: float, on_progress: ProgressCallback
     ) -> list[ChunkResult]:
-        futures = [asyncio.wrap_future(self._executor.submit(t)) for t in tasks]
-        on_progress(Progress("transcribing", 0, len(tasks), 0.0, duration_s))
-        done = 0
+        tracker = _ChunkTracker(tasks, duration_s, on_progress, asyncio.get_running_loop())
+        futures = [
+            asyncio.wrap_future(self._executor.submit(t, tracker.reporter(i)))
+            for i, t in enumerate(tasks)
+        ]
+        tracker.publish()
         try:
             for finished in asyncio.as_completed(futures):
                 await finished
-                done += 1
-                done_s = sum(t.duration_s for t, f in zip(tasks, futures, strict=True) if f.done())
-                on_progress(Progress("transcribing", done, len(tasks), done_s, duration_s))
+                tracker.chunks_done([f.done() for f in futures])
             return [f.result() for f in futures]
         finally:
             if any(not f.done() for f in futures):

@@ -5,14 +5,20 @@ Language detection (`Transcriber.detect_language`) looks at up to six 30 s windo
 file that opens with music or silence, or with a foreign-language jingle, is still detected by
 what most of its speech is. The pipeline runs it once per file and gives every chunk its answer.
 
-Decoding strategy (measured in docs/benchmarks.md): Silero VAD splits the chunk into utterances,
-neighbouring utterances are packed into decoder windows of at most `window_s` seconds and decoded
-in one batch with timestamps. tiny.en sometimes skips a whole sentence inside a window; an
-utterance that the returned timestamps do not cover is decoded again on its own.
+Decoding strategy (measured in docs/benchmarks.md): Silero VAD splits the chunk into speech
+regions (utterances), neighbouring regions are packed into decoder windows of at most `window_s`
+seconds and decoded in batches with timestamps. Each region is then judged by what came back for
+it (regions.judge: word rate, compression, log-probability, repeated n-grams): tiny.en sometimes
+skips or garbles a whole sentence inside a window while its timestamps still cover it. A failing
+region is decoded again alone by the sequential decoder (beam 5, temperature fallback), and every
+segment's times are fitted inside its region.
 """
 
 import logging
 import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ from whisper_api.chunking import spread_regions
 from whisper_api.errors import ModelNotFoundError
 from whisper_api.executors.base import WorkerConfig
 from whisper_api.models import resolve_model
+from whisper_api.regions import Region, RegionLimits, assign, fit_to_region, judge, redo_set
 from whisper_api.transcript import DecodeOptions, Segment, Word
 
 __all__ = ["ModelSet", "Transcriber", "resolve_model"]
@@ -33,6 +40,12 @@ MIN_DETECT_SPEECH_S = 1.0
 # Whisper's own guard against hallucinations on silence (openai/whisper transcribe.py).
 NO_SPEECH_PROB = 0.6
 LOW_LOGPROB = -1.0
+LIMITS = RegionLimits()
+# The sequential decoder's own defaults for a region decoded again (faster-whisper transcribe).
+REDO_BEAM_SIZE = 5
+REDO_WINDOW_S = 10.0
+REDO_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+ProgressSink = Callable[[float], None]
 
 
 class Transcriber:
@@ -56,23 +69,47 @@ class Transcriber:
             ) from exc
         self._batched = BatchedInferencePipeline(self._model)
 
-    def transcribe(
-        self, audio: np.ndarray, options: DecodeOptions
-    ) -> tuple[list[Segment], str, int]:
-        """Segments (relative to `audio`), the language, and how many utterances were redone."""
-        utterances = self.find_utterances(audio)
-        if not utterances:
-            return [], options.language or "en", 0
-        windows = pack_windows(utterances, options.window_s)
-        segments, language = self._decode(audio, windows, options, with_timestamps=True)
-        missing = [u for u in utterances if not is_covered(u, segments, options.coverage_min)]
-        if missing:
-            kept, missing = split_for_redo(utterances, segments, missing)
-            redone, _ = self._decode(audio, missing, options, with_timestamps=False)
-            segments = sorted([*kept, *redone], key=lambda s: s.start)
-        return [s for s in segments if not _hallucinated(s)], language, len(missing)
+    @classmethod
+    def with_decoders(cls, model: Any, batched: Any) -> "Transcriber":
+        """A transcriber around given decoders (a test seam: fakes that skip or garble)."""
+        transcriber = cls.__new__(cls)
+        transcriber._model, transcriber._batched = model, batched
+        return transcriber
 
-    def find_utterances(self, audio: np.ndarray) -> list[tuple[float, float]]:
+    def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions, on_progress: ProgressSink | None = None
+    ) -> tuple[list[Segment], str, int]:
+        """Segments (relative to `audio`), the language, and how many regions were redone.
+
+        `on_progress` receives how many seconds of `audio` are decoded, once per decoded window.
+        """
+        report = on_progress or _ignore
+        regions = self.find_utterances(audio)
+        if not regions:
+            return [], options.language or "en", 0
+        windows = pack_windows(regions, options.window_s)
+        segments, language = self._decode(audio, windows, options, report)
+        groups = assign(regions, segments)
+        redo = self._regions_to_redo(regions, groups)
+        # The language found once is reused: a redo never detects it again.
+        self._repair(audio, regions, groups, redo,
+                     replace(options, language=options.language or language))
+        kept = [s for region, group in zip(regions, groups, strict=True)
+                for s in fit_to_region(region, [s for s in group if not _hallucinated(s)])]
+        report(len(audio) / SAMPLE_RATE_HZ)
+        if not options.word_timestamps:
+            kept = [replace(s, words=()) for s in kept]
+        return kept, language, len(redo)
+
+    def _repair(self, audio: np.ndarray, regions: list[Region], groups: list[list[Segment]],
+                redo: set[int], options: DecodeOptions) -> None:
+        """Replace the failing regions' groups with a new decoding of each region."""
+        left = self._redo_batched(audio, regions, groups, redo, options) \
+            if options.batched_redo else redo
+        for index in sorted(left) if options.sequential_redo else []:
+            groups[index] = self._decode_alone(audio, regions[index], options)
+
+    def find_utterances(self, audio: np.ndarray) -> list[Region]:
         from faster_whisper.vad import VadOptions, get_speech_timestamps
 
         vad = VadOptions(min_silence_duration_ms=300, speech_pad_ms=200, max_speech_duration_s=20)
@@ -112,28 +149,84 @@ class Transcriber:
                         if len(speech) - i >= MIN_DETECT_SPEECH_S * SAMPLE_RATE_HZ]
         return pick_spread(windows, DETECT_WINDOWS)
 
+    def _redo_batched(
+        self, audio: np.ndarray, regions: list[Region], groups: list[list[Segment]],
+        redo: set[int], options: DecodeOptions,
+    ) -> set[int]:
+        """Decode the failing regions again in short windows, in batches (beam 5); put their
+        answers into `groups` and return the regions that still fail.
+
+        Skips come in runs (the decoder stops early and drops the rest of a long window), so
+        neighbouring failing regions share a window of at most REDO_WINDOW_S: short windows
+        rarely skip, and each window costs a full 30 s encoder pass.
+        """
+        if not redo:
+            return redo
+        chosen = sorted(redo)
+        windows = [w for run in _runs(chosen) for w in
+                   pack_windows([regions[i] for i in run], REDO_WINDOW_S)]
+        segments, _ = self._decode(audio, windows, replace(options, beam_size=REDO_BEAM_SIZE),
+                                   _ignore)
+        for index, group in zip(chosen, assign([regions[i] for i in chosen], segments),
+                                strict=True):
+            groups[index] = group
+        return {i for i in chosen if judge(regions[i], groups[i], LIMITS)}
+
+    @staticmethod
+    def _regions_to_redo(regions: list[Region], groups: list[list[Segment]]) -> set[int]:
+        verdicts = [judge(r, g, LIMITS) for r, g in zip(regions, groups, strict=True)]
+        failing = {i for i, verdict in enumerate(verdicts) if verdict}
+        if failing:
+            log.debug("regions to redo: %s", Counter(v for v in verdicts if v))
+        return redo_set(regions, groups, failing)
+
     def _decode(
-        self,
-        audio: np.ndarray,
-        clips: list[tuple[float, float]],
-        options: DecodeOptions,
-        with_timestamps: bool,
+        self, audio: np.ndarray, windows: list[Region], options: DecodeOptions,
+        report: ProgressSink,
     ) -> tuple[list[Segment], str]:
         raw, info = self._batched.transcribe(
             audio,
             language=options.language,
             task=options.task,
-            clip_timestamps=[{"start": a, "end": b} for a, b in clips],
+            clip_timestamps=[{"start": a, "end": b} for a, b in windows],
             vad_filter=False,
             batch_size=options.batch_size,
             beam_size=options.beam_size,
             temperature=options.temperature,
             initial_prompt=options.initial_prompt,
-            word_timestamps=options.word_timestamps,
-            without_timestamps=not with_timestamps,
+            # Words always: they cut a window's text at region boundaries. No timestamp tokens:
+            # in batched mode faster-whisper drops the text after a window's last timestamp
+            # pair (it would seek there sequentially; batched windows never seek).
+            word_timestamps=True,
+            without_timestamps=True,
         )
-        # Materialise here: generators must never cross a process boundary.
-        return [_segment(s) for s in raw if s.text.strip()], info.language
+        # Materialise here: generators must never cross a process boundary. The generator
+        # decodes one batch of windows at a time, so its segments are the progress.
+        segments = []
+        for segment in raw:
+            report(float(segment.end))
+            if segment.text.strip():
+                segments.append(_segment(segment))
+        return segments, info.language
+
+    def _decode_alone(
+        self, audio: np.ndarray, region: Region, options: DecodeOptions
+    ) -> list[Segment]:
+        """The sequential decoder on one region: beam 5, Whisper's temperature fallback."""
+        first, last = (int(t * SAMPLE_RATE_HZ) for t in region)
+        temperatures = tuple(t for t in REDO_TEMPERATURES if t >= options.temperature)
+        raw, _ = self._model.transcribe(
+            audio[first:last],
+            language=options.language,
+            task=options.task,
+            beam_size=REDO_BEAM_SIZE,
+            temperature=temperatures or (options.temperature,),
+            initial_prompt=options.initial_prompt,
+            word_timestamps=options.word_timestamps,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
+        return [_segment(s).shifted(region[0]) for s in raw if s.text.strip()]
 
 
 class ModelSet:
@@ -149,9 +242,10 @@ class ModelSet:
         }
 
     def transcribe(
-        self, audio: np.ndarray, options: DecodeOptions
+        self, audio: np.ndarray, options: DecodeOptions,
+        on_progress: Callable[[float], None] | None = None,
     ) -> tuple[list[Segment], str, int]:
-        return self._pick(options.model).transcribe(audio, options)
+        return self._pick(options.model).transcribe(audio, options, on_progress)
 
     def detect_language(self, audio: np.ndarray, options: DecodeOptions) -> tuple[str, float]:
         return self._pick(options.model).detect_language(audio)
@@ -170,12 +264,10 @@ def pick_spread(items: list[np.ndarray], count: int) -> list[np.ndarray]:
     return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
 
 
-def pack_windows(
-    utterances: list[tuple[float, float]], window_s: float
-) -> list[tuple[float, float]]:
-    """Merge consecutive utterances while the merged span fits in `window_s` seconds."""
-    windows: list[tuple[float, float]] = []
-    for start, end in utterances:
+def pack_windows(regions: list[Region], window_s: float) -> list[Region]:
+    """Merge consecutive regions while the merged span fits in `window_s` seconds."""
+    windows: list[Region] = []
+    for start, end in regions:
         if windows and end - windows[-1][0] <= window_s:
             windows[-1] = (windows[-1][0], end)
         else:
@@ -183,33 +275,19 @@ def pack_windows(
     return windows
 
 
-def split_for_redo(
-    utterances: list[tuple[float, float]], segments: list[Segment],
-    missing: list[tuple[float, float]],
-) -> tuple[list[Segment], list[tuple[float, float]]]:
-    """The segments to keep, and every utterance to decode again.
-
-    A segment overlapping a missing utterance is dropped (its text may hold part of it), so
-    every other utterance that segment overlapped must be decoded again too, or its words would
-    be lost with it: grow both sets until they no longer change.
-    """
-    redo = set(missing)
-    while True:
-        dropped = [s for s in segments if any(_overlap(u, s) > 0 for u in redo)]
-        grown = redo | {u for u in utterances if any(_overlap(u, s) > 0 for s in dropped)}
-        if grown == redo:
-            kept = [s for s in segments if s not in dropped]
-            return kept, sorted(redo)
-        redo = grown
+def _runs(indices: list[int]) -> list[list[int]]:
+    """Sorted indices split into runs of consecutive ones."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
 
 
-def is_covered(utterance: tuple[float, float], segments: list[Segment], minimum: float) -> bool:
-    covered = sum(_overlap(utterance, s) for s in segments)
-    return covered >= minimum * (utterance[1] - utterance[0])
-
-
-def _overlap(utterance: tuple[float, float], segment: Segment) -> float:
-    return max(0.0, min(utterance[1], segment.end) - max(utterance[0], segment.start))
+def _ignore(_: float) -> None:
+    return None
 
 
 def _hallucinated(segment: Segment) -> bool:

@@ -47,7 +47,10 @@ class DecodeOptions:
     beam_size: int = 1
     window_s: float = 12.0
     batch_size: int = 8
-    coverage_min: float = 0.6
+    # Failing regions first decoded again alone in batches; only those still failing go to
+    # the sequential decoder one by one (unless `sequential_redo` is off).
+    batched_redo: bool = False
+    sequential_redo: bool = True
     model: str = ""
     detect_only: bool = False
 

@@ -5,6 +5,7 @@ the fake through its `DecodeOptions.initial_prompt`, a `;`-separated list of dir
 
     sleep=<seconds>   sleep this long before answering
     mark=<path>       create this file when the chunk starts (proves the worker is mid-chunk)
+    progress          report half the chunk decoded before sleeping
     raise             raise RuntimeError instead of answering
     hang_once=<path>  the first attempt (no file at path yet) creates it and hangs for 120 s;
                       later attempts answer at once (a chunk that succeeds when retried)
@@ -14,6 +15,7 @@ that a result belongs to the task (each task gets a WAV of a distinct length).
 """
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +50,8 @@ class EchoTranscriber(FakeLanguage):
     """Answers with the chunk's length in samples, after the sleep the task asks for."""
 
     def transcribe(
-        self, audio: np.ndarray, options: DecodeOptions
+        self, audio: np.ndarray, options: DecodeOptions,
+        on_progress: Callable[[float], None] | None = None,
     ) -> tuple[list[Segment], str, int]:
         directives = parse_directives(options.initial_prompt)
         if "mark" in directives:
@@ -58,6 +61,8 @@ class EchoTranscriber(FakeLanguage):
         if "hang_once" in directives and not Path(directives["hang_once"]).exists():
             Path(directives["hang_once"]).touch()
             time.sleep(120.0)
+        if "progress" in directives and on_progress is not None:
+            on_progress(len(audio) / SAMPLE_RATE_HZ / 2)
         time.sleep(float(directives.get("sleep", "0")))
         segment = Segment(0.0, len(audio) / SAMPLE_RATE_HZ, text_for(len(audio)))
         return [segment], "en", 0
@@ -67,7 +72,8 @@ class HangingTranscriber(FakeLanguage):
     """Never answers in time: sleeps far longer than any test's chunk timeout."""
 
     def transcribe(
-        self, audio: np.ndarray, options: DecodeOptions
+        self, audio: np.ndarray, options: DecodeOptions,
+        on_progress: Callable[[float], None] | None = None,
     ) -> tuple[list[Segment], str, int]:
         time.sleep(120.0)
         return [], "en", 0
@@ -75,7 +81,8 @@ class HangingTranscriber(FakeLanguage):
 
 class RaisingTranscriber(FakeLanguage):
     def transcribe(
-        self, audio: np.ndarray, options: DecodeOptions
+        self, audio: np.ndarray, options: DecodeOptions,
+        on_progress: Callable[[float], None] | None = None,
     ) -> tuple[list[Segment], str, int]:
         raise RuntimeError(f"fake failure on {len(audio)} samples")
 

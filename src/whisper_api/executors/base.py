@@ -22,6 +22,8 @@ from whisper_api.errors import ChunkTimeoutError, TranscriptionError
 from whisper_api.transcript import ChunkResult, ChunkTask
 
 POLL_S = 0.05
+# Seconds of a chunk's audio decoded so far; called on the executor's own thread.
+ChunkProgress = Callable[[float], None]
 MAX_ATTEMPTS = 2  # a chunk whose worker died or stalled gets one more try on a fresh worker
 log = logging.getLogger("whisper_api.executors")
 chunk_log = logging.getLogger("whisper_api.chunks")
@@ -90,7 +92,9 @@ class ChunkExecutor(Protocol):
 
     def stop(self, drain_timeout_s: float = 30.0) -> None: ...
 
-    def submit(self, task: ChunkTask) -> "Future[ChunkResult]": ...
+    def submit(
+        self, task: ChunkTask, on_progress: ChunkProgress | None = None
+    ) -> "Future[ChunkResult]": ...
 
     def cancel(self, request_id: str) -> int: ...
 
@@ -107,6 +111,7 @@ class Pending:
     task: ChunkTask
     future: "Future[ChunkResult]"
     attempts: int = 0
+    on_progress: ChunkProgress | None = None
 
 
 class RequestQueues:
@@ -168,7 +173,7 @@ def log_chunk_done(result: ChunkResult, task: ChunkTask) -> None:
     """The one structured line per chunk, whichever executor ran it."""
     chunk_log.info(
         "chunk_done task_id=%s worker_id=%d elapsed_s=%.3f segments=%d audio_s=%.3f "
-        "redone_utterances=%d",
+        "redone_regions=%d",
         task.task_id, result.worker_id, result.elapsed_s, len(result.segments), task.duration_s,
         result.redone_utterances,
     )
@@ -238,15 +243,26 @@ class Dispatcher:
             slot = self._holding(task_id)
             return slot.pid if slot else None
 
-    def submit(self, task: ChunkTask) -> "Future[ChunkResult]":
+    def submit(
+        self, task: ChunkTask, on_progress: ChunkProgress | None = None
+    ) -> "Future[ChunkResult]":
+        """`on_progress` hears how much of the chunk is decoded, where the executor can tell
+        (the local pool, per decoded window); every executor completes the future."""
         future: Future[ChunkResult] = Future()
         if self._stopping.is_set():
             future.set_exception(TranscriptionError("the service is shutting down"))
             return future
         with self._lock:
-            self._queues.push(Pending(task, future))
+            self._queues.push(Pending(task, future, on_progress=on_progress))
             self._on_queued()
         return future
+
+    def _report_progress(self, task_id: str, decoded_s: float) -> None:
+        with self._lock:
+            slot = self._holding(task_id)
+            report = slot.running.on_progress if slot and slot.running else None
+        if report is not None:
+            report(decoded_s)
 
     def cancel(self, request_id: str) -> int:
         """Drop a request's queued chunks and stop its running ones at once: their workers are

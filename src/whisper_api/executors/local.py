@@ -21,6 +21,7 @@ from typing import Any
 from whisper_api.errors import TranscriptionError
 from whisper_api.executors.base import POLL_S, Dispatcher, WorkerConfig, WorkerSlot
 from whisper_api.executors.worker import (
+    Decoding,
     Done,
     Failed,
     LoadFailed,
@@ -125,6 +126,9 @@ class WorkerPool(Dispatcher):
                 self._dispatch()
 
     def _handle(self, message: WorkerMessage) -> None:
+        if isinstance(message, Decoding):
+            self._report_progress(message.task_id, message.decoded_s)
+            return
         with self._lock:
             worker = self._workers.get(message.worker_id)
             if isinstance(message, Ready) and worker:

@@ -8,7 +8,7 @@ A dispatcher thread in the driver, like the local pool's supervisor, hands chunk
 round robin across requests (not everything at once, so `cancel()` can still drop a request's
 queued chunks and a long file cannot starve a short one), waits on the result refs with
 `ray.wait` and routes each result to the future of the task that asked for it. Shared state is
-guarded by the Dispatcher's lock.
+guarded by the Dispatcher's lock. A Ray chunk reports progress when it is done, not per window.
 
 Chunk audio travels through Ray's object store: the driver reads the chunk WAV and `ray.put`s its
 bytes, the actor decodes them, so no filesystem is shared between the API and the cluster.

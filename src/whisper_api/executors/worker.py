@@ -28,7 +28,8 @@ PARENT_CHECK_S = 1.0
 
 class ChunkTranscriber(Protocol):
     def transcribe(
-        self, audio: np.ndarray, options: DecodeOptions
+        self, audio: np.ndarray, options: DecodeOptions,
+        on_progress: Callable[[float], None] | None = None,
     ) -> tuple[list[Segment], str, int]: ...
 
     def detect_language(self, audio: np.ndarray, options: DecodeOptions) -> tuple[str, float]: ...
@@ -62,6 +63,15 @@ class Done:
 
 
 @dataclass(frozen=True)
+class Decoding:
+    """How much of a running chunk is decoded so far (seconds of its audio)."""
+
+    worker_id: int
+    task_id: str
+    decoded_s: float
+
+
+@dataclass(frozen=True)
 class Failed:
     """The transcriber raised on this chunk: the chunk fails, the worker lives on."""
 
@@ -70,7 +80,8 @@ class Failed:
     reason: str
 
 
-WorkerMessage = Ready | LoadFailed | Done | Failed
+WorkerMessage = Ready | LoadFailed | Done | Failed | Decoding
+PROGRESS_EVERY_S = 0.25  # a batch of windows finishes in one burst: one message is enough
 
 
 def load(worker_id: int, config: WorkerConfig,
@@ -85,18 +96,20 @@ def load(worker_id: int, config: WorkerConfig,
 
 def decode(
     worker_id: int, transcriber: ChunkTranscriber, task: ChunkTask,
-    read_audio: Callable[[], np.ndarray],
+    read_audio: Callable[[], np.ndarray], on_progress: Callable[[float], None] | None = None,
 ) -> Done | Failed:
     """Decode one chunk; any error (unreadable audio, a model error) fails only this chunk."""
     try:
-        return Done(worker_id, run_chunk(transcriber, read_audio(), task, worker_id))
+        return Done(worker_id, run_chunk(transcriber, read_audio(), task, worker_id,
+                                         on_progress))
     except Exception as exc:
         log.debug("worker %d failed: %s", worker_id, traceback.format_exc())
         return Failed(worker_id, task.task_id, f"{type(exc).__name__}: {exc}")
 
 
 def run_chunk(
-    transcriber: ChunkTranscriber, audio: np.ndarray, task: ChunkTask, worker_id: int
+    transcriber: ChunkTranscriber, audio: np.ndarray, task: ChunkTask, worker_id: int,
+    on_progress: Callable[[float], None] | None = None,
 ) -> ChunkResult:
     """Detect the language first when the task does not give one (a one-chunk file, or the
     pipeline's detection task), then decode unless the task only asks for the language."""
@@ -108,7 +121,7 @@ def run_chunk(
     segments: list[Segment] = []
     language, redone = options.language or "en", 0
     if not options.detect_only:
-        segments, language, redone = transcriber.transcribe(audio, options)
+        segments, language, redone = transcriber.transcribe(audio, options, on_progress)
     return ChunkResult(task.task_id, tuple(segments), language, worker_id,
                        time.perf_counter() - began, redone, probability)
 
@@ -159,7 +172,22 @@ def process_main(
 
     while (task := inbox.get()) is not None:
         path = Path(task.audio_path)
-        outbox.put(decode(worker_id, transcriber, task, lambda: read_wav(path)))  # noqa: B023
+        report = _progress_reporter(worker_id, task.task_id, outbox)
+        outbox.put(decode(worker_id, transcriber, task, lambda: read_wav(path),  # noqa: B023
+                          report))
+
+
+def _progress_reporter(worker_id: int, task_id: str, outbox: Any) -> Callable[[float], None]:
+    """Sends how much of the chunk is decoded, at most every PROGRESS_EVERY_S of wall time."""
+    last_sent = -PROGRESS_EVERY_S
+
+    def report(decoded_s: float) -> None:
+        nonlocal last_sent
+        if time.monotonic() - last_sent >= PROGRESS_EVERY_S:
+            last_sent = time.monotonic()
+            outbox.put(Decoding(worker_id, task_id, decoded_s))
+
+    return report
 
 
 def _thread_lock_for_tqdm() -> None:

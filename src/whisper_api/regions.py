@@ -1,0 +1,196 @@
+"""Speech regions (VAD utterances): judge what the decoder gave back for each, and fit its
+timestamps inside it (pure).
+
+Why judge by content and not only by timestamp coverage: on long-form audio tiny.en's batched
+decoder sometimes returns one word for a 7 s sentence, or repeats the tail of the previous
+sentence with timestamps stretched over the next one. Both cover the region in time. What they
+cannot fake is how many words speech of that length holds, how compressible the text is (loops),
+how sure the decoder was, and whether n-grams repeat.
+"""
+
+import math
+import zlib
+from collections import Counter
+from dataclasses import dataclass, replace
+
+from whisper_api.transcript import Segment, Word
+
+Region = tuple[float, float]
+
+# Padding the VAD adds on each side of a region (speech_pad_ms=200 in the transcriber).
+REGION_PAD_S = 0.4
+MIN_SEGMENT_S = 0.05
+
+
+@dataclass(frozen=True)
+class RegionLimits:
+    """What speech of a given length plausibly holds.
+
+    `min_words_per_s` is a floor well under slow speech (English runs ~2.5 words/s; whispered
+    and hesitant speech ~1.2); regions shorter than `judge_words_from_s` are not judged by word
+    rate, since a short "yes" is right. Compression ratio and log-probability limits are
+    Whisper's own temperature-fallback thresholds (openai/whisper transcribe.py).
+    """
+
+    min_words_per_s: float = 0.8
+    max_words_per_s: float = 6.0
+    judge_words_from_s: float = 1.6
+    max_compression_ratio: float = 2.4
+    min_avg_logprob: float = -1.0
+    max_ngram_repeats: int = 2
+    ngram: int = 3
+
+
+def assign(regions: list[Region], segments: list[Segment]) -> list[list[Segment]]:
+    """Each region's share of the segments.
+
+    A decoder segment often spans several regions of its window, so a segment with word
+    timestamps is cut at region boundaries: each word goes to the region it lies in. A segment
+    without words goes whole to the region it overlaps most (or the nearest).
+    """
+    groups: list[list[Segment]] = [[] for _ in regions]
+    if not regions:
+        return groups
+    for segment in segments:
+        if not segment.words:
+            groups[_home(regions, segment.start, segment.end)].append(segment)
+            continue
+        for index, words in _words_by_region(regions, segment.words).items():
+            groups[index].append(_from_words(segment, words))
+    return groups
+
+
+def _words_by_region(regions: list[Region], words: tuple[Word, ...]) -> dict[int, list[Word]]:
+    by_region: dict[int, list[Word]] = {}
+    for word in words:
+        by_region.setdefault(_home(regions, word.start, word.end), []).append(word)
+    return by_region
+
+
+def _from_words(segment: Segment, words: list[Word]) -> Segment:
+    text = "".join(w.word for w in words).strip()
+    return replace(segment, start=words[0].start, end=words[-1].end, text=text, words=tuple(words))
+
+
+def _home(regions: list[Region], start: float, end: float) -> int:
+    def score(index: int) -> tuple[float, float]:
+        first, last = regions[index]
+        overlap = max(0.0, min(last, end) - max(first, start))
+        return overlap, -abs((first + last) / 2 - (start + end) / 2)
+
+    return max(range(len(regions)), key=score)
+
+
+def judge(region: Region, segments: list[Segment], limits: RegionLimits) -> str | None:
+    """Why the decoder's answer for this region cannot be trusted, or None when it can."""
+    text = " ".join(s.text.strip() for s in segments).strip()
+    words = text.split()
+    speech_s = max(0.0, region[1] - region[0] - REGION_PAD_S)
+    if not words:
+        return "empty"
+    if speech_s >= limits.judge_words_from_s and len(words) < limits.min_words_per_s * speech_s:
+        return "few_words"
+    if len(words) > limits.max_words_per_s * max(speech_s, 1.0):
+        return "many_words"
+    if compression_ratio(text) > limits.max_compression_ratio:
+        return "compression"
+    if mean_logprob(segments) < limits.min_avg_logprob:
+        return "logprob"
+    if most_repeated_ngram(words, limits.ngram) > limits.max_ngram_repeats:
+        return "repeats"
+    return None
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def mean_logprob(segments: list[Segment]) -> float:
+    """Segments weighted by text length, as a long segment says more than a short one."""
+    weights = [max(1, len(s.text)) for s in segments]
+    return sum(s.avg_logprob * w for s, w in zip(segments, weights, strict=True)) / sum(weights)
+
+
+def most_repeated_ngram(words: list[str], n: int) -> int:
+    cleaned = [w.strip(".,!?;:\"'").lower() for w in words]
+    grams = Counter(tuple(cleaned[i:i + n]) for i in range(len(cleaned) - n + 1))
+    return max(grams.values(), default=0)
+
+
+def redo_set(
+    regions: list[Region], groups: list[list[Segment]], failing: set[int]
+) -> set[int]:
+    """Failing regions plus every region sharing a wordless segment with one.
+
+    Without word timestamps a segment cannot be cut at region boundaries. One that overlaps a
+    failing region is dropped, since its text may hold part of that region; a region that
+    segment also overlapped must be decoded again too, or its words would be lost with it (a
+    real bug: a chunk lost the sentence sharing a segment with a skipped one).
+    """
+    redo = set(failing)
+    while True:
+        dropped = [s for i in redo for s in groups[i] if not s.words]
+        dropped += [s for g in groups for s in g
+                    if not s.words and any(_overlap(regions[i], s) for i in redo)]
+        grown = redo | {i for i, r in enumerate(regions) if any(_overlap(r, s) for s in dropped)}
+        if grown == redo:
+            return redo
+        redo = grown
+
+
+def _overlap(region: Region, segment: Segment) -> bool:
+    return min(region[1], segment.end) - max(region[0], segment.start) > 0
+
+
+def fit_to_region(region: Region, segments: list[Segment]) -> list[Segment]:
+    """The region's segments with times inside it, monotonic, each at least MIN_SEGMENT_S long.
+
+    Decoder times are kept where they are usable; otherwise the region's time is shared among
+    the segments by text length (word timestamps are used for that when every segment has them).
+    """
+    clamped = [_clamp(s, region) for s in segments]
+    if _usable(clamped):
+        return [fit_words(s) for s in clamped]
+    return [fit_words(s) for s in _spread(region, clamped)]
+
+
+def _clamp(segment: Segment, region: Region) -> Segment:
+    start = min(max(_finite(segment.start, region[0]), region[0]), region[1])
+    end = min(max(_finite(segment.end, region[1]), start), region[1])
+    return replace(segment, start=start, end=end)
+
+
+def _finite(value: float, fallback: float) -> float:
+    return value if math.isfinite(value) else fallback
+
+
+def _usable(segments: list[Segment]) -> bool:
+    previous_end = -math.inf
+    for s in segments:
+        if s.end - s.start < MIN_SEGMENT_S or s.start < previous_end:
+            return False
+        previous_end = s.end
+    return True
+
+
+def _spread(region: Region, segments: list[Segment]) -> list[Segment]:
+    start, end = region
+    weights = [max(1, len(s.text)) for s in segments]
+    total, spread, at = sum(weights), [], start
+    for segment, weight in zip(segments, weights, strict=True):
+        length = (end - start) * weight / total
+        spread.append(replace(segment, start=at, end=at + length))
+        at += length
+    return spread
+
+
+def fit_words(segment: Segment) -> Segment:
+    """Words inside their segment and in order."""
+    words, at = [], segment.start
+    for w in segment.words:
+        start = min(max(_finite(w.start, at), at), segment.end)
+        end = min(max(_finite(w.end, start), start), segment.end)
+        words.append(Word(start, end, w.word, w.probability))
+        at = end
+    return replace(segment, words=tuple(words))

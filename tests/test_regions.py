@@ -1,0 +1,64 @@
+"""Judging a speech region by what came back for it, and fitting times into it (pure)."""
+
+from whisper_api.regions import (
+    MIN_SEGMENT_S,
+    RegionLimits,
+    assign,
+    fit_to_region,
+    judge,
+    redo_set,
+)
+from whisper_api.transcript import Segment, Word
+
+LIMITS = RegionLimits()
+
+
+def seg(start: float, end: float, text: str, logprob: float = -0.2) -> Segment:
+    return Segment(start, end, text, avg_logprob=logprob)
+
+
+def test_words_of_a_window_are_cut_at_region_boundaries() -> None:
+    words = (Word(0.1, 0.5, " Hello", 0.9), Word(0.6, 1.0, " there.", 0.9),
+             Word(3.2, 3.6, " Next", 0.9), Word(3.7, 4.0, " one.", 0.9))
+    window = Segment(0.0, 4.0, "Hello there. Next one.", words)
+    first, second = assign([(0.0, 1.2), (3.0, 4.2)], [window])
+    assert [s.text for s in first] == ["Hello there."]
+    assert [s.text for s in second] == ["Next one."]
+    assert second[0].start == 3.2 and second[0].end == 4.0
+
+
+def test_judge_trusts_plausible_speech_and_names_what_fails() -> None:
+    region = (10.0, 17.0)  # 7 s
+    sentence = "and the clocks were striking thirteen as he hurried home through the wind"
+    assert judge(region, [seg(10.0, 17.0, sentence)], LIMITS) is None
+    assert judge(region, [], LIMITS) == "empty"
+    assert judge(region, [seg(10.0, 17.0, "show")], LIMITS) == "few_words"
+    assert judge(region, [seg(10.0, 17.0, " ".join(["word"] * 60))], LIMITS) == "many_words"
+    assert judge(region, [seg(10.0, 17.0, sentence, logprob=-1.5)], LIMITS) == "logprob"
+    looping = "as never been surpassed as never been surpassed as never been surpassed"
+    assert judge(region, [seg(10.0, 17.0, looping)], LIMITS) in {"compression", "repeats"}
+    assert judge((0.0, 1.0), [seg(0.0, 1.0, "yes")], LIMITS) is None  # short answers are fine
+
+
+def test_a_wordless_segment_takes_every_region_it_touched_into_the_redo() -> None:
+    regions = [(0.0, 4.0), (4.5, 8.0), (8.5, 12.0), (13.0, 15.0)]
+    spanning = seg(0.0, 8.6, "A B")
+    groups = assign(regions, [spanning, seg(13.0, 15.0, "D")])
+    assert redo_set(regions, groups, {2}) == {0, 1, 2}
+    assert redo_set(regions, groups, {3}) == {3}
+
+
+def test_unusable_decoder_times_fall_back_to_the_region() -> None:
+    region = (2.0, 6.0)
+    zero = [seg(3.0, 3.0, "one."), seg(9.0, 1.0, "two three ab")]  # 4 and 12 characters
+    fitted = fit_to_region(region, zero)
+    assert [(s.start, s.end) for s in fitted] == [(2.0, 3.0), (3.0, 6.0)]  # by text length
+    kept = fit_to_region(region, [seg(1.0, 4.0, "a"), seg(4.0, 9.0, "b")])
+    assert [(s.start, s.end) for s in kept] == [(2.0, 4.0), (4.0, 6.0)]  # clamped into it
+    assert all(s.end - s.start >= MIN_SEGMENT_S for s in fitted + kept)
+
+
+def test_words_stay_inside_their_segment_and_in_order() -> None:
+    words = (Word(1.0, 2.5, " a", 0.9), Word(2.0, 9.0, " b", 0.9))
+    [fitted] = fit_to_region((2.0, 6.0), [Segment(2.0, 6.0, "a b", words)])
+    assert [(w.start, w.end) for w in fitted.words] == [(2.0, 2.5), (2.5, 6.0)]
