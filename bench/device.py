@@ -100,6 +100,9 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, required=True)
     parser.add_argument("--language", default="en")
     parser.add_argument("--workers", default="1,2,4,8")
+    parser.add_argument("--devices", default="cpu,cuda",
+                        help="run the CPU rows and the CUDA rows in separate processes, so a "
+                             "CUDA library that crashes cannot take the CPU rows with it")
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +110,7 @@ def main() -> None:
     from faster_whisper import decode_audio
 
     duration_s = len(decode_audio(str(args.audio))) / 16000
-    devices = ["cpu", *(["cuda"] if cuda_devices() else [])]
+    devices = [d for d in args.devices.split(",") if d == "cpu" or (d == "cuda" and cuda_devices())]
     record(args.out, {"file": args.audio.name, "audio_s": round(duration_s, 1),
                       "cores": os.cpu_count(), "devices": devices})
 
@@ -129,7 +132,7 @@ def main() -> None:
             continue
         for label, fn in rows:
             measure(label, lambda fn=fn: _timed(fn))  # type: ignore[misc]
-    for workers in [int(w) for w in args.workers.split(",")]:
+    for workers in [int(w) for w in args.workers.split(",")] if "cpu" in devices else []:
         measure(f"whisper-api, cpu, {workers} workers",
                 lambda w=workers: ours(args, "cpu", w)[:2])  # type: ignore[misc]
     if "cuda" in devices:

@@ -178,7 +178,8 @@ def test_every_format_renders_positive_non_overlapping_cues(
         rendered = render(transcript, fmt)
         assert isinstance(rendered, str)
         times = cue_times(rendered)
-        assert len(times) >= len(merged) > 0 or not merged
+        # Cues are shaped from words, so several short segments may share one cue.
+        assert times or not merged
         assert all(start < end for start, end in times)
         assert all(a[1] <= b[0] for a, b in itertools.pairwise(times))
     tsv = render(transcript, "tsv")

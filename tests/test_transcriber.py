@@ -31,6 +31,9 @@ class RawSegment:
     avg_logprob: float = -0.2
     no_speech_prob: float = 0.01
     words: None = None
+    tokens: tuple[int, ...] = ()
+    temperature: float = 0.0
+    compression_ratio: float = 1.5
 
 
 @dataclass
