@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import DATA
+from tests.support.network import PUBLIC_IP, guard_sockets
 from whisper_api import download
 from whisper_api.download import (
     DownloadLimits,
@@ -39,7 +40,6 @@ from whisper_api.errors import (
 )
 
 JFK = (DATA / "jfk.flac").read_bytes()
-PUBLIC_IP = "93.184.216.34"  # only ever returned by fake resolvers; never connected to
 LIMITS = DownloadLimits(max_bytes=10 * 1024 * 1024, max_duration_s=600, timeout_s=5,
                         allow_private=True)
 GUARDED = DownloadLimits(max_bytes=LIMITS.max_bytes, max_duration_s=600, timeout_s=5,
@@ -158,18 +158,7 @@ def public_is_local(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """'public.test' and 'localhost' look public to the guard; their connections reach
     127.0.0.1. Returns the addresses downloads connected to."""
     fake_dns(monkeypatch, {"public.test": [PUBLIC_IP], "localhost": [PUBLIC_IP]})
-    connected: list[str] = []
-    real = download.open_socket
-
-    def open_socket(ip: str, port: int, timeout_s: float) -> socket.socket:
-        connected.append(ip)
-        if ip == PUBLIC_IP:
-            return real("127.0.0.1", port, timeout_s)
-        assert ipaddress.ip_address(ip).is_loopback, f"a test connected to {ip}"
-        return real(ip, port, timeout_s)
-
-    monkeypatch.setattr(download, "open_socket", open_socket)
-    return connected
+    return guard_sockets(monkeypatch)
 
 
 def files_in(folder: Path) -> list[str]:

@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from tests.conftest import DATA
+from tests.support.network import PUBLIC_IP, guard_sockets
 from tests.support.processes import alive
 from tests.support.server import Server, run_server, worker_pids
 from tests.test_jobs import FakeTranscribe, make_settings, wait_status
@@ -53,7 +54,6 @@ from whisper_api.service import Service, UrlSource, keep_copy
 from whisper_api.sessions import SessionManager
 from whisper_api.transcript import Transcript
 
-PUBLIC_IP = "93.184.216.34"  # only ever returned by fake resolvers; never connected to
 JFK = DATA / "jfk.flac"
 MB = 1024 * 1024
 
@@ -156,18 +156,7 @@ def listener() -> Iterator[Listener]:
 def watched_sockets(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every address a download connects to; PUBLIC_IP is carried to 127.0.0.1, and any other
     non-loopback address fails the test before a packet is sent."""
-    connected: list[str] = []
-    real = download.open_socket
-
-    def open_socket(ip: str, port: int, timeout_s: float) -> socket.socket:
-        connected.append(ip)
-        if ip == PUBLIC_IP:
-            return real("127.0.0.1", port, timeout_s)
-        assert ipaddress.ip_address(ip).is_loopback, f"a test connected to {ip}"
-        return real(ip, port, timeout_s)
-
-    monkeypatch.setattr(download, "open_socket", open_socket)
-    return connected
+    return guard_sockets(monkeypatch)
 
 
 def limits(timeout_s: float = 10.0, max_bytes: int = 10 * MB,

@@ -332,6 +332,17 @@ class Dispatcher:
         log_chunk_done(outcome, pending.task)
         pending.future.set_result(outcome)
 
+    def _drain(self, timeout_s: float) -> None:
+        """Stage one of stopping: take no more work and let running chunks finish."""
+        self._stopping.set()
+        deadline = time.monotonic() + timeout_s
+        while self._busy() and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+
+    def _busy(self) -> bool:
+        with self._lock:
+            return any(s.running is not None for s in self._slots())
+
     def _fail_all(self, reason: str) -> None:
         with self._lock:
             running = [s.running for s in self._slots() if s.running]

@@ -13,7 +13,6 @@ import os
 import queue
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -75,10 +74,7 @@ class WorkerPool(Dispatcher):
 
     def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stage one: stop taking work and let running chunks finish. Stage two: force."""
-        self._stopping.set()
-        deadline = time.monotonic() + drain_timeout_s
-        while self._busy() and time.monotonic() < deadline:
-            time.sleep(POLL_S)
+        self._drain(drain_timeout_s)
         with self._lock:
             for worker in self._workers.values():
                 worker.inbox.put(None)
@@ -93,10 +89,6 @@ class WorkerPool(Dispatcher):
                 worker.process.kill()
                 worker.process.join(timeout=5)
         self._fail_all("the service is shutting down")
-
-    def _busy(self) -> bool:
-        with self._lock:
-            return any(w.running for w in self._workers.values())
 
     def _stop_worker(self, slot: WorkerSlot) -> None:
         process = self._workers[slot.worker_id].process

@@ -131,10 +131,7 @@ class RayExecutor(Dispatcher):
 
     def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stage one: stop taking work and let running chunks finish. Stage two: kill actors."""
-        self._stopping.set()
-        deadline = time.monotonic() + drain_timeout_s
-        while self._busy() and time.monotonic() < deadline:
-            time.sleep(POLL_S)
+        self._drain(drain_timeout_s)
         self._fail_all("the service is shutting down")
         if self._thread:
             self._thread.join(timeout=5)
@@ -265,9 +262,6 @@ class RayExecutor(Dispatcher):
             return max(1, int(resources.get("GPU", 0) // gpus))
         return max(1, int(resources.get("CPU", 1) // max(self._resources["num_cpus"], 0.001)))
 
-    def _busy(self) -> bool:
-        with self._lock:
-            return any(a.running is not None for a in self._actors)
 
 
 def _describe(error: BaseException) -> str:
