@@ -31,6 +31,11 @@ RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin whi
 USER 10001:10001
 WORKDIR /app
 
+# Join the bundled base model's two halves once, at build time, into the image's model cache,
+# rather than at every container start.
+ENV MODEL_CACHE_DIR=/app/models
+RUN python -c "from whisper_api.models import resolve_model; print(resolve_model('base'))"
+
 # Defaults through the environment rather than `serve --host/--port` flags: flags would win over
 # HOST/PORT, and `docker run -e PORT=9000` should work. DATA_DIR holds the job database and job
 # inputs: mount a volume there so a restarted container resumes its jobs.
