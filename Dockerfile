@@ -34,7 +34,7 @@ WORKDIR /app
 # Join the bundled base model's two halves once, at build time, into the image's model cache,
 # rather than at every container start.
 ENV MODEL_CACHE_DIR=/app/models
-RUN python -c "from whisper_api.models import resolve_model; print(resolve_model('base'))"
+RUN python -c "from pathlib import Path; from whisper_api.models import resolve_model; print(resolve_model('base', Path('/app/models')))"
 
 # Defaults through the environment rather than `serve --host/--port` flags: flags would win over
 # HOST/PORT, and `docker run -e PORT=9000` should work. DATA_DIR holds the job database and job
