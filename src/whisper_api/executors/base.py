@@ -261,8 +261,12 @@ class Dispatcher:
         with self._lock:
             slot = self._holding(task_id)
             report = slot.running.on_progress if slot and slot.running else None
-        if report is not None:
+        if report is None:
+            return
+        try:
             report(decoded_s)
+        except Exception:  # a caller's callback must never stop the supervisor thread
+            log.exception("progress callback for %s failed", task_id)
 
     def cancel(self, request_id: str) -> int:
         """Drop a request's queued chunks and stop its running ones at once: their workers are
