@@ -95,6 +95,18 @@ def declared_duration_s(container: "av.container.InputContainer",
     return None
 
 
+def probe_duration_s(source: Path) -> float | None:
+    """The duration a media file declares, without decoding it; None when it declares none or
+    cannot be opened (conversion reports what is wrong with the file)."""
+    try:
+        with av.open(str(source), mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                return None
+            return declared_duration_s(container, container.streams.audio[0])
+    except (av.FFmpegError, OSError, ValueError):
+        return None
+
+
 def _check_duration(duration_s: float, max_duration_s: float, qualifier: str = "") -> None:
     if duration_s > max_duration_s:
         raise MediaTooLargeError(

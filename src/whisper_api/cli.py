@@ -17,6 +17,7 @@ from typing import NoReturn
 import uvicorn
 
 from whisper_api import __version__
+from whisper_api.audio import probe_duration_s
 from whisper_api.config import Settings, load_settings
 from whisper_api.errors import ConfigError, InvalidRequestError, WhisperApiError
 from whisper_api.executors.ray_actors import INSTALL_HINT
@@ -157,7 +158,8 @@ async def _transcribe(
         async with sessions.open(source=str(getattr(source, "url", source))) as session:
             media = source if isinstance(source, Path) else await _download(settings, source,
                                                                              session.download, bar)
-            count = workers or workers_for(settings, await asyncio.to_thread(media_seconds, media))
+            seconds = await asyncio.to_thread(probe_duration_s, media)
+            count = workers or workers_for(settings, seconds)
             bar.update(Progress("loading model"))
             service = await asyncio.to_thread(start_service, settings, None, None, count)
             try:
@@ -183,18 +185,6 @@ async def _redraw(bar: ProgressBar) -> None:
     while True:
         await asyncio.sleep(0.25)
         bar.draw()
-
-
-def media_seconds(media: Path) -> float | None:
-    """The container's declared duration, without decoding; None when it does not say."""
-    import av
-
-    try:
-        with av.open(str(media), metadata_errors="ignore") as container:
-            duration = container.duration
-    except (av.FFmpegError, OSError, ValueError):
-        return None  # the pipeline's conversion reports what is wrong with the file
-    return duration / 1_000_000 if duration else None
 
 
 def workers_for(settings: Settings, seconds: float | None) -> int:
