@@ -68,12 +68,14 @@ class Transcriber:
                 f"Hugging Face download of {resolved!r}): {exc}"
             ) from exc
         self._batched = BatchedInferencePipeline(self._model)
+        self._vad_memo: tuple[np.ndarray, list[Region]] | None = None
 
     @classmethod
     def with_decoders(cls, model: Any, batched: Any) -> "Transcriber":
         """A transcriber around given decoders (a test seam: fakes that skip or garble)."""
         transcriber = cls.__new__(cls)
         transcriber._model, transcriber._batched = model, batched
+        transcriber._vad_memo = None
         return transcriber
 
     def transcribe(
@@ -85,6 +87,7 @@ class Transcriber:
         """
         report = on_progress or _ignore
         regions = self.find_utterances(audio)
+        self._vad_memo = None  # used at most once: detection, then this decode
         if not regions:
             return [], options.language or "en", 0
         windows = pack_windows(regions, options.window_s)
@@ -110,11 +113,18 @@ class Transcriber:
             groups[index] = self._decode_alone(audio, regions[index], options)
 
     def find_utterances(self, audio: np.ndarray) -> list[Region]:
+        """Speech regions by Silero VAD. The answer for the last array asked about is kept (the
+        array itself, compared by identity): a one-chunk file's language detection and its
+        decode then share one VAD pass instead of running it twice."""
+        if self._vad_memo is not None and self._vad_memo[0] is audio:
+            return self._vad_memo[1]
         from faster_whisper.vad import VadOptions, get_speech_timestamps
 
         vad = VadOptions(min_silence_duration_ms=300, speech_pad_ms=200, max_speech_duration_s=20)
         spans = get_speech_timestamps(audio, vad)
-        return [(s["start"] / SAMPLE_RATE_HZ, s["end"] / SAMPLE_RATE_HZ) for s in spans]
+        regions = [(s["start"] / SAMPLE_RATE_HZ, s["end"] / SAMPLE_RATE_HZ) for s in spans]
+        self._vad_memo = (audio, regions)
+        return regions
 
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         """The language of the audio's speech and its mean probability over the windows heard.
@@ -138,8 +148,11 @@ class Transcriber:
         """Up to DETECT_WINDOWS windows of speech only, spread over the audio."""
         window = int(DETECT_WINDOW_S * SAMPLE_RATE_HZ)
         windows: list[np.ndarray] = []
-        for start_s, end_s in spread_regions(len(audio) / SAMPLE_RATE_HZ):
-            region = audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)]
+        regions = spread_regions(len(audio) / SAMPLE_RATE_HZ)
+        for start_s, end_s in regions:
+            # The whole audio when it is one region: the same array the decode will get.
+            region = audio if len(regions) == 1 else \
+                audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)]
             spans = self.find_utterances(region)
             if not spans:
                 continue
