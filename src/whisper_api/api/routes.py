@@ -146,7 +146,7 @@ def form_request(fmt: str, language: str, model: str, task: str,
                  word_timestamps: bool) -> TranscribeRequest:
     """Subtitle formats are shaped from word timestamps: asked for whether or not the caller
     did."""
-    return TranscribeRequest(language=check_language(language), model=model or None,
+    return TranscribeRequest(language=parse_language(language), model=model or None,
                              task=check_task(task),
                              word_timestamps=word_timestamps or needs_words(fmt))
 
@@ -230,10 +230,6 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def check_language(language: str | None) -> str | None:
-    return parse_language(language)
-
-
 def check_task(task: str) -> str:
     if task in ("", "transcribe"):
         return "transcribe"
@@ -302,7 +298,7 @@ async def openai_transcriptions(
     max_line_count: Annotated[int, Form(ge=1, le=10)] = 2,
 ) -> Response:
     job = TranscribeRequest(
-        language=check_language(language), model=model, initial_prompt=prompt or None,
+        language=parse_language(language), model=model, initial_prompt=prompt or None,
         temperature=temperature,
         word_timestamps="word" in (granularities or []) or needs_words(response_format),
     )
