@@ -10,7 +10,6 @@ from pathlib import Path
 from whisper_api.audio import concat_wav_slices, convert_to_wav, copy_wav_slice
 from whisper_api.chunking import ChunkSpan, frame_energies_db, plan_chunks, spread_regions
 from whisper_api.config import Preset, Settings
-from whisper_api.errors import MediaTooLargeError
 from whisper_api.executors.base import ChunkExecutor
 from whisper_api.merging import join_text, merge_results
 from whisper_api.sessions import Session
@@ -132,12 +131,9 @@ class Pipeline:
         started = time.perf_counter()
         on_progress(Progress("converting"))
         wav = session.download / CONVERTED_NAME
+        # Refuses media over MAX_AUDIO_DURATION_S itself, from metadata or while decoding.
         duration_s = await asyncio.to_thread(convert_to_wav, media, wav,
                                              self._settings.max_audio_duration_s, SPACE_FACTOR)
-        if duration_s > self._settings.max_audio_duration_s:
-            raise MediaTooLargeError(
-                f"the audio lasts {duration_s:.0f}s; the limit is "
-                f"{self._settings.max_audio_duration_s:.0f}s (MAX_AUDIO_DURATION_S)")
         spans = await asyncio.to_thread(self._plan, wav, duration_s)
         mode = "parallel" if len(spans) > 1 else "single"
         await asyncio.to_thread(session.update_metadata, duration_s=duration_s,
