@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from whisper_api.regions import Region
-from whisper_api.transcriber import SAMPLE_RATE_HZ, Transcriber, pack_windows
+from whisper_api.transcriber import SAMPLE_RATE_HZ, Transcriber, compact, pack_windows
 from whisper_api.transcript import DecodeOptions
 
 REGIONS: list[Region] = [(0.0, 4.0), (5.0, 12.0), (13.0, 16.0)]
@@ -137,3 +137,39 @@ def test_batched_redo_decodes_failing_regions_alone_in_one_batch() -> None:
     text, redone, sequential, _ = run(answers_with("show"), DecodeOptions(batched_redo=True))
     assert redone == 1 and sequential.calls == []
     assert text == f"{GOOD[REGIONS[0]]} {BATCHED_AGAIN} {GOOD[REGIONS[2]]}"
+
+
+def test_compact_puts_the_regions_speech_back_to_back() -> None:
+    audio = np.arange(6 * SAMPLE_RATE_HZ, dtype=np.float32)
+    speech, packed = compact(audio, [(1.0, 2.0), (4.0, 5.5)], pause_s=0.5)
+    assert packed == [(0.0, 1.0), (1.5, 3.0)]
+    assert len(speech) == int(3.5 * SAMPLE_RATE_HZ)
+    assert speech[0] == SAMPLE_RATE_HZ and speech[int(1.5 * SAMPLE_RATE_HZ)] == 4 * SAMPLE_RATE_HZ
+    assert not speech[SAMPLE_RATE_HZ:int(1.5 * SAMPLE_RATE_HZ)].any()  # the pause is silence
+
+
+class WindowEcho:
+    """Answers every requested window with one segment over it naming its position."""
+
+    def __init__(self) -> None:
+        self.audio_s: list[float] = []
+
+    def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
+        self.audio_s.append(len(audio) / SAMPLE_RATE_HZ)
+        clips = kwargs["clip_timestamps"]
+        return iter([RawSegment(c["start"], c["end"], f"window {c['start']:.1f} "
+                                "held these distinct spoken words") for c in clips]), Info()
+
+
+def test_speech_only_windows_come_back_on_the_original_timeline() -> None:
+    batched = WindowEcho()
+    transcriber = Transcriber.with_decoders(FakeSequential(), batched)
+    transcriber.find_utterances = lambda audio: list(REGIONS)  # type: ignore[method-assign]
+    progress: list[float] = []
+    audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
+    options = DecodeOptions(pause_s=0.5, window_s=5.0)  # each region its own window
+    segments, _, redone = transcriber.transcribe(audio, options, progress.append)
+    assert batched.audio_s == [14.0 + 3 * 0.5]  # speech only: 4 + 7 + 3 s, and the pauses
+    assert [(s.start, s.end) for s in segments] == REGIONS
+    assert [s.text.split()[1] for s in segments] == ["0.0", "4.5", "12.0"]  # packed positions
+    assert redone == 0 and progress[-1] == 17.0 and progress == sorted(progress)

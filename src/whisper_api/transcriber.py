@@ -43,7 +43,6 @@ LOW_LOGPROB = -1.0
 LIMITS = RegionLimits()
 # The sequential decoder's own defaults for a region decoded again (faster-whisper transcribe).
 REDO_BEAM_SIZE = 5
-REDO_WINDOW_S = 10.0
 REDO_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 ProgressSink = Callable[[float], None]
 
@@ -90,9 +89,8 @@ class Transcriber:
         self._vad_memo = None  # used at most once: detection, then this decode
         if not regions:
             return [], options.language or "en", 0
-        windows = pack_windows(regions, options.window_s)
-        segments, language = self._decode(audio, windows, options, report)
-        groups = assign(regions, segments)
+        groups, language = self._decode_regions(
+            audio, regions, list(range(len(regions))), options.window_s, options, report)
         redo = self._regions_to_redo(regions, groups)
         # The language found once is reused: a redo never detects it again.
         self._repair(audio, regions, groups, redo,
@@ -170,20 +168,39 @@ class Transcriber:
         answers into `groups` and return the regions that still fail.
 
         Skips come in runs (the decoder stops early and drops the rest of a long window), so
-        neighbouring failing regions share a window of at most REDO_WINDOW_S: short windows
+        neighbouring failing regions share a window of at most `redo_window_s`: short windows
         rarely skip, and each window costs a full 30 s encoder pass.
         """
         if not redo:
             return redo
         chosen = sorted(redo)
-        windows = [w for run in _runs(chosen) for w in
-                   pack_windows([regions[i] for i in run], REDO_WINDOW_S)]
-        segments, _ = self._decode(audio, windows, replace(options, beam_size=REDO_BEAM_SIZE),
-                                   _ignore)
-        for index, group in zip(chosen, assign([regions[i] for i in chosen], segments),
-                                strict=True):
+        again, _ = self._decode_regions(audio, regions, chosen, options.redo_window_s,
+                                        replace(options, beam_size=REDO_BEAM_SIZE), _ignore)
+        for index, group in zip(chosen, again, strict=True):
             groups[index] = group
         return {i for i in chosen if judge(regions[i], groups[i], LIMITS)}
+
+    def _decode_regions(
+        self, audio: np.ndarray, regions: list[Region], chosen: list[int], window_s: float,
+        options: DecodeOptions, report: ProgressSink,
+    ) -> tuple[list[list[Segment]], str]:
+        """The segments of each chosen region (in `audio`'s time) and the language.
+
+        Windows are spans of `audio` over runs of neighbouring chosen regions or, with
+        `options.pause_s`, the chosen regions' speech alone (`compact`).
+        """
+        picked = [regions[i] for i in chosen]
+        if options.pause_s is None:
+            windows = [w for run in _runs(chosen)
+                       for w in pack_windows([regions[i] for i in run], window_s)]
+            segments, language = self._decode(audio, windows, options, report)
+            return assign(picked, segments), language
+        speech, packed = compact(audio, picked, options.pause_s)
+        scale = len(audio) / max(1, len(speech))  # progress in `audio`'s seconds
+        segments, language = self._decode(speech, pack_windows(packed, window_s), options,
+                                          lambda done_s: report(done_s * scale))
+        return [[s.shifted(region[0] - at[0]) for s in group] for region, at, group
+                in zip(picked, packed, assign(packed, segments), strict=True)], language
 
     @staticmethod
     def _regions_to_redo(regions: list[Region], groups: list[list[Segment]]) -> set[int]:
@@ -286,6 +303,23 @@ def pack_windows(regions: list[Region], window_s: float) -> list[Region]:
         else:
             windows.append((start, end))
     return windows
+
+
+def compact(
+    audio: np.ndarray, regions: list[Region], pause_s: float
+) -> tuple[np.ndarray, list[Region]]:
+    """The regions' audio back to back with `pause_s` of silence after each, and where each
+    region lies in it."""
+    pause = np.zeros(int(pause_s * SAMPLE_RATE_HZ), dtype=audio.dtype)
+    pieces: list[np.ndarray] = []
+    packed: list[Region] = []
+    at = 0
+    for start_s, end_s in regions:
+        piece = audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)]
+        pieces += [piece, pause]
+        packed.append((at / SAMPLE_RATE_HZ, (at + len(piece)) / SAMPLE_RATE_HZ))
+        at += len(piece) + len(pause)
+    return (np.concatenate(pieces) if pieces else audio[:0]), packed
 
 
 def _runs(indices: list[int]) -> list[list[int]]:

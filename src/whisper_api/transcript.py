@@ -51,6 +51,11 @@ class DecodeOptions:
     # the sequential decoder one by one (unless `sequential_redo` is off).
     batched_redo: bool = False
     sequential_redo: bool = True
+    redo_window_s: float = 10.0
+    # None: a window is a span of the audio, pauses included. A number: a window holds speech
+    # only, the regions back to back with this much silence between them (fewer windows, as
+    # faster-whisper's batched pipeline packs them; the decoder then skips a little more).
+    pause_s: float | None = None
     model: str = ""
     detect_only: bool = False
 
