@@ -188,3 +188,15 @@ def test_wait_ready_raises_when_the_model_cannot_load(make_executor: MakeExecuto
     with pytest.raises(TranscriptionError, match="cannot load"):
         executor.wait_ready(timeout_s=60)
     assert not executor.ready
+
+
+def test_progress_inside_a_chunk_reaches_the_submitter(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
+    executor = make_executor(size=1)
+    # The fake reports half its 2 s chunk decoded, then works on long enough for Ray's poll.
+    task = make_task(tmp_path, "r", 0, 32000, prompt="progress;sleep=1.5")
+    reports: list[float] = []
+    result = executor.submit(task, reports.append).result(timeout=RESULT_TIMEOUT_S)
+    assert_belongs(result, task)
+    assert reports == [1.0]  # reported while it ran, once

@@ -126,12 +126,3 @@ def test_stop_tolerates_a_queued_future_cancelled_by_its_caller(
 
     assert_belongs(running_future.result(timeout=1), running)
     assert not any(alive(pid) for pid in pool.worker_pids().values())
-
-
-def test_worker_progress_reaches_the_submitter(make_pool: MakePool, tmp_path: Path) -> None:
-    pool = make_pool(1, echo_factory)
-    task = make_task(tmp_path, "r", 0, 32000, prompt="progress;sleep=0.3")
-    reports: list[float] = []
-    result = pool.submit(task, reports.append).result(timeout=RESULT_TIMEOUT_S)
-    assert_belongs(result, task)
-    assert reports == [1.0]  # half of the 2 s chunk, reported while it was running

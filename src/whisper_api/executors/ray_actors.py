@@ -8,7 +8,9 @@ A dispatcher thread in the driver, like the local pool's supervisor, hands chunk
 round robin across requests (not everything at once, so `cancel()` can still drop a request's
 queued chunks and a long file cannot starve a short one), waits on the result refs with
 `ray.wait` and routes each result to the future of the task that asked for it. Shared state is
-guarded by the Dispatcher's lock. A Ray chunk reports progress when it is done, not per window.
+guarded by the Dispatcher's lock. Progress inside a chunk: each actor runs two threads
+(`max_concurrency=2`), one decoding, one answering `progress()`, which the dispatcher asks
+every PROGRESS_POLL_S while the chunk runs; it hands the submitter each increase.
 
 Chunk audio travels through Ray's object store: the driver reads the chunk WAV and `ray.put`s its
 bytes, the actor decodes them, so no filesystem is shared between the API and the cluster.
@@ -39,6 +41,7 @@ from whisper_api.transcript import ChunkTask
 
 log = logging.getLogger("whisper_api.ray")
 INSTALL_HINT = "EXECUTOR=ray needs Ray: pip install 'whisper-api[ray]'"
+PROGRESS_POLL_S = 0.5  # a decoded batch of windows takes seconds: this is smooth enough
 
 
 class ChunkWorker:
@@ -49,6 +52,7 @@ class ChunkWorker:
         self._worker_id = worker_id
         self._transcriber: ChunkTranscriber = factory(config)
         self._load_s = time.perf_counter() - started
+        self._decoded_s: dict[str, float] = {}  # running task id -> seconds decoded
 
     def ping(self) -> tuple[int, float]:
         """This actor's process id and how long the model took to load."""
@@ -56,9 +60,19 @@ class ChunkWorker:
 
     def transcribe(self, task: ChunkTask, wav_bytes: bytes) -> tuple[Done | Failed, int]:
         """The outcome (a model error is not retried) and this actor's process id."""
-        outcome = decode(self._worker_id, self._transcriber, task,
-                         lambda: decode_wav_bytes(wav_bytes))
+        def note(decoded_s: float) -> None:
+            self._decoded_s[task.task_id] = decoded_s
+
+        try:
+            outcome = decode(self._worker_id, self._transcriber, task,
+                             lambda: decode_wav_bytes(wav_bytes), note)
+        finally:
+            self._decoded_s.pop(task.task_id, None)
         return outcome, os.getpid()
+
+    def progress(self, task_id: str) -> float:
+        """Seconds of a running chunk decoded so far (0 once it is done)."""
+        return self._decoded_s.get(task_id, 0.0)
 
 
 @dataclass
@@ -67,6 +81,11 @@ class _Actor(WorkerSlot):
     actor_pid: int | None = None
     task_ref: Any = None
     pings: list[Any] = field(default_factory=list)
+    # The outstanding progress() call, the task it asks about, and what was last reported.
+    progress_ref: Any = None
+    progress_task: str = ""
+    asked_at: float = 0.0
+    reported_s: float = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -154,7 +173,7 @@ class RayExecutor(Dispatcher):
         if actor.task_ref is not None:
             self._ray.cancel(actor.task_ref)
         self._ray.kill(actor.handle, no_restart=False)
-        actor.task_ref, actor.ready = None, False
+        actor.task_ref, actor.progress_ref, actor.ready = None, None, False
         actor.pings.append(actor.handle.ping.remote())
 
     # --- dispatcher ------------------------------------------------------------------------
@@ -162,7 +181,9 @@ class RayExecutor(Dispatcher):
         ray = self._ray
         while not (self._stopping.is_set() and not self._busy()):
             with self._lock:
-                waiting = {ref: a for a in self._actors for ref in (a.task_ref, *a.pings) if ref}
+                self._ask_progress()
+                waiting = {ref: a for a in self._actors
+                           for ref in (a.task_ref, a.progress_ref, *a.pings) if ref}
             # Short waits while a submitted chunk may find an idle actor; POLL_S otherwise.
             timeout = 0.005 if self._wake.is_set() else POLL_S
             self._wake.clear()
@@ -178,18 +199,44 @@ class RayExecutor(Dispatcher):
 
     def _collect(self, actor: _Actor, ref: Any) -> None:
         ray = self._ray
+        progress: tuple[str, float] | None = None
         try:
             value, error = ray.get(ref), None
         except Exception as exc:  # RayActorError, TaskCancelledError, RayTaskError ...
             value, error = None, exc
         with self._lock:
-            if ref in actor.pings:
+            if ref == actor.progress_ref:
+                actor.progress_ref = None
+                progress = self._progress_to_report(actor, value, error)
+            elif ref in actor.pings:
                 actor.pings.remove(ref)
                 self._on_ping(actor, value, error)
             elif ref == actor.task_ref:  # Ray Client hands back new ref objects: not `is`
                 pending, actor.running, actor.task_ref = actor.running, None, None
                 if pending is not None:
                     self._on_result(actor, pending, value, error)
+        if progress is not None:
+            self._report_progress(*progress)
+
+    def _ask_progress(self) -> None:
+        """Ask each actor holding a chunk how far it is, at most every PROGRESS_POLL_S."""
+        now = time.monotonic()
+        for actor in self._actors:
+            if actor.running is not None and actor.task_ref is not None \
+                    and actor.progress_ref is None and now - actor.asked_at >= PROGRESS_POLL_S:
+                actor.progress_task = actor.running.task.task_id
+                actor.progress_ref = actor.handle.progress.remote(actor.progress_task)
+                actor.asked_at = now
+
+    @staticmethod
+    def _progress_to_report(
+        actor: _Actor, value: Any, error: Exception | None
+    ) -> tuple[str, float] | None:
+        """(task id, seconds decoded) when the answer moved forward; a killed actor's is not."""
+        if error is not None or not isinstance(value, int | float) or value <= actor.reported_s:
+            return None
+        actor.reported_s = value
+        return actor.progress_task, value
 
     def _on_ping(self, actor: _Actor, value: Any, error: Exception | None) -> None:
         if error is not None:
@@ -240,7 +287,7 @@ class RayExecutor(Dispatcher):
                 self._deliver(pending, TranscriptionError(f"cannot send the chunk to Ray: {exc}"))
                 continue
             with self._lock:
-                idle.task_ref = ref
+                idle.task_ref, idle.reported_s = ref, 0.0
 
     def _restart_late(self) -> None:
         """Kill an actor stuck on a chunk; Ray restarts it, and the chunk gets one more try."""
@@ -250,7 +297,7 @@ class RayExecutor(Dispatcher):
     # --- helpers ---------------------------------------------------------------------------
     def _create_actor(self, worker_id: int) -> _Actor:
         remote_class = self._ray.remote(ChunkWorker).options(
-            max_restarts=-1, max_task_retries=1, **self._resources,
+            max_restarts=-1, max_task_retries=1, max_concurrency=2, **self._resources,
         )
         handle = remote_class.remote(worker_id, self._config, self._factory)
         return _Actor(worker_id, handle=handle, pings=[handle.ping.remote()])
