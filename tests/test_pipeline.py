@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import JFK_TEXT
+from tests.conftest import DATA, JFK_TEXT, load_pcm
 from whisper_api.config import Settings
 from whisper_api.errors import InvalidAudioError
 from whisper_api.executors import worker_config
@@ -34,7 +34,8 @@ def pool() -> Iterator[WorkerPool]:
 
 
 def run(
-    pool: WorkerPool, media: Path, tmp: Path, **overrides: object
+    pool: WorkerPool, media: Path, tmp: Path, request: TranscribeRequest | None = None,
+    **overrides: object,
 ) -> tuple[Transcript, list[Progress]]:
     settings = Settings(temp_dir=tmp / "temp", **overrides)  # type: ignore[arg-type]
     sessions = SessionManager(settings.temp_dir, 24)
@@ -43,7 +44,7 @@ def run(
     async def go() -> Transcript:
         with sessions.session() as session:
             return await Pipeline(settings, pool, 2).transcribe(
-                media, session, TranscribeRequest(), progress.append)
+                media, session, request or TranscribeRequest(), progress.append)
 
     transcript = asyncio.run(go())
     assert list((tmp / "temp").iterdir()) == []
@@ -71,6 +72,25 @@ def test_long_file_fans_out_and_merges_in_order(
     assert starts == sorted(starts) and t.segments[-1].end <= t.duration_s + 0.01
     done = [p.chunks_done for p in progress if p.stage == "transcribing"]
     assert done == sorted(done) and done[-1] == t.extra["chunks"]
+
+
+@pytest.mark.parametrize("preset", ["accurate", "fast"])
+def test_each_preset_keeps_every_sentence_where_it_was_said(
+    pool: WorkerPool, long_speech: Path, tmp_path: Path, preset: str
+) -> None:
+    """`fast` decodes the speech packed without its pauses: its times must come back."""
+    transcript, _ = run(pool, long_speech, tmp_path, TranscribeRequest(preset=preset))  # type: ignore[arg-type]
+    clip_s = [len(load_pcm(DATA / n)) / 16000 + 1.0 for n in (
+        "jfk.flac", "ljspeech_LJ001-0001.flac", "deepspeech_LDC93S1.wav")]  # each + its pause
+    round_s = sum(clip_s)
+    last_clip = (clip_s[0] + clip_s[1], round_s)  # where "greasy wash water" is, in a round
+    found = [s for s in transcript.segments if "greasy" in words(s.text)]
+    assert len(found) == 3
+    for round_index, segment in enumerate(found):
+        start = round_index * round_s
+        assert start + last_clip[0] - 0.5 <= segment.start < segment.end <= start + last_clip[1]
+        assert segment.end - segment.start > 1.5  # the 2.9 s sentence, not a clamped sliver
+    assert " ".join(words(transcript.text)).count("your country can do for you") == 3
 
 
 def test_one_chunk_file_progress_moves_before_the_chunk_is_done(
