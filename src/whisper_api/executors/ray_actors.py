@@ -8,9 +8,11 @@ A dispatcher thread in the driver, like the local pool's supervisor, hands chunk
 round robin across requests (not everything at once, so `cancel()` can still drop a request's
 queued chunks and a long file cannot starve a short one), waits on the result refs with
 `ray.wait` and routes each result to the future of the task that asked for it. Shared state is
-guarded by the Dispatcher's lock. Progress inside a chunk: each actor runs two threads
-(`max_concurrency=2`), one decoding, one answering `progress()`, which the dispatcher asks
-every PROGRESS_POLL_S while the chunk runs; it hands the submitter each increase.
+guarded by the Dispatcher's lock. Progress inside a chunk: `progress()` runs in a concurrency
+group of its own, so an actor answers it while decoding; the dispatcher asks every
+PROGRESS_POLL_S while a chunk runs and hands the submitter each increase. Everything else stays
+in the default group, one at a time: a ping sent after killing a busy actor must wait for the
+restarted process, or the old one would answer it with its old pid.
 
 Chunk audio travels through Ray's object store: the driver reads the chunk WAV and `ray.put`s its
 bytes, the actor decodes them, so no filesystem is shared between the API and the cluster.
@@ -42,6 +44,7 @@ from whisper_api.transcript import ChunkTask
 log = logging.getLogger("whisper_api.ray")
 INSTALL_HINT = "EXECUTOR=ray needs Ray: pip install 'whisper-api[ray]'"
 PROGRESS_POLL_S = 0.5  # a decoded batch of windows takes seconds: this is smooth enough
+PROGRESS_GROUP = "progress"
 
 
 class ChunkWorker:
@@ -225,7 +228,8 @@ class RayExecutor(Dispatcher):
             if actor.running is not None and actor.task_ref is not None \
                     and actor.progress_ref is None and now - actor.asked_at >= PROGRESS_POLL_S:
                 actor.progress_task = actor.running.task.task_id
-                actor.progress_ref = actor.handle.progress.remote(actor.progress_task)
+                actor.progress_ref = actor.handle.progress.options(
+                    concurrency_group=PROGRESS_GROUP).remote(actor.progress_task)
                 actor.asked_at = now
 
     @staticmethod
@@ -296,8 +300,9 @@ class RayExecutor(Dispatcher):
 
     # --- helpers ---------------------------------------------------------------------------
     def _create_actor(self, worker_id: int) -> _Actor:
-        remote_class = self._ray.remote(ChunkWorker).options(
-            max_restarts=-1, max_task_retries=1, max_concurrency=2, **self._resources,
+        remote_class = self._ray.remote(concurrency_groups={PROGRESS_GROUP: 1})(ChunkWorker)
+        remote_class = remote_class.options(
+            max_restarts=-1, max_task_retries=1, **self._resources,
         )
         handle = remote_class.remote(worker_id, self._config, self._factory)
         return _Actor(worker_id, handle=handle, pings=[handle.ping.remote()])
