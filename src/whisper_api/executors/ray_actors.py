@@ -228,8 +228,7 @@ class RayExecutor(Dispatcher):
             if actor.running is not None and actor.task_ref is not None \
                     and actor.progress_ref is None and now - actor.asked_at >= PROGRESS_POLL_S:
                 actor.progress_task = actor.running.task.task_id
-                actor.progress_ref = actor.handle.progress.options(
-                    concurrency_group=PROGRESS_GROUP).remote(actor.progress_task)
+                actor.progress_ref = actor.handle.progress.remote(actor.progress_task)
                 actor.asked_at = now
 
     @staticmethod
@@ -300,6 +299,9 @@ class RayExecutor(Dispatcher):
 
     # --- helpers ---------------------------------------------------------------------------
     def _create_actor(self, worker_id: int) -> _Actor:
+        # The group is named on the method itself (what @ray.method does; this module cannot
+        # import Ray at import time): Ray Client refuses a group given per call.
+        self._ray.method(concurrency_group=PROGRESS_GROUP)(ChunkWorker.progress)
         remote_class = self._ray.remote(concurrency_groups={PROGRESS_GROUP: 1})(ChunkWorker)
         remote_class = remote_class.options(
             max_restarts=-1, max_task_retries=1, **self._resources,
