@@ -7,11 +7,11 @@ what most of its speech is. The pipeline runs it once per file and gives every c
 
 Decoding strategy (measured in docs/benchmarks.md): Silero VAD splits the chunk into speech
 regions (utterances), neighbouring regions are packed into decoder windows of at most `window_s`
-seconds and decoded in batches with timestamps. Each region is then judged by what came back for
-it (regions.judge: word rate, compression, log-probability, repeated n-grams): tiny.en sometimes
-skips or garbles a whole sentence inside a window while its timestamps still cover it. A failing
-region is decoded again alone by the sequential decoder (beam 5, temperature fallback), and every
-segment's times are fitted inside its region. The `fast` preset's windows hold the regions'
+seconds and decoded in batches with word timestamps. Each region is then judged by what came
+back for it (regions.judge: word rate, compression, log-probability, repeated n-grams):
+tiny.en sometimes skips or garbles a whole sentence inside a window while its timestamps still
+cover it. A failing region is decoded again (in a batch, then alone by the sequential decoder:
+beam 5, temperature fallback), and every segment's times are fitted inside its region. The `fast` preset's windows hold the regions'
 speech packed without their pauses (`compact`), as faster-whisper's batched pipeline packs them.
 """
 
