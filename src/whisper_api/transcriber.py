@@ -11,8 +11,9 @@ seconds and decoded in batches with word timestamps. Each region is then judged 
 back for it (regions.judge: word rate, compression, log-probability, repeated n-grams):
 tiny.en sometimes skips or garbles a whole sentence inside a window while its timestamps still
 cover it. A failing region is decoded again (in a batch, then alone by the sequential decoder:
-beam 5, temperature fallback), and every segment's times are fitted inside its region. The `fast` preset's windows hold the regions'
-speech packed without their pauses (`compact`), as faster-whisper's batched pipeline packs them.
+beam 5, temperature fallback), and every segment's times are fitted inside its region. The
+`fast` preset's windows hold the regions' speech packed without their pauses (`compact`), as
+faster-whisper's batched pipeline packs them.
 """
 
 import logging
