@@ -1,11 +1,13 @@
 """Shared fixtures: real clips from tests/data and media made from them with the ffmpeg binary."""
 
+import csv
 import re
 import subprocess
 import wave
 from collections.abc import Iterator
 from pathlib import Path
 
+import jiwer
 import numpy as np
 import pytest
 
@@ -22,6 +24,26 @@ def spoken(text: str) -> str:
     lines = [line for line in text.splitlines()
              if "-->" not in line and not line.strip().isdigit() and line != "WEBVTT"]
     return " ".join(re.sub(r"[^a-z' ]", " ", " ".join(lines).lower()).split())
+
+
+def reference(clip: str) -> str:
+    """A test clip's reference transcript, from tests/data/manifest.csv."""
+    with (DATA / "manifest.csv").open() as manifest:
+        return next(r["reference_text"] for r in csv.DictReader(manifest) if r["file"] == clip)
+
+
+def heard(said: str, text: str, max_wer: float = 0.4) -> int:
+    """How many times `text` says `said`: non-overlapping runs of its words within `max_wer` of
+    `said`'s words (both through `spoken`). Never the model's exact words: another CPU may
+    print "dog suit" or "Americans," where this one did not."""
+    expected, words = spoken(said).split(), spoken(text).split()
+    count, at = 0, 0
+    while at < len(words):
+        if jiwer.wer(" ".join(expected), " ".join(words[at:at + len(expected)])) <= max_wer:
+            count, at = count + 1, at + len(expected)
+        else:
+            at += 1
+    return count
 
 
 def ffmpeg(*args: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DATA, spoken
+from tests.conftest import DATA, JFK_TEXT, heard, spoken
 from tests.support.server import Server, run_server, worker_pids
 
 pytestmark = pytest.mark.model
@@ -86,7 +86,7 @@ def test_upload_job_streams_progress_and_matches_sync(server: Server, jfk: Path)
         sync = httpx.post(f"{server.url}/api/v1/transcribe", timeout=60,
                           files={"file": ("jfk.flac", handle)}, data={"format": "srt"})
     assert srt.status_code == 200 and srt.text == sync.text
-    assert "ask not what your country" in spoken(srt.text)
+    assert heard(JFK_TEXT, srt.text) == 1
     assert srt.headers["content-disposition"] == \
         "attachment; filename=\"jfk.srt\"; filename*=UTF-8''jfk.srt"
     narrow = httpx.get(f"{server.url}/api/v1/jobs/{job_id}/result",
@@ -103,7 +103,7 @@ def test_upload_job_streams_progress_and_matches_sync(server: Server, jfk: Path)
         sync_json = httpx.post(f"{server.url}/api/v1/transcribe", timeout=60,
                                files={"file": ("jfk.flac", handle)}).json()
     assert as_json["text"] == sync_json["text"]
-    assert "ask not what your country can do for you" in as_json["text"]
+    assert heard(JFK_TEXT, as_json["text"]) == 1
     assert as_json["job_id"] == job_id
     assert server.temp_is_empty()
 
@@ -130,7 +130,7 @@ def test_several_minute_job_survives_a_killed_worker_and_matches_sync(
     with several_minutes.open("rb") as handle:
         sync = httpx.post(f"{server.url}/api/v1/transcribe", timeout=300,
                           files={"file": (several_minutes.name, handle)}).json()
-    assert result["text"] == sync["text"] and result["text"].count("your country") == 16
+    assert result["text"] == sync["text"] and heard(JFK_TEXT, result["text"]) == 8
     assert server.temp_is_empty()
 
 
@@ -251,7 +251,7 @@ def test_url_job_posts_its_callback(
         time.sleep(0.1)
     assert received and received[-1]["id"] == job_id and received[-1]["status"] == "succeeded"
     text = httpx.get(f"{server.url}/api/v1/jobs/{job_id}/result").text
-    assert "ask not what your country" in text
+    assert heard(JFK_TEXT, text) >= 1
 
 
 def _kill_tree(pid: int) -> None:
@@ -283,7 +283,7 @@ def test_restart_resumes_jobs_or_fails_them(tmp_path: Path, long_speech: Path) -
         failed = wait_for_status(second, lost)
         assert failed["status"] == "failed" and "input was lost" in failed["error"]
         result = httpx.get(f"{second.url}/api/v1/jobs/{kept}/result?format=text")
-        assert "your country" in result.text
+        assert heard(JFK_TEXT, result.text) >= 1
 
 
 def test_ctrl_c_right_after_a_cancel_stops_the_server_quickly(

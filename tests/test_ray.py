@@ -18,7 +18,7 @@ from pathlib import Path
 import jiwer
 import pytest
 
-from tests.conftest import spoken
+from tests.conftest import JFK_TEXT, heard, spoken
 from tests.support.chunks import CONFIG, make_task
 from tests.support.fakes import echo_factory
 from tests.support.processes import alive, descendants, kill_all, pids_mentioning
@@ -102,7 +102,7 @@ def test_long_file_gives_the_same_transcript_as_the_local_pool(
         expected = run_pipeline(local, long_speech, tmp_path / "local")
     finally:
         local.stop()
-    assert expected.extra["chunks"] >= 3 and "ask not what your country" in expected.text.lower()
+    assert expected.extra["chunks"] >= 3 and heard(JFK_TEXT, expected.text) >= 1
 
     executor = RayExecutor(2, config, num_cpus_per_worker=HALF_CPU)
     executor.start()
@@ -158,7 +158,7 @@ def test_the_service_on_ray_reports_readiness_progress_and_metrics(
                 if n == "progress" and d["progress"]["stage"] == "transcribing"]
         assert done == sorted(done) and len(set(done)) > 1
         result = httpx.get(f"{server.url}/api/v1/jobs/{job_id}/result").json()
-        assert result["mode"] == "parallel" and result["text"].count("your country") == 6
+        assert result["mode"] == "parallel" and heard(JFK_TEXT, result["text"]) == 3
         samples = scrape(server)
         assert value(samples, "whisper_chunk_seconds_count") == result["chunks"]
         assert value(samples, "whisper_workers", state="idle") == 2
