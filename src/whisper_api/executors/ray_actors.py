@@ -145,8 +145,14 @@ class RayExecutor(Dispatcher):
         size = self._size or self._size_from_cluster()
         self._stats.workers = size
         log.info("Starting %d Ray actors (%s each)", size, self._resources)
+        # The group is named on the method itself (what @ray.method does; this module cannot
+        # import Ray at import time): Ray Client refuses a group given per call.
+        self._ray.method(concurrency_group=PROGRESS_GROUP)(ChunkWorker.progress)
+        actor_class = self._ray.remote(concurrency_groups={PROGRESS_GROUP: 1})(ChunkWorker)
+        remote_class = actor_class.options(max_restarts=-1, max_task_retries=1, **self._resources)
         for worker_id in range(size):
-            self._actors.append(self._create_actor(worker_id))
+            handle = remote_class.remote(worker_id, self._config, self._factory)
+            self._actors.append(_Actor(worker_id, handle=handle, pings=[handle.ping.remote()]))
         self._thread = threading.Thread(target=self._dispatch_loop, name="ray-dispatcher",
                                         daemon=True)
         self._thread.start()
@@ -298,17 +304,6 @@ class RayExecutor(Dispatcher):
             self._stop_worker(slot)
 
     # --- helpers ---------------------------------------------------------------------------
-    def _create_actor(self, worker_id: int) -> _Actor:
-        # The group is named on the method itself (what @ray.method does; this module cannot
-        # import Ray at import time): Ray Client refuses a group given per call.
-        self._ray.method(concurrency_group=PROGRESS_GROUP)(ChunkWorker.progress)
-        remote_class = self._ray.remote(concurrency_groups={PROGRESS_GROUP: 1})(ChunkWorker)
-        remote_class = remote_class.options(
-            max_restarts=-1, max_task_retries=1, **self._resources,
-        )
-        handle = remote_class.remote(worker_id, self._config, self._factory)
-        return _Actor(worker_id, handle=handle, pings=[handle.ping.remote()])
-
     def _size_from_cluster(self) -> int:
         resources = self._ray.cluster_resources()
         gpus = self._resources["num_gpus"]
