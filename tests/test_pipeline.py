@@ -79,11 +79,11 @@ def test_each_preset_keeps_every_sentence_where_it_was_said(
 ) -> None:
     """`fast` decodes the speech packed without its pauses: its times must come back."""
     transcript, _ = run(pool, long_speech, tmp_path, TranscribeRequest(preset=preset))  # type: ignore[arg-type]
-    clips = ("jfk.flac", "ljspeech_LJ001-0001.flac", "deepspeech_LDC93S1.wav")
+    clips = {name: len(load_pcm(DATA / name)) / 16000 for name in (
+        "jfk.flac", "ljspeech_LJ001-0001.flac", "deepspeech_LDC93S1.wav")}
     at = 0.0
     for _ in range(3):  # rounds
-        for clip in clips:
-            length_s = len(load_pcm(DATA / clip)) / 16000
+        for clip, length_s in clips.items():
             said = [s for s in transcript.segments
                     if at - 0.5 <= s.start < s.end <= at + length_s + 0.5]
             assert heard(reference(clip), " ".join(s.text for s in said)) == 1, (at, said)

@@ -165,6 +165,14 @@ def limits(timeout_s: float = 10.0, max_bytes: int = 10 * MB,
                           allow_private=allow_private)
 
 
+def fetch_through(through: str, url: str, folder: Path, guarded: DownloadLimits) -> None:
+    """Download `url` with httpx (plain media) or yt-dlp (its generic extractor)."""
+    if through == "httpx":
+        fetch_media(url, folder, guarded)
+    else:
+        fetch_with_ytdlp(url, folder, guarded, extractors=("generic",))
+
+
 def rss_mb(pid: int | None = None) -> float:
     status = Path(f"/proc/{pid or os.getpid()}/status").read_text()
     line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
@@ -181,11 +189,7 @@ def test_download_timeout_is_a_deadline_not_a_per_read_timeout(listener: Listene
     listener.routes["/trickle.flac"] = trickle  # a byte every 0.1 s: no read ever times out
     started = time.monotonic()
     with pytest.raises(DownloadError, match=r"longer than 1s \(DOWNLOAD_TIMEOUT_S\)"):
-        if through == "httpx":
-            fetch_media(listener.url("/trickle.flac"), tmp_path, limits(timeout_s=1.0))
-        else:
-            fetch_with_ytdlp(listener.url("/trickle.flac"), tmp_path, limits(timeout_s=1.0),
-                             extractors=("generic",))
+        fetch_through(through, listener.url("/trickle.flac"), tmp_path, limits(timeout_s=1.0))
     elapsed = time.monotonic() - started
     print(f"FIGURE trickle download through {through} stopped after {elapsed:.2f} s "
           "(deadline 1 s)")
@@ -349,10 +353,7 @@ def test_dns_rebinding_cannot_reach_an_internal_listener(
     url = listener.url("/jfk.flac", host="rebind.test")
     guarded = limits(allow_private=False)
     with pytest.raises(UrlNotAllowedError, match="rebind.test"):
-        if through == "httpx":
-            fetch_media(url, tmp_path, guarded)
-        else:
-            fetch_with_ytdlp(url, tmp_path, guarded, extractors=("generic",))
+        fetch_through(through, url, tmp_path, guarded)
     assert answers == [PUBLIC_IP, PUBLIC_IP, "127.0.0.1"]  # refused at the connection
     assert watched_sockets == []  # the connection was vetted, and refused, before it opened
     assert listener.requests == []
@@ -384,10 +385,7 @@ def test_redirects_to_internal_addresses_send_nothing_there(
         url = listener.url("/go", host="public.test")
         guarded = limits(allow_private=False)
         with pytest.raises(UrlNotAllowedError, match="127.0.0.1"):
-            if through == "httpx":
-                fetch_media(url, tmp_path, guarded)
-            else:
-                fetch_with_ytdlp(url, tmp_path, guarded, extractors=("generic",))
+            fetch_through(through, url, tmp_path, guarded)
         assert listener.requests == ["/go"]
         assert internal.requests == []
         assert watched_sockets == [PUBLIC_IP]
