@@ -21,10 +21,6 @@ pytestmark = pytest.mark.model
 CLI = [sys.executable, "-m", "whisper_api.cli"]
 
 
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z' ]", " ", text.lower()).split()
-
-
 def cli(*args: str, tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "TEMP_DIR": str(tmp / "temp"), "PARALLEL_WORKERS": "1", **env}
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=environment,

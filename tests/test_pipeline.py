@@ -1,7 +1,6 @@
 """End to end on the real tiny.en model and real worker processes."""
 
 import asyncio
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +16,6 @@ from whisper_api.sessions import SessionManager
 from whisper_api.transcript import Transcript
 
 pytestmark = pytest.mark.model
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z' ]", " ", text.lower()).split()
 
 
 @pytest.fixture(scope="module")
