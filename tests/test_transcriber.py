@@ -173,3 +173,39 @@ def test_speech_only_windows_come_back_on_the_original_timeline() -> None:
     assert [(s.start, s.end) for s in segments] == REGIONS
     assert [s.text.split()[1] for s in segments] == ["0.0", "4.5", "12.0"]  # packed positions
     assert redone == 0 and progress[-1] == 17.0 and progress == sorted(progress)
+
+
+class Said:
+    """A decoder that hears `said` (start, end, text, logprob, no-speech probability) wherever
+    a requested window covers it, on every call."""
+
+    def __init__(self, said: list[tuple[float, float, str, float, float]]) -> None:
+        self.said = said
+
+    def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
+        clips = kwargs["clip_timestamps"]
+        return iter([RawSegment(a, b, text, logprob, no_speech)
+                     for a, b, text, logprob, no_speech in self.said
+                     if any(c["start"] <= (a + b) / 2 <= c["end"] for c in clips)]), Info()
+
+
+@pytest.mark.parametrize("quiet_text, logprob, no_speech, kept", [
+    pytest.param("this is all very whispered speech", -0.2, 0.05, True, id="whispered words"),
+    pytest.param("you", -0.9, 0.8, False, id="noise the decoder calls 'you'"),
+    pytest.param("this is all very whispered speech", -1.4, 0.3, False, id="unsure words"),
+])
+def test_a_stretch_the_vad_missed_is_kept_only_when_the_decoder_is_sure(
+    quiet_text: str, logprob: float, no_speech: float, kept: bool,
+) -> None:
+    audio = np.zeros(20 * SAMPLE_RATE_HZ, dtype=np.float32)
+    audio[14 * SAMPLE_RATE_HZ:17 * SAMPLE_RATE_HZ] = 0.05  # loud, outside every VAD region
+    sequential = FakeSequential()
+    said = [(0.5, 3.5, GOOD[REGIONS[0]], -0.2, 0.01), (5.5, 11.5, GOOD[REGIONS[1]], -0.2, 0.01),
+            (14.2, 16.8, quiet_text, logprob, no_speech)]
+    transcriber = Transcriber.with_decoders(sequential, Said(said))
+    transcriber.find_utterances = lambda audio: list(REGIONS[:2])  # type: ignore[method-assign]
+    segments, _, _ = transcriber.transcribe(audio, DecodeOptions(batched_redo=True))
+    assert [s.text for s in segments] == [GOOD[REGIONS[0]], GOOD[REGIONS[1]]] + (
+        [quiet_text] if kept else [])
+    assert all(13.5 < s.start < s.end < 17.5 for s in segments[2:])
+    assert sequential.calls == []  # noise is never worth six sequential decodes

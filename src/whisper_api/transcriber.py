@@ -13,7 +13,9 @@ tiny.en sometimes skips or garbles a whole sentence inside a window while its ti
 cover it. A failing region is decoded again (in a batch, then alone by the sequential decoder:
 beam 5, temperature fallback), and every segment's times are fitted inside its region. The
 `fast` preset's windows hold the regions' speech packed without their pauses (`compact`), as
-faster-whisper's batched pipeline packs them.
+faster-whisper's batched pipeline packs them. Loud stretches between the VAD's regions (the
+VAD hears no whispered or falsetto speech: `quiet.quiet_speech`) are decoded as regions too,
+and kept only where the decoder is sure of them (`trusted`).
 """
 
 import logging
@@ -30,6 +32,7 @@ from whisper_api.chunking import spread_regions
 from whisper_api.errors import ModelNotFoundError
 from whisper_api.executors.base import WorkerConfig
 from whisper_api.models import resolve_model
+from whisper_api.quiet import quiet_speech
 from whisper_api.regions import Region, RegionLimits, assign, fit_to_region, judge, redo_set
 from whisper_api.transcript import DecodeOptions, Segment, Word
 
@@ -87,8 +90,10 @@ class Transcriber:
         `on_progress` receives how many seconds of `audio` are decoded, once per decoded window.
         """
         report = on_progress or _ignore
-        regions = self.find_utterances(audio)
+        speech = self.find_utterances(audio)
         self._vad_memo = None  # used at most once: detection, then this decode
+        quiet = set(quiet_speech(audio, speech))
+        regions = sorted([*speech, *quiet])
         if not regions:
             return [], options.language or "en", 0
         groups, language = self._decode_regions(
@@ -96,8 +101,10 @@ class Transcriber:
         redo = self._regions_to_redo(regions, groups)
         # The language found once is reused: a redo never detects it again.
         self._repair(audio, regions, groups, redo,
-                     replace(options, language=options.language or language))
+                     replace(options, language=options.language or language),
+                     {i for i, r in enumerate(regions) if r in quiet})
         kept = [s for region, group in zip(regions, groups, strict=True)
+                if region not in quiet or trusted(region, group)
                 for s in fit_to_region(region, [s for s in group if not _hallucinated(s)])]
         report(len(audio) / SAMPLE_RATE_HZ)
         if not options.word_timestamps:
@@ -105,11 +112,15 @@ class Transcriber:
         return kept, language, len(redo)
 
     def _repair(self, audio: np.ndarray, regions: list[Region], groups: list[list[Segment]],
-                redo: set[int], options: DecodeOptions) -> None:
-        """Replace the failing regions' groups with a new decoding of each region."""
+                redo: set[int], options: DecodeOptions, quiet: set[int]) -> None:
+        """Replace the failing regions' groups with a new decoding of each region.
+
+        Quiet regions (no VAD speech) never reach the sequential decoder: on music or noise
+        each would cost up to six decodes (temperature fallback) to find nothing.
+        """
         left = self._redo_batched(audio, regions, groups, redo, options) \
             if options.batched_redo else redo
-        for index in sorted(left) if options.sequential_redo else []:
+        for index in sorted(left - quiet) if options.sequential_redo else []:
             groups[index] = self._decode_alone(audio, regions[index], options)
 
     def find_utterances(self, audio: np.ndarray) -> list[Region]:
@@ -341,6 +352,14 @@ def _ignore(_: float) -> None:
 
 def _hallucinated(segment: Segment) -> bool:
     return segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < LOW_LOGPROB
+
+
+def trusted(region: Region, group: list[Segment]) -> bool:
+    """Whether a quiet region's answer is speech: it passes the judge and every segment is
+    sure of speech and of its words (on noise the decoder answers "you" or "." unsure of both;
+    whispered sentences come back with no-speech probability under 0.1)."""
+    return judge(region, group, LIMITS) is None and all(
+        s.no_speech_prob <= NO_SPEECH_PROB and s.avg_logprob >= LOW_LOGPROB for s in group)
 
 
 def _segment(raw: Any) -> Segment:

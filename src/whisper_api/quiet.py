@@ -1,0 +1,76 @@
+"""Speech the VAD does not hear: loud stretches in the gaps between its regions (pure).
+
+Silero VAD hears nothing at all of whispered or falsetto clips (0 of 3.5-5.7 s on the
+development corpus), so their words never reached a decoder window, while faster-whisper's
+sequential decoder, which has no VAD, hears them. A stretch of a gap that stands well above the
+gaps' own noise floor is offered to the decoder as a region of its own; what the decoder makes
+of it is kept only when it is confident (the transcriber's `trusted`), since such a stretch may
+be music, a cough or a door. Stationary noise raises the floor with it and finds nothing.
+"""
+
+import math
+
+import numpy as np
+
+from whisper_api.regions import Region
+
+SAMPLE_RATE_HZ = 16000
+FRAME_S = 0.03
+RISE_DB = 20.0  # over the gaps' floor (their 10th percentile)
+MIN_DB = -65.0  # quieter is never speech worth decoding, even over digital silence
+AWAY_S = 0.2  # frames this close to a VAD region belong to it (its padding)
+BRIDGE_S = 0.4  # loud frames this close belong to one stretch (syllables)
+MIN_LOUD_S = 0.8  # a cough or a click is shorter
+PAD_S = 0.2
+MAX_REGION_S = 20.0  # as the VAD's regions (max_speech_duration_s): a window holds several
+
+
+def quiet_speech(audio: np.ndarray, regions: list[Region]) -> list[Region]:
+    """Stretches outside `regions` loud enough to hold speech, in time order."""
+    levels = frame_levels(audio)
+    outside = _outside(len(levels), regions)
+    if not outside.any():
+        return []
+    floor = float(np.percentile(levels[outside], 10))
+    loud = np.flatnonzero(outside & (levels > max(floor + RISE_DB, MIN_DB)))
+    end_s = len(audio) / SAMPLE_RATE_HZ
+    return [piece for first, last, count in _stretches(loud, outside)
+            if count * FRAME_S >= MIN_LOUD_S
+            for piece in split((max(0.0, first * FRAME_S - PAD_S),
+                                min(end_s, (last + 1) * FRAME_S + PAD_S)), MAX_REGION_S)]
+
+
+def split(region: Region, max_s: float) -> list[Region]:
+    """The region cut into equal pieces of at most `max_s` (a long stretch is music or noise
+    as often as speech, and no piece may outgrow a decoder window)."""
+    start, end = region
+    count = max(1, math.ceil((end - start) / max_s))
+    step = (end - start) / count
+    return [(start + i * step, start + (i + 1) * step) for i in range(count)]
+
+
+def frame_levels(audio: np.ndarray) -> np.ndarray:
+    """Each FRAME_S frame's mean power in dB (full scale = 0)."""
+    size = int(FRAME_S * SAMPLE_RATE_HZ)
+    frames = audio[:len(audio) // size * size].astype(np.float64).reshape(-1, size)
+    return np.asarray(10 * np.log10((frames ** 2).mean(axis=1) + 1e-12))
+
+
+def _outside(count: int, regions: list[Region]) -> np.ndarray:
+    outside = np.ones(count, dtype=bool)
+    for start, end in regions:
+        outside[max(0, int((start - AWAY_S) / FRAME_S)):int((end + AWAY_S) / FRAME_S) + 1] = False
+    return outside
+
+
+def _stretches(loud: np.ndarray, outside: np.ndarray) -> list[tuple[int, int, int]]:
+    """Runs of loud frames (first, last, how many loud), joined across short quiet spans that
+    do not reach into a region."""
+    runs: list[tuple[int, int, int]] = []
+    for frame in loud.tolist():
+        if runs and (frame - runs[-1][1]) * FRAME_S <= BRIDGE_S \
+                and outside[runs[-1][1]:frame].all():
+            runs[-1] = (runs[-1][0], frame, runs[-1][2] + 1)
+        else:
+            runs.append((frame, frame, 1))
+    return runs

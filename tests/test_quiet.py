@@ -1,0 +1,58 @@
+"""Finding speech the VAD missed: loud stretches of the gaps between its regions (pure)."""
+
+import numpy as np
+
+from whisper_api.quiet import MAX_REGION_S, SAMPLE_RATE_HZ, quiet_speech, split
+from whisper_api.regions import Region
+
+RNG = np.random.default_rng(7)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE_HZ), dtype=np.float32)
+
+
+def syllables(seconds: float, level: float = 0.01) -> np.ndarray:
+    """Noise bursts of 0.2 s with 0.1 s gaps: loud like whispered speech (about -45 dB)."""
+    sound = RNG.normal(0.0, level, int(seconds * SAMPLE_RATE_HZ)).astype(np.float32)
+    period = int(0.3 * SAMPLE_RATE_HZ)
+    sound[(np.arange(len(sound)) % period) >= int(0.2 * SAMPLE_RATE_HZ)] = 0.0
+    return sound
+
+
+def test_a_loud_stretch_in_a_gap_is_offered_as_a_region() -> None:
+    audio = np.concatenate([syllables(4), silence(3), syllables(2), silence(3), syllables(4)])
+    vad: list[Region] = [(0.0, 4.0), (12.0, 16.0)]  # the VAD heard only the outer two
+    [(start, end)] = quiet_speech(audio, vad)
+    assert 6.5 <= start <= 7.0 and 9.0 <= end <= 9.5
+    assert not any(min(end, b) > max(start, a) for a, b in vad)
+
+
+def test_a_stretch_next_to_a_region_belongs_to_it() -> None:
+    audio = np.concatenate([syllables(5), silence(5)])
+    assert quiet_speech(audio, [(0.0, 4.9)]) == []  # the VAD region's own padding
+
+
+def test_steady_noise_clicks_and_silence_find_nothing() -> None:
+    noise = RNG.normal(0.0, 0.05, 20 * SAMPLE_RATE_HZ).astype(np.float32)
+    assert quiet_speech(noise, []) == []  # the floor rises with the noise
+    clicks = silence(10)
+    clicks[::SAMPLE_RATE_HZ] = 0.9  # one sample a second
+    assert quiet_speech(clicks, []) == []
+    short = np.concatenate([silence(3), syllables(0.6), silence(3)])
+    assert quiet_speech(short, []) == []  # a cough is shorter than a word or two
+    assert quiet_speech(silence(5), []) == quiet_speech(silence(0.01), []) == []
+
+
+def test_a_file_the_vad_heard_nothing_of_is_searched_whole() -> None:
+    audio = np.concatenate([silence(2), syllables(3), silence(2)])
+    [(start, end)] = quiet_speech(audio, [])
+    assert start < 2.1 and end > 4.9
+
+
+def test_long_stretches_are_cut_into_pieces_a_window_can_hold() -> None:
+    pieces = split((10.0, 55.0), MAX_REGION_S)
+    assert len(pieces) == 3 and pieces[0][0] == 10.0 and pieces[-1][1] == 55.0
+    assert all(b - a <= MAX_REGION_S for a, b in pieces)
+    assert all(p[1] == q[0] for p, q in zip(pieces, pieces[1:], strict=False))
+    assert split((0.0, 3.0), MAX_REGION_S) == [(0.0, 3.0)]
