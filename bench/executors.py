@@ -112,11 +112,13 @@ def all_at_once(executor: ChunkExecutor, workers: int, wav: Path, chunks: int) -
     started = time.perf_counter()
     futures = [executor.submit(silent_task(wav, "batch", i)) for i in range(chunks)]
     worker_s = sum(f.result(ROUND_TRIP_TIMEOUT_S).elapsed_s for f in futures)
-    return ((time.perf_counter() - started) * workers - worker_s) / chunks
+    return ((time.perf_counter() - started) * workers - worker_s) / max(1, chunks)
 
 
 def report_overheads(overheads: dict[str, Overhead]) -> None:
     chunks = max(len(o.one_at_a_time_s) for o in overheads.values())
+    if not chunks:  # --overhead-chunks 0
+        return
     print(f"\ndispatch overhead per chunk ({chunks} silent {SILENCE_S} s chunks, worker time "
           "subtracted)\n"
           f"  {'executor':12s} {'one at a time: median':>22s} {'p90':>8s} {'all at once':>12s}")
