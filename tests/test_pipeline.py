@@ -106,6 +106,35 @@ def test_falsetto_and_whispered_speech_the_vad_misses_is_heard(
     assert [heard(reference(n), transcript.text, max_wer=0.5) for n in QUIET_CLIPS] == [1] * 5
 
 
+def chords(seconds: float) -> np.ndarray:
+    """Synthetic music: a note with two harmonics every 0.5 s."""
+    t = np.arange(int(seconds * 16000)) / 16000
+    notes = np.array([220.0, 277.0, 330.0, 440.0])[(t * 2).astype(int) % 4]
+    return sum(np.sin(2 * np.pi * notes * k * t) / k for k in (1, 2, 3)) * 3000
+
+
+def pink_noise(seconds: float, peak: float) -> np.ndarray:
+    """Noise with power falling as 1/f, like rumble or a crowd."""
+    white = np.random.default_rng(1).normal(0.0, 1.0, int(seconds * 16000))
+    spectrum = np.fft.rfft(white) / np.sqrt(np.arange(len(white) // 2 + 1) + 1.0)
+    pink = np.fft.irfft(spectrum, len(white))
+    return np.asarray(peak * pink / np.abs(pink).max())
+
+
+def test_music_and_noise_between_sentences_add_no_words(pool: WorkerPool, tmp_path: Path) -> None:
+    """Both are loud enough for the quiet-speech pass to offer them to the decoder: nothing
+    it makes of them may reach the transcript."""
+    jfk, pause = load_pcm(DATA / "jfk.flac").astype(float), np.zeros(16000)
+    noise = pink_noise(3.0, peak=10000.0)
+    parts = [jfk, pause, chords(6.0), pause, jfk, pause, noise, pause, jfk]
+    media = write_wav(tmp_path / "music.wav", np.concatenate(parts))
+    transcript, _ = run(pool, media, tmp_path)
+    assert heard(JFK_TEXT, transcript.text) == 3
+    music, burst = (12.0, 18.0), (31.0, 34.0)  # where they lie: 11 s clip, 1 s pauses
+    assert [s for s in transcript.segments
+            if any(a < (s.start + s.end) / 2 < b for a, b in (music, burst))] == []
+
+
 def test_one_chunk_file_progress_moves_before_the_chunk_is_done(
     pool: WorkerPool, long_speech: Path, tmp_path: Path
 ) -> None:

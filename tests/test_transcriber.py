@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from whisper_api.pipeline import PRESETS
 from whisper_api.regions import Region
 from whisper_api.transcriber import SAMPLE_RATE_HZ, Transcriber, compact, pack_windows
 from whisper_api.transcript import DecodeOptions
@@ -176,17 +177,25 @@ def test_speech_only_windows_come_back_on_the_original_timeline() -> None:
 
 
 class Said:
-    """A decoder that hears `said` (start, end, text, logprob, no-speech probability) wherever
-    a requested window covers it, on every call."""
+    """A decoder that hears what was said where it was said, as batched windows of any packing
+    present it: each utterance is a constant level in the audio, `said` maps each level to
+    (text, logprob, no-speech probability), and every window answers the levels it holds, at
+    their positions in the audio it was given."""
 
-    def __init__(self, said: list[tuple[float, float, str, float, float]]) -> None:
+    def __init__(self, said: dict[float, tuple[str, float, float]]) -> None:
         self.said = said
 
     def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
-        clips = kwargs["clip_timestamps"]
-        return iter([RawSegment(a, b, text, logprob, no_speech)
-                     for a, b, text, logprob, no_speech in self.said
-                     if any(c["start"] <= (a + b) / 2 <= c["end"] for c in clips)]), Info()
+        heard = []
+        for clip in kwargs["clip_timestamps"]:
+            first, last = (int(t * SAMPLE_RATE_HZ) for t in (clip["start"], clip["end"]))
+            for level, (text, logprob, no_speech) in self.said.items():
+                at = np.flatnonzero(audio[first:last] == np.float32(level))
+                if len(at):
+                    heard.append(RawSegment((first + at[0]) / SAMPLE_RATE_HZ,
+                                            (first + at[-1]) / SAMPLE_RATE_HZ,
+                                            text, logprob, no_speech))
+        return iter(heard), Info()
 
 
 @pytest.mark.parametrize("quiet_text, logprob, no_speech, kept", [
@@ -194,17 +203,20 @@ class Said:
     pytest.param("you", -0.9, 0.8, False, id="noise the decoder calls 'you'"),
     pytest.param("this is all very whispered speech", -1.4, 0.3, False, id="unsure words"),
 ])
+@pytest.mark.parametrize("preset", ["accurate", "fast"])
 def test_a_stretch_the_vad_missed_is_kept_only_when_the_decoder_is_sure(
-    quiet_text: str, logprob: float, no_speech: float, kept: bool,
+    quiet_text: str, logprob: float, no_speech: float, kept: bool, preset: str,
 ) -> None:
     audio = np.zeros(20 * SAMPLE_RATE_HZ, dtype=np.float32)
-    audio[14 * SAMPLE_RATE_HZ:17 * SAMPLE_RATE_HZ] = 0.05  # loud, outside every VAD region
+    for level, (start_s, end_s) in zip((0.02, 0.03, 0.05), [(0.5, 3.5), (5.5, 11.5), (14, 17)],
+                                       strict=True):
+        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
+    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.03: (GOOD[REGIONS[1]], -0.2, 0.01),
+            0.05: (quiet_text, logprob, no_speech)}  # the last outside every VAD region
     sequential = FakeSequential()
-    said = [(0.5, 3.5, GOOD[REGIONS[0]], -0.2, 0.01), (5.5, 11.5, GOOD[REGIONS[1]], -0.2, 0.01),
-            (14.2, 16.8, quiet_text, logprob, no_speech)]
     transcriber = Transcriber.with_decoders(sequential, Said(said))
     transcriber.find_utterances = lambda audio: list(REGIONS[:2])  # type: ignore[method-assign]
-    segments, _, _ = transcriber.transcribe(audio, DecodeOptions(batched_redo=True))
+    segments, _, _ = transcriber.transcribe(audio, PRESETS[preset])
     assert [s.text for s in segments] == [GOOD[REGIONS[0]], GOOD[REGIONS[1]]] + (
         [quiet_text] if kept else [])
     assert all(13.5 < s.start < s.end < 17.5 for s in segments[2:])

@@ -49,6 +49,7 @@ LIMITS = RegionLimits()
 # The sequential decoder's own defaults for a region decoded again (faster-whisper transcribe).
 REDO_BEAM_SIZE = 5
 REDO_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+QUIET_PAUSE_S = 0.3  # between quiet regions packed for their redo, as `fast` packs speech
 ProgressSink = Callable[[float], None]
 
 
@@ -115,11 +116,19 @@ class Transcriber:
                 redo: set[int], options: DecodeOptions, quiet: set[int]) -> None:
         """Replace the failing regions' groups with a new decoding of each region.
 
-        Quiet regions (no VAD speech) never reach the sequential decoder: on music or noise
-        each would cost up to six decodes (temperature fallback) to find nothing.
+        Failing quiet regions (no VAD speech) are decoded again once, their speech packed
+        into full windows (most are short, and on a FLEURS file one short window each doubled
+        the redo's cost); they never reach the sequential decoder, which on music or noise
+        would run up to six decodes (temperature fallback) to find nothing.
         """
-        left = self._redo_batched(audio, regions, groups, redo, options) \
-            if options.batched_redo else redo
+        packed = replace(options, pause_s=options.pause_s or QUIET_PAUSE_S,
+                         redo_window_s=options.window_s)
+        together = options.batched_redo and packed == options  # `fast` packs every redo so
+        spoken = redo if together else redo - quiet
+        left = self._redo_batched(audio, regions, groups, spoken, options) \
+            if options.batched_redo else spoken
+        if not together:
+            self._redo_batched(audio, regions, groups, redo & quiet, packed)
         for index in sorted(left - quiet) if options.sequential_redo else []:
             groups[index] = self._decode_alone(audio, regions[index], options)
 
@@ -355,10 +364,11 @@ def _hallucinated(segment: Segment) -> bool:
 
 
 def trusted(region: Region, group: list[Segment]) -> bool:
-    """Whether a quiet region's answer is speech: it passes the judge and every segment is
-    sure of speech and of its words (on noise the decoder answers "you" or "." unsure of both;
-    whispered sentences come back with no-speech probability under 0.1)."""
-    return judge(region, group, LIMITS) is None and all(
+    """Whether a quiet region's answer is speech: every segment is sure of speech and of its
+    words, and the text is no loop (on noise the decoder answers "you" or "." unsure of both;
+    whispered sentences come back with no-speech probability under 0.1). Few words are fine:
+    a stretch the VAD left out is often the first word of its sentence ("Nachdem")."""
+    return judge(region, group, LIMITS) in (None, "few_words") and all(
         s.no_speech_prob <= NO_SPEECH_PROB and s.avg_logprob >= LOW_LOGPROB for s in group)
 
 
