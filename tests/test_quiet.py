@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from whisper_api.quiet import MAX_REGION_S, SAMPLE_RATE_HZ, quiet_speech, split
+from whisper_api.audio import SAMPLE_RATE_HZ
+from whisper_api.quiet import MAX_REGION_S, quiet_speech, split
 from whisper_api.regions import Region
 
 RNG = np.random.default_rng(7)

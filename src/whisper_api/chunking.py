@@ -28,15 +28,16 @@ class ChunkSpan:
 
 def frame_energies_db(path: Path) -> np.ndarray:
     """RMS level of each 20 ms frame, in dBFS (streams the file in 60 s blocks)."""
-    levels: list[np.ndarray] = []
-    for block in iter_wav_blocks(path, 60.0):
-        usable = len(block) - len(block) % _FRAME
-        if usable == 0:
-            continue
-        frames = block[:usable].astype(np.float32).reshape(-1, _FRAME) / 32768.0
-        rms = np.sqrt(np.mean(frames**2, axis=1)) + 1e-10
-        levels.append(20 * np.log10(rms))
+    levels = [levels_db(block.astype(np.float32) / 32768.0, _FRAME)
+              for block in iter_wav_blocks(path, 60.0)]
     return np.concatenate(levels) if levels else np.zeros(0, dtype=np.float32)
+
+
+def levels_db(samples: np.ndarray, frame: int) -> np.ndarray:
+    """RMS level in dBFS of each whole frame of `frame` samples (full scale = 1.0)."""
+    usable = len(samples) - len(samples) % frame
+    frames = samples[:usable].astype(np.float32).reshape(-1, frame)
+    return np.asarray(20 * np.log10(np.sqrt(np.mean(frames**2, axis=1)) + 1e-10))
 
 
 def plan_chunks(

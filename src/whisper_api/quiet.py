@@ -12,9 +12,10 @@ import math
 
 import numpy as np
 
+from whisper_api.audio import SAMPLE_RATE_HZ
+from whisper_api.chunking import levels_db
 from whisper_api.regions import Region
 
-SAMPLE_RATE_HZ = 16000
 FRAME_S = 0.03
 RISE_DB = 20.0  # over the gaps' floor (their 10th percentile)
 MIN_DB = -65.0  # quieter is never speech worth decoding, even over digital silence
@@ -27,7 +28,7 @@ MAX_REGION_S = 20.0  # as the VAD's regions (max_speech_duration_s): a window ho
 
 def quiet_speech(audio: np.ndarray, regions: list[Region]) -> list[Region]:
     """Stretches outside `regions` loud enough to hold speech, in time order."""
-    levels = frame_levels(audio)
+    levels = levels_db(audio, int(FRAME_S * SAMPLE_RATE_HZ))
     outside = _outside(len(levels), regions)
     if not outside.any():
         return []
@@ -47,13 +48,6 @@ def split(region: Region, max_s: float) -> list[Region]:
     count = max(1, math.ceil((end - start) / max_s))
     step = (end - start) / count
     return [(start + i * step, start + (i + 1) * step) for i in range(count)]
-
-
-def frame_levels(audio: np.ndarray) -> np.ndarray:
-    """Each FRAME_S frame's mean power in dB (full scale = 0)."""
-    size = int(FRAME_S * SAMPLE_RATE_HZ)
-    frames = audio[:len(audio) // size * size].astype(np.float64).reshape(-1, size)
-    return np.asarray(10 * np.log10((frames ** 2).mean(axis=1) + 1e-12))
 
 
 def _outside(count: int, regions: list[Region]) -> np.ndarray:
