@@ -121,13 +121,14 @@ class Transcriber:
         the redo's cost); they never reach the sequential decoder, which on music or noise
         would run up to six decodes (temperature fallback) to find nothing.
         """
-        packed = replace(options, pause_s=options.pause_s or QUIET_PAUSE_S,
-                         redo_window_s=options.window_s)
-        together = options.batched_redo and packed == options  # `fast` packs every redo so
-        spoken = redo if together else redo - quiet
-        left = self._redo_batched(audio, regions, groups, spoken, options) \
-            if options.batched_redo else spoken
-        if not together:
+        if options.batched_redo and options.pause_s is not None:
+            # `fast` redoes every region packed into full windows already: one batch for all.
+            left = self._redo_batched(audio, regions, groups, redo, options)
+        else:
+            spoken = redo - quiet
+            left = self._redo_batched(audio, regions, groups, spoken, options) \
+                if options.batched_redo else spoken
+            packed = replace(options, pause_s=QUIET_PAUSE_S, redo_window_s=options.window_s)
             self._redo_batched(audio, regions, groups, redo & quiet, packed)
         for index in sorted(left - quiet) if options.sequential_redo else []:
             groups[index] = self._decode_alone(audio, regions[index], options)
