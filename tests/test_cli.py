@@ -81,7 +81,7 @@ def test_model_from_a_local_directory() -> None:
     transcriber = Transcriber(local, "cpu", "int8", 1)
     import numpy as np
 
-    segments, language, _ = transcriber.transcribe(np.zeros(16000 * 2, np.float32),
+    segments, language, _, _ = transcriber.transcribe(np.zeros(16000 * 2, np.float32),
                                                    _options())
     assert segments == [] and language == "en"
 

@@ -128,7 +128,7 @@ def test_one_worker_serves_two_models_loaded_from_a_local_path(tmp_path: Path) -
     language, probability = models.detect_language(audio, DecodeOptions())
     assert language == "pt" and probability > 0.5
     assert models.detect_language(audio, DecodeOptions(model="tiny.en")) == ("en", 1.0)
-    segments, _, _ = models.transcribe(audio, DecodeOptions(model="tiny.en", language="en"))
+    segments, _, _, _ = models.transcribe(audio, DecodeOptions(model="tiny.en", language="en"))
     assert segments  # tiny.en answers (in English words) from the same worker
     # Our language table is the one the model itself reports through its public API.
     base = models._models[local]._model  # noqa: SLF001 - the loaded faster-whisper model

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import DATA, JFK_TEXT, heard, load_pcm, reference, write_wav
+from tests.support.fakes import SAMPLE_RATE_HZ, pending_factory
 from whisper_api.config import Settings
 from whisper_api.errors import InvalidAudioError
 from whisper_api.executors import worker_config
@@ -153,3 +154,30 @@ def test_bad_media_leaves_no_session(pool: WorkerPool, tmp_path: Path) -> None:
     with pytest.raises(InvalidAudioError):
         run(pool, bogus, tmp_path)
     assert list((tmp_path / "temp").iterdir()) == []
+
+
+def test_regions_every_chunk_left_are_redone_in_one_pass_and_land_where_they_were_said(
+    tmp_path: Path,
+) -> None:
+    # Four 10 s stretches at distinct levels, a second of silence after each: four chunks.
+    levels = (0.1, 0.2, 0.3, 0.4)
+    silence = np.zeros(SAMPLE_RATE_HZ, dtype=np.int16)
+    audio = np.concatenate([part for level in levels
+                            for part in (np.full(10 * SAMPLE_RATE_HZ, level * 32768, np.int16),
+                                         silence)])
+    media = write_wav(tmp_path / "levels.wav", audio)
+    pool = WorkerPool(2, worker_config(Settings(), 2), factory=pending_factory)
+    pool.start()
+    try:
+        pool.wait_ready()
+        transcript, progress = run(pool, media, tmp_path, audio_limit_single_core=5,
+                                   parallel_chunk_duration=12)
+    finally:
+        pool.stop()
+    assert transcript.extra["chunks"] == 4 and transcript.extra["redone_regions"] == 4
+    redone = [s for s in transcript.segments if s.text.startswith("level")]
+    assert [s.text for s in redone] == [f"level {level:.2f} on all lanes" for level in levels]
+    # Each chunk's middle second, back on the file's timeline (chunks are cut in the pauses).
+    assert [round((s.start + s.end) / 2 / 11) for s in redone] == [0, 1, 2, 3]
+    assert all(abs(s.end - s.start - 1.0) < 0.01 for s in redone)
+    assert "redoing" in [p.stage for p in progress]

@@ -1,6 +1,7 @@
 """The worker's decoding plan: packing regions into windows, judging each region by what came back
 for it, and decoding a failing one again alone (fake decoders: the test is about the plan)."""
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -81,7 +82,7 @@ def run(
     transcriber.find_utterances = lambda audio: list(REGIONS)  # type: ignore[method-assign]
     progress: list[float] = []
     audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
-    segments, _, redone = transcriber.transcribe(audio, options, progress.append)
+    segments, _, redone, _ = transcriber.transcribe(audio, options, progress.append)
     return " ".join(s.text for s in segments), redone, sequential, progress
 
 
@@ -169,7 +170,7 @@ def test_speech_only_windows_come_back_on_the_original_timeline() -> None:
     progress: list[float] = []
     audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
     options = DecodeOptions(pause_s=0.5, window_s=5.0)  # each region its own window
-    segments, _, redone = transcriber.transcribe(audio, options, progress.append)
+    segments, _, redone, _ = transcriber.transcribe(audio, options, progress.append)
     assert batched.audio_s == [14.0 + 3 * 0.5]  # speech only: 4 + 7 + 3 s, and the pauses
     assert [(s.start, s.end) for s in segments] == REGIONS
     assert [s.text.split()[1] for s in segments] == ["0.0", "4.5", "12.0"]  # packed positions
@@ -216,8 +217,55 @@ def test_a_stretch_the_vad_missed_is_kept_only_when_the_decoder_is_sure(
     sequential = FakeSequential()
     transcriber = Transcriber.with_decoders(sequential, Said(said))
     transcriber.find_utterances = lambda audio: list(REGIONS[:2])  # type: ignore[method-assign]
-    segments, _, _ = transcriber.transcribe(audio, PRESETS[preset])
+    segments, _, _, _ = transcriber.transcribe(audio, PRESETS[preset])
     assert [s.text for s in segments] == [GOOD[REGIONS[0]], GOOD[REGIONS[1]]] + (
         [quiet_text] if kept else [])
     assert all(13.5 < s.start < s.end < 17.5 for s in segments[2:])
     assert sequential.calls == []  # noise is never worth six sequential decodes
+
+
+class LaneEcho(WindowEcho):
+    """A WindowEcho that answers only once every lane is decoding (a barrier), so a run that
+    does not decode its lanes at the same time fails instead of passing slowly."""
+
+    def __init__(self, together: threading.Barrier | None) -> None:
+        super().__init__()
+        self.together = together
+        self.windows: list[float] = []
+
+    def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
+        self.windows += [c["start"] for c in kwargs["clip_timestamps"]]
+        if self.together is not None:
+            self.together.wait()
+        return super().transcribe(audio, **kwargs)
+
+
+LANE_REGIONS: list[Region] = [(float(3 * i), 3 * i + 2.0) for i in range(5)]
+
+
+def decode_on_lanes(
+    lanes: list[LaneEcho], options: DecodeOptions
+) -> tuple[list[tuple[float, float, str]], list[float]]:
+    transcriber = Transcriber.with_decoders(FakeSequential(), *lanes)
+    transcriber.find_utterances = lambda audio: list(LANE_REGIONS)  # type: ignore[method-assign]
+    progress: list[float] = []
+    audio = np.zeros(15 * SAMPLE_RATE_HZ, dtype=np.float32)
+    segments, _, _, _ = transcriber.transcribe(audio, options, progress.append)
+    return [(s.start, s.end, s.text) for s in segments], progress
+
+
+def test_a_lone_chunk_spreads_its_windows_over_the_lanes_at_once() -> None:
+    options = DecodeOptions(window_s=2.5)  # one window per region: five windows
+    alone, _ = decode_on_lanes([LaneEcho(None)], options)
+    together = threading.Barrier(2, timeout=10)
+    lanes = [LaneEcho(together), LaneEcho(together)]
+    spread, progress = decode_on_lanes(lanes, options)
+    assert spread == alone and len(spread) == 5  # the same answer, in time order
+    assert lanes[0].windows == [0.0, 3.0, 6.0] and lanes[1].windows == [9.0, 12.0]
+    assert progress == sorted(progress) and progress[-1] == 15.0
+
+
+def test_a_fanned_out_chunk_decodes_on_one_lane() -> None:
+    lanes = [LaneEcho(None), LaneEcho(threading.Barrier(2, timeout=0.1))]
+    segments, _ = decode_on_lanes(lanes, DecodeOptions(window_s=2.5, fan_out=True))
+    assert len(segments) == 5 and len(lanes[0].windows) == 5 and lanes[1].windows == []

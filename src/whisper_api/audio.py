@@ -169,16 +169,25 @@ def copy_wav_slice(source: Path, target: Path, start_s: float, duration_s: float
     concat_wav_slices(source, target, [(start_s, start_s + duration_s)])
 
 
-def concat_wav_slices(source: Path, target: Path, spans: list[tuple[float, float]]) -> None:
-    """Write the (start_s, end_s) spans of a 16 kHz mono s16 WAV one after another."""
-    parts = []
+def concat_wav_slices(
+    source: Path, target: Path, spans: list[tuple[float, float]], gap_s: float = 0.0
+) -> list[tuple[float, float]]:
+    """Write the (start_s, end_s) spans of a 16 kHz mono s16 WAV one after another, `gap_s` of
+    silence after each; where each span lies in the new file."""
+    parts, placed, at = [], [], 0
+    gap = bytes(int(gap_s * SAMPLE_RATE_HZ) * BYTES_PER_SAMPLE)
     with wave.open(str(source), "rb") as wav:
         for start_s, end_s in spans:
             wav.setpos(min(wav.getnframes(), int(round(start_s * SAMPLE_RATE_HZ))))
-            parts.append(wav.readframes(int(round((end_s - start_s) * SAMPLE_RATE_HZ))))
+            part = wav.readframes(int(round((end_s - start_s) * SAMPLE_RATE_HZ)))
+            length = len(part) // BYTES_PER_SAMPLE
+            placed.append((at / SAMPLE_RATE_HZ, (at + length) / SAMPLE_RATE_HZ))
+            parts += [part, gap]
+            at += length + len(gap) // BYTES_PER_SAMPLE
         raw = b"".join(parts)
     with wave.open(str(target), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(BYTES_PER_SAMPLE)
         out.setframerate(SAMPLE_RATE_HZ)
         out.writeframes(raw)
+    return placed

@@ -13,11 +13,12 @@ from whisper_api.config import Preset, Settings
 from whisper_api.executors.base import ChunkExecutor
 from whisper_api.merging import join_text, merge_results
 from whisper_api.sessions import Session
-from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Transcript
+from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Segment, Transcript
 
 log = logging.getLogger(__name__)
 CONVERTED_NAME = "audio_16k.wav"  # the converted audio in a session's download/ folder
 SPACE_FACTOR = 2.0  # the converted WAV and, for long files, its chunk copies
+REDO_GAP_S = 0.5  # silence between the regions of the redo pass's audio
 
 # Measured per model (tiny.en, base) on long files built from the shared corpus
 # (docs/benchmarks.md): windows filled to ~30 s (the encoder's fixed input); beam 5 costs little
@@ -145,6 +146,9 @@ class Pipeline:
             on_progress(Progress("detecting language", 0, len(tasks), 0.0, duration_s))
             tasks, probability = await self._detect_language(wav, duration_s, session, tasks)
         results = await self._run(tasks, duration_s, on_progress)
+        if any(r.pending for r in results):
+            on_progress(Progress("redoing", len(tasks), len(tasks), duration_s, duration_s))
+            results = await self._redo(wav, spans, tasks, results, session)
         on_progress(Progress("merging", len(tasks), len(tasks), duration_s, duration_s))
         segments = merge_results(
             [(span.start_s, r) for span, r in zip(spans, results, strict=True)],
@@ -169,7 +173,7 @@ class Pipeline:
         probe = session.chunks / "language_probe.wav"
         regions = spread_regions(duration_s)
         await asyncio.to_thread(concat_wav_slices, wav, probe, regions)
-        options = replace(tasks[0].options, detect_only=True)
+        options = replace(tasks[0].options, detect_only=True, fan_out=False)  # alone on the pool
         task = ChunkTask(f"{tasks[0].request_id}:language", tasks[0].request_id, str(probe), 0.0,
                          sum(b - a for a, b in regions), options)
         result = await asyncio.wrap_future(self._executor.submit(task))
@@ -177,6 +181,37 @@ class Pipeline:
                  result.language_probability, len(regions), result.elapsed_s)
         fixed = [replace(t, options=replace(t.options, language=result.language)) for t in tasks]
         return fixed, result.language_probability
+
+    async def _redo(
+        self, wav: Path, spans: list[ChunkSpan], tasks: list[ChunkTask],
+        results: list[ChunkResult], session: Session,
+    ) -> list[ChunkResult]:
+        """The file's redo pass: the regions every chunk left (`ChunkResult.pending`) decoded
+        again in one task, alone on the pool: full windows instead of a part-filled one per
+        chunk, and every lane, instead of one worker finishing its chunk's redo alone."""
+        owners = [(k, p) for k, r in enumerate(results) for p in r.pending]
+        path = session.chunks / "redo.wav"
+        regions = [(spans[k].start_s + p.start_s, spans[k].start_s + p.end_s) for k, p in owners]
+        placed = await asyncio.to_thread(concat_wav_slices, wav, path, regions, REDO_GAP_S)
+        pending = tuple(replace(p, start_s=a, end_s=b)
+                        for (_, p), (a, b) in zip(owners, placed, strict=True))
+        task = ChunkTask(f"{tasks[0].request_id}:redo", tasks[0].request_id, str(path), 0.0,
+                         placed[-1][1], replace(tasks[0].options, fan_out=False), pending)
+        future = self._executor.submit(task)
+        try:
+            redone = await asyncio.wrap_future(future)
+        finally:
+            if not future.done():
+                self._executor.cancel(task.request_id)
+        segments: list[list[Segment]] = [list(r.segments) for r in results]
+        for segment in redone.segments:  # back into its chunk's time
+            middle = (segment.start + segment.end) / 2
+            index = next((i for i, (_, end) in enumerate(placed) if middle < end + REDO_GAP_S),
+                         len(placed) - 1)
+            owner, region = owners[index]
+            segments[owner].append(segment.shifted(region.start_s - placed[index][0]))
+        return [replace(r, segments=tuple(sorted(s, key=lambda x: x.start)), pending=())
+                for r, s in zip(results, segments, strict=True)]
 
     def _plan(self, wav: Path, duration_s: float) -> list[ChunkSpan]:
         settings = self._settings
@@ -190,7 +225,7 @@ class Pipeline:
     def _write_chunks(
         self, wav: Path, spans: list[ChunkSpan], session: Session, request: TranscribeRequest
     ) -> list[ChunkTask]:
-        options = self.decode_options(request)
+        options = replace(self.decode_options(request), fan_out=len(spans) > 1)
         if len(spans) == 1:
             return [ChunkTask(f"{session.session_id}:0", session.session_id, str(wav), 0.0,
                               spans[0].duration_s, options)]

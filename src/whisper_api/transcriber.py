@@ -19,12 +19,14 @@ and kept only where the decoder is sure of them (`trusted`).
 """
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -34,7 +36,7 @@ from whisper_api.executors.base import WorkerConfig
 from whisper_api.models import resolve_model
 from whisper_api.quiet import quiet_speech
 from whisper_api.regions import Region, RegionLimits, assign, fit_to_region, judge, redo_set
-from whisper_api.transcript import DecodeOptions, Segment, Word
+from whisper_api.transcript import Decoded, DecodeOptions, Pending, Segment, Word
 
 __all__ = ["ModelSet", "Transcriber", "resolve_model"]
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ REDO_BEAM_SIZE = 5
 REDO_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 QUIET_PAUSE_S = 0.3  # between quiet regions packed for their redo, as `fast` packs speech
 ProgressSink = Callable[[float], None]
+T = TypeVar("T")
 
 
 class Transcriber:
@@ -58,35 +61,37 @@ class Transcriber:
 
     def __init__(
         self, model: str, device: str, compute_type: str, cpu_threads: int,
-        cache_dir: Path | None = None,
+        cache_dir: Path | None = None, lanes: int = 1,
     ) -> None:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         resolved = resolve_model(model, cache_dir)
         try:
-            self._model = WhisperModel(
-                resolved, device=device, compute_type=compute_type, cpu_threads=cpu_threads
-            )
+            # `num_workers` lanes share one copy of the weights (CTranslate2 replicas).
+            self._model = WhisperModel(resolved, device=device, compute_type=compute_type,
+                                       cpu_threads=cpu_threads, num_workers=lanes)
         except Exception as exc:  # faster-whisper raises hub, OS and runtime errors alike
             raise ModelNotFoundError(
                 f"cannot load model {model!r} (tried local directory, bundled tiny.en/base, "
                 f"Hugging Face download of {resolved!r}): {exc}"
             ) from exc
-        self._batched = BatchedInferencePipeline(self._model)
+        # One pipeline per lane: a pipeline keeps state between its batches.
+        self._lanes = [BatchedInferencePipeline(self._model) for _ in range(max(1, lanes))]
         self._vad_memo: tuple[np.ndarray, list[Region]] | None = None
 
     @classmethod
-    def with_decoders(cls, model: Any, batched: Any) -> "Transcriber":
+    def with_decoders(cls, model: Any, *lanes: Any) -> "Transcriber":
         """A transcriber around given decoders (a test seam: fakes that skip or garble)."""
         transcriber = cls.__new__(cls)
-        transcriber._model, transcriber._batched = model, batched
+        transcriber._model, transcriber._lanes = model, list(lanes)
         transcriber._vad_memo = None
         return transcriber
 
     def transcribe(
         self, audio: np.ndarray, options: DecodeOptions, on_progress: ProgressSink | None = None
-    ) -> tuple[list[Segment], str, int]:
-        """Segments (relative to `audio`), the language, and how many regions were redone.
+    ) -> Decoded:
+        """Segments (relative to `audio`), the language, how many regions were redone, and
+        (a chunk of a fan-out) the regions left for the file's redo pass.
 
         `on_progress` receives how many seconds of `audio` are decoded, once per decoded window.
         """
@@ -96,42 +101,76 @@ class Transcriber:
         quiet = set(quiet_speech(audio, speech))
         regions = sorted([*speech, *quiet])
         if not regions:
-            return [], options.language or "en", 0
+            return [], options.language or "en", 0, ()
         groups, language = self._decode_regions(
             audio, regions, list(range(len(regions))), options.window_s, options, report)
         redo = self._regions_to_redo(regions, groups)
         # The language found once is reused: a redo never detects it again.
-        self._repair(audio, regions, groups, redo,
-                     replace(options, language=options.language or language),
-                     {i for i, r in enumerate(regions) if r in quiet})
-        kept = [s for region, group in zip(regions, groups, strict=True)
-                if region not in quiet or trusted(region, group)
-                for s in fit_to_region(region, [s for s in group if not _hallucinated(s)])]
+        options = replace(options, language=options.language or language)
+        quiet_at = {i for i, r in enumerate(regions) if r in quiet}
+        last = self._repair(audio, regions, groups, redo, options, quiet_at)
+        pending: tuple[Pending, ...] = ()
+        if options.fan_out:  # the file's redo pass decodes them with every other chunk's
+            pending = tuple(Pending(*regions[i], i in quiet_at) for i in sorted(last))
+            for index in last:
+                groups[index] = []
+        else:
+            self._last_repair(audio, regions, groups, last, options)
         report(len(audio) / SAMPLE_RATE_HZ)
-        if not options.word_timestamps:
-            kept = [replace(s, words=()) for s in kept]
-        return kept, language, len(redo)
+        return _kept(regions, groups, quiet_at, options), language, len(redo), pending
+
+    def redo(
+        self, audio: np.ndarray, pending: tuple[Pending, ...], options: DecodeOptions,
+        on_progress: ProgressSink | None = None,
+    ) -> Decoded:
+        """The redo pass: `audio` holds the pending regions of a file's chunks, decoded again as
+        their chunks would have (`_last_repair`), but all at once."""
+        regions = [(p.start_s, p.end_s) for p in pending]
+        groups: list[list[Segment]] = [[] for _ in regions]
+        self._last_repair(audio, regions, groups, set(range(len(regions))), options)
+        (on_progress or _ignore)(len(audio) / SAMPLE_RATE_HZ)
+        quiet_at = {i for i, p in enumerate(pending) if p.quiet}
+        return _kept(regions, groups, quiet_at, options), options.language or "en", 0, ()
 
     def _repair(self, audio: np.ndarray, regions: list[Region], groups: list[list[Segment]],
-                redo: set[int], options: DecodeOptions, quiet: set[int]) -> None:
-        """Replace the failing regions' groups with a new decoding of each region.
+                redo: set[int], options: DecodeOptions, quiet: set[int]) -> set[int]:
+        """Decode the failing regions again in batches; the regions left for `_last_repair`.
 
-        Failing quiet regions (no VAD speech) are decoded again once, their speech packed
-        into full windows (most are short, and on a FLEURS file one short window each doubled
-        the redo's cost); they never reach the sequential decoder, which on music or noise
-        would run up to six decodes (temperature fallback) to find nothing.
+        `fast` leaves them all (one batch, packed into full windows). `accurate` decodes them
+        again in short windows first and leaves what still fails, but never a quiet region
+        (no VAD speech): those are decoded again once, their speech packed into full windows
+        (on a FLEURS file one short window each doubled the redo's cost), and never by the
+        sequential decoder, which on music or noise would run up to six decodes (temperature
+        fallback) to find nothing.
         """
-        if options.batched_redo and options.pause_s is not None:
-            # `fast` redoes every region packed into full windows already: one batch for all.
-            left = self._redo_batched(audio, regions, groups, redo, options)
-        else:
-            spoken = redo - quiet
-            left = self._redo_batched(audio, regions, groups, spoken, options) \
-                if options.batched_redo else spoken
-            packed = replace(options, pause_s=QUIET_PAUSE_S, redo_window_s=options.window_s)
-            self._redo_batched(audio, regions, groups, redo & quiet, packed)
-        for index in sorted(left - quiet) if options.sequential_redo else []:
-            groups[index] = self._decode_alone(audio, regions[index], options)
+        if _packed_redo(options):
+            return redo
+        spoken = redo - quiet
+        left = self._redo_batched(audio, regions, groups, spoken, options) \
+            if options.batched_redo else spoken
+        packed = replace(options, pause_s=QUIET_PAUSE_S, redo_window_s=options.window_s)
+        self._redo_batched(audio, regions, groups, redo & quiet, packed)
+        return left if options.sequential_redo else set()
+
+    def _last_repair(self, audio: np.ndarray, regions: list[Region],
+                     groups: list[list[Segment]], last: set[int], options: DecodeOptions) -> None:
+        """`fast`: one packed batch; `accurate`: the sequential decoder, region by region."""
+        if _packed_redo(options):
+            self._redo_batched(audio, regions, groups, last, options)
+            return
+        alone = sorted(last)
+        again = self._map(lambda i: self._decode_alone(audio, regions[i], options), alone,
+                          options)
+        for index, group in zip(alone, again, strict=True):
+            groups[index] = group
+
+    def _map(self, work: Callable[[Any], T], items: list[Any], options: DecodeOptions) -> list[T]:
+        """`work` over `items`, on all lanes at once unless the chunk is one of a fan-out."""
+        lanes = 1 if options.fan_out else min(len(self._lanes), len(items))
+        if lanes <= 1:
+            return [work(item) for item in items]
+        with ThreadPoolExecutor(lanes) as pool:  # CTranslate2 releases the GIL while it decodes
+            return list(pool.map(work, items))
 
     def find_utterances(self, audio: np.ndarray) -> list[Region]:
         """Speech regions by Silero VAD. The answer for the last array asked about is kept (the
@@ -158,8 +197,9 @@ class Transcriber:
         if not windows:
             return "en", 0.0
         totals: dict[str, float] = {}
-        for window in windows:
-            _, _, ranked = self._model.detect_language(audio=window)
+        answers = self._map(lambda w: self._model.detect_language(audio=w)[2], windows,
+                            DecodeOptions())
+        for ranked in answers:
             for language, probability in ranked:
                 totals[language] = totals.get(language, 0.0) + probability
         best = max(totals, key=totals.__getitem__)
@@ -237,7 +277,20 @@ class Transcriber:
         self, audio: np.ndarray, windows: list[Region], options: DecodeOptions,
         report: ProgressSink,
     ) -> tuple[list[Segment], str]:
-        raw, info = self._batched.transcribe(
+        """The windows' segments, in order; the windows are split over the lanes in runs."""
+        runs = _split(windows, 1 if options.fan_out else len(self._lanes))
+        progress = _LaneProgress(report, [run[0][0] for run in runs])
+        parts = self._map(
+            lambda lane: self._decode_lane(lane, audio, runs[lane], options,
+                                           progress.sink(lane)),
+            list(range(len(runs))), options)
+        return [s for segments, _ in parts for s in segments], parts[0][1]
+
+    def _decode_lane(
+        self, lane: int, audio: np.ndarray, windows: list[Region], options: DecodeOptions,
+        report: ProgressSink,
+    ) -> tuple[list[Segment], str]:
+        raw, info = self._lanes[lane].transcribe(
             audio,
             language=options.language,
             task=options.task,
@@ -290,15 +343,21 @@ class ModelSet:
         self._default = config.model
         self._models = {
             name: load_transcriber(name, config.device, config.compute_type, config.cpu_threads,
-                                   cache_dir)
+                                   cache_dir, config.lanes)
             for name in config.all_models
         }
 
     def transcribe(
         self, audio: np.ndarray, options: DecodeOptions,
         on_progress: Callable[[float], None] | None = None,
-    ) -> tuple[list[Segment], str, int]:
+    ) -> Decoded:
         return self._pick(options.model).transcribe(audio, options, on_progress)
+
+    def redo(
+        self, audio: np.ndarray, pending: tuple[Pending, ...], options: DecodeOptions,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> Decoded:
+        return self._pick(options.model).redo(audio, pending, options, on_progress)
 
     def detect_language(self, audio: np.ndarray, options: DecodeOptions) -> tuple[str, float]:
         return self._pick(options.model).detect_language(audio)
@@ -315,6 +374,32 @@ def pick_spread(items: list[np.ndarray], count: int) -> list[np.ndarray]:
     if len(items) <= count:
         return items
     return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
+
+
+def _split(windows: list[Region], lanes: int) -> list[list[Region]]:
+    """The windows in at most `lanes` consecutive runs of nearly equal length."""
+    count = max(1, min(lanes, len(windows)))
+    size, extra = divmod(len(windows), count)
+    cuts = np.cumsum([0] + [size + (i < extra) for i in range(count)]).tolist()
+    return [windows[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+
+
+class _LaneProgress:
+    """Seconds decoded over all lanes: each lane reports where it is in its own run."""
+
+    def __init__(self, report: ProgressSink, starts: list[float]) -> None:
+        self._report, self._starts = report, starts
+        self._done = [0.0] * len(starts)
+        self._lock = threading.Lock()
+
+    def sink(self, lane: int) -> ProgressSink:
+        def report(at_s: float) -> None:
+            with self._lock:
+                self._done[lane] = max(self._done[lane], at_s - self._starts[lane])
+                done = self._starts[0] + sum(self._done)
+            self._report(done)
+
+        return report
 
 
 def pack_windows(regions: list[Region], window_s: float) -> list[Region]:
@@ -360,6 +445,20 @@ def _ignore(_: float) -> None:
     return None
 
 
+def _packed_redo(options: DecodeOptions) -> bool:
+    """`fast`: failing regions are decoded again packed into full windows, in one batch."""
+    return options.batched_redo and options.pause_s is not None
+
+
+def _kept(regions: list[Region], groups: list[list[Segment]], quiet: set[int],
+          options: DecodeOptions) -> list[Segment]:
+    """What is kept of each region's answer, fitted inside it."""
+    kept = [s for index, (region, group) in enumerate(zip(regions, groups, strict=True))
+            if index not in quiet or trusted(region, group)
+            for s in fit_to_region(region, [s for s in group if not _hallucinated(s)])]
+    return kept if options.word_timestamps else [replace(s, words=()) for s in kept]
+
+
 def _hallucinated(segment: Segment) -> bool:
     return segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < LOW_LOGPROB
 
@@ -392,9 +491,10 @@ def _segment(raw: Any) -> Segment:
 
 
 def load_transcriber(
-    model: str, device: str, compute_type: str, cpu_threads: int, cache_dir: Path | None = None
+    model: str, device: str, compute_type: str, cpu_threads: int, cache_dir: Path | None = None,
+    lanes: int = 1,
 ) -> Transcriber:
     started = time.perf_counter()
-    transcriber = Transcriber(model, device, compute_type, cpu_threads, cache_dir)
+    transcriber = Transcriber(model, device, compute_type, cpu_threads, cache_dir, lanes)
     log.debug("model %s loaded in %.2fs", model, time.perf_counter() - started)
     return transcriber

@@ -58,16 +58,37 @@ class DecodeOptions:
     pause_s: float | None = None
     model: str = ""
     detect_only: bool = False
+    # Other chunks of the same file run on the other workers meanwhile: decode on one lane.
+    fan_out: bool = False
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A region a fanned-out chunk leaves for its file's redo pass, which decodes every chunk's
+    pending regions at once: in full windows, on all lanes. Seconds in the chunk's audio;
+    `quiet`: found by the quiet-speech pass, not by the VAD."""
+
+    start_s: float
+    end_s: float
+    quiet: bool = False
+
+
+# What a worker's transcriber answers for a chunk: segments, the language, how many regions
+# were decoded again, and the regions it left for the file's redo pass.
+Decoded = tuple[list[Segment], str, int, tuple[Pending, ...]]
 
 
 @dataclass(frozen=True)
 class ChunkTask:
+    """`redo` non-empty: a redo-pass task, whose audio holds just these regions."""
+
     task_id: str
     request_id: str
     audio_path: str
     offset_s: float
     duration_s: float
     options: DecodeOptions
+    redo: tuple[Pending, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,7 @@ class ChunkResult:
     elapsed_s: float = 0.0
     redone_utterances: int = 0
     language_probability: float = 0.0  # 0 when the language was given, not detected
+    pending: tuple[Pending, ...] = ()  # regions left for the file's redo pass
 
 
 @dataclass(frozen=True)

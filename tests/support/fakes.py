@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from whisper_api.executors.base import WorkerConfig
-from whisper_api.transcript import DecodeOptions, Segment
+from whisper_api.transcript import DecodeOptions, Pending, Segment
 
 SAMPLE_RATE_HZ = 16000
 
@@ -52,7 +52,7 @@ class EchoTranscriber(FakeLanguage):
     def transcribe(
         self, audio: np.ndarray, options: DecodeOptions,
         on_progress: Callable[[float], None] | None = None,
-    ) -> tuple[list[Segment], str, int]:
+    ) -> tuple[list[Segment], str, int, tuple[()]]:
         directives = parse_directives(options.initial_prompt)
         if "mark" in directives:
             Path(directives["mark"]).touch()
@@ -65,7 +65,7 @@ class EchoTranscriber(FakeLanguage):
             on_progress(len(audio) / SAMPLE_RATE_HZ / 2)
         time.sleep(float(directives.get("sleep", "0")))
         segment = Segment(0.0, len(audio) / SAMPLE_RATE_HZ, text_for(len(audio)))
-        return [segment], "en", 0
+        return [segment], "en", 0, ()
 
 
 class HangingTranscriber(FakeLanguage):
@@ -74,17 +74,45 @@ class HangingTranscriber(FakeLanguage):
     def transcribe(
         self, audio: np.ndarray, options: DecodeOptions,
         on_progress: Callable[[float], None] | None = None,
-    ) -> tuple[list[Segment], str, int]:
+    ) -> tuple[list[Segment], str, int, tuple[()]]:
         time.sleep(120.0)
-        return [], "en", 0
+        return [], "en", 0, ()
 
 
 class RaisingTranscriber(FakeLanguage):
     def transcribe(
         self, audio: np.ndarray, options: DecodeOptions,
         on_progress: Callable[[float], None] | None = None,
-    ) -> tuple[list[Segment], str, int]:
+    ) -> tuple[list[Segment], str, int, tuple[()]]:
         raise RuntimeError(f"fake failure on {len(audio)} samples")
+
+
+class PendingTranscriber(FakeLanguage):
+    """Leaves the middle second of every fanned-out chunk for the file's redo pass, and answers
+    the redo with each pending region's mean level and lane count, so a test sees which audio
+    the redo got and where its answer lands."""
+
+    def transcribe(
+        self, audio: np.ndarray, options: DecodeOptions,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> tuple[list[Segment], str, int, tuple[Pending, ...]]:
+        middle = len(audio) / SAMPLE_RATE_HZ / 2
+        pending = (Pending(middle - 0.5, middle + 0.5),) if options.fan_out else ()
+        return [Segment(0.0, 0.5, "first pass")], "en", len(pending), pending
+
+    def redo(
+        self, audio: np.ndarray, pending: tuple[Pending, ...], options: DecodeOptions,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> tuple[list[Segment], str, int, tuple[()]]:
+        lanes = "one lane" if options.fan_out else "all lanes"
+        levels = [audio[round(p.start_s * SAMPLE_RATE_HZ):round(p.end_s * SAMPLE_RATE_HZ)]
+                  for p in pending]
+        return [Segment(p.start_s, p.end_s, f"level {level.mean():.2f} on {lanes}")
+                for p, level in zip(pending, levels, strict=True)], "en", 0, ()
+
+
+def pending_factory(config: WorkerConfig) -> PendingTranscriber:
+    return PendingTranscriber()
 
 
 def echo_factory(config: WorkerConfig) -> EchoTranscriber:

@@ -39,15 +39,19 @@ def build_executor(settings: Settings, workers: int | None = None) -> ChunkExecu
 
 def worker_config(settings: Settings, workers: int) -> WorkerConfig:
     cores = os.cpu_count() or 1
-    # Two threads per core share: measured as fast as one thread per worker when all are busy,
-    # and twice as fast for a lone request (docs/benchmarks.md).
+    # A worker may use two core shares (a lone request waits less), as lanes of one share each:
+    # two 1-thread decodes at once ran a lone chunk ~20 % faster than one 2-thread decode, and
+    # a fanned-out file ~7 % faster on 1-thread lanes (docs/benchmarks.md).
     threads = settings.worker_cpu_threads or max(1, min(cores, 2 * cores // workers))
-    return _config(settings, threads)
+    share = max(1, min(threads, cores // workers))
+    if settings.whisper_device != "cpu":  # lanes are CPU threads; a GPU runs one decode
+        share = threads
+    return _config(settings, share, threads // share)
 
 
-def _config(settings: Settings, threads: int) -> WorkerConfig:
+def _config(settings: Settings, threads: int, lanes: int = 1) -> WorkerConfig:
     return WorkerConfig(
         settings.whisper_model, settings.whisper_device, settings.compute_type, threads,
         # Unset: each worker uses its own user's cache (a Ray node may have another home).
-        settings.model_names, str(settings.model_cache_dir or ""),
+        settings.model_names, str(settings.model_cache_dir or ""), lanes,
     )

@@ -32,7 +32,11 @@ chunk_log = logging.getLogger("whisper_api.chunks")
 @dataclass(frozen=True)
 class WorkerConfig:
     """What each worker needs to load its models, once: `model` is the default, `models` the
-    others (WHISPER_MODELS), `cache_dir` where bundled models are assembled ("" = default)."""
+    others (WHISPER_MODELS), `cache_dir` where bundled models are assembled ("" = default).
+
+    A worker decodes on `lanes` decoder lanes of `cpu_threads` threads each: a chunk that has
+    the machine to itself spreads its windows over all lanes, a chunk of a file fanned out
+    over the pool uses one (the other workers hold the other cores)."""
 
     model: str
     device: str
@@ -40,6 +44,7 @@ class WorkerConfig:
     cpu_threads: int
     models: tuple[str, ...] = ()
     cache_dir: str = ""
+    lanes: int = 1
 
     @property
     def all_models(self) -> tuple[str, ...]:

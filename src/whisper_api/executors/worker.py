@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from whisper_api.executors.base import WorkerConfig
-from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Segment
+from whisper_api.transcript import ChunkResult, ChunkTask, Decoded, DecodeOptions, Pending, Segment
 
 log = logging.getLogger("whisper_api.worker")
 PARENT_CHECK_S = 1.0
@@ -30,7 +30,12 @@ class ChunkTranscriber(Protocol):
     def transcribe(
         self, audio: np.ndarray, options: DecodeOptions,
         on_progress: Callable[[float], None] | None = None,
-    ) -> tuple[list[Segment], str, int]: ...
+    ) -> Decoded: ...
+
+    def redo(
+        self, audio: np.ndarray, pending: tuple[Pending, ...], options: DecodeOptions,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> Decoded: ...
 
     def detect_language(self, audio: np.ndarray, options: DecodeOptions) -> tuple[str, float]: ...
 
@@ -119,11 +124,15 @@ def run_chunk(
         language, probability = transcriber.detect_language(audio, options)
         options = replace(options, language=language)
     segments: list[Segment] = []
+    pending: tuple[Pending, ...] = ()
     language, redone = options.language or "en", 0
-    if not options.detect_only:
-        segments, language, redone = transcriber.transcribe(audio, options, on_progress)
+    if task.redo:
+        segments, language, redone, pending = transcriber.redo(audio, task.redo, options,
+                                                               on_progress)
+    elif not options.detect_only:
+        segments, language, redone, pending = transcriber.transcribe(audio, options, on_progress)
     return ChunkResult(task.task_id, tuple(segments), language, worker_id,
-                       time.perf_counter() - began, redone, probability)
+                       time.perf_counter() - began, redone, probability, pending)
 
 
 def decode_wav_bytes(data: bytes) -> np.ndarray:
