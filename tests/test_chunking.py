@@ -90,17 +90,6 @@ def test_plan_chunks_about_equal(min_chunks: int) -> None:
     assert all(c.duration_s <= target * 1.5 for c in plan), [c.duration_s for c in plan]
 
 
-@pytest.mark.parametrize("workers", [1, 2, 3, 4])
-@pytest.mark.parametrize("duration", [61.0, 88.0, 130.0])
-def test_plan_gives_every_worker_the_same_share(workers: int, duration: float) -> None:
-    # Pauses every 1.2 s: each chunk can end close to an equal share.
-    e = np.tile(energies((1.0, SPEECH_DB), (0.2, QUIET_DB)), round(duration / 1.2) + 1)
-    plan = plan_chunks(e[:round(duration / FRAME_S)], duration, 20.0, workers)
-    lengths = [c.duration_s for c in plan]
-    assert len(plan) % workers == 0 and max(lengths) <= 20.0, lengths
-    assert max(lengths) - min(lengths) <= 2.5, lengths  # within about two pauses' spacing
-
-
 @pytest.mark.parametrize(("duration", "max_chunk"), [(61.0, 10.0), (100.0, 30.0), (29.9, 7.0)])
 def test_plan_no_chunk_exceeds_max_without_pauses(duration: float, max_chunk: float) -> None:
     e = np.random.default_rng(1).normal(SPEECH_DB, 2.0, round(duration / FRAME_S))
