@@ -90,6 +90,27 @@ def test_plan_chunks_about_equal(min_chunks: int) -> None:
     assert all(c.duration_s <= target * 1.5 for c in plan), [c.duration_s for c in plan]
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3, 4])
+@pytest.mark.parametrize("duration", [61.0, 88.0, 130.0])
+def test_a_balanced_plan_gives_every_worker_the_same_share(workers: int, duration: float) -> None:
+    # Pauses every 1.2 s: each chunk can end close to an equal share.
+    e = np.tile(energies((1.0, SPEECH_DB), (0.2, QUIET_DB)), round(duration / 1.2) + 1)
+    plan = plan_chunks(e[:round(duration / FRAME_S)], duration, 20.0, workers, balanced=True)
+    lengths = [c.duration_s for c in plan]
+    assert len(plan) % workers == 0 and max(lengths) <= 20.0, lengths
+    assert max(lengths) - min(lengths) <= 2.5, lengths  # within about two pauses' spacing
+
+
+def test_an_unbalanced_plan_cuts_in_the_longest_pause() -> None:
+    # 1 s of speech and 0.2 s pauses, one 1.5 s pause at 26 s: 60 s in two chunks.
+    e = np.concatenate([np.tile(energies((1.0, SPEECH_DB), (0.2, QUIET_DB)), 21)[:1250],
+                        energies((1.5, QUIET_DB)),
+                        np.tile(energies((1.0, SPEECH_DB), (0.2, QUIET_DB)), 28)[:1675]])
+    cut = plan_chunks(e, 60.0, 40.0, 2)[1].start_s
+    assert 25.0 <= cut <= 26.5  # the long pause, not the short one nearest 30 s
+    assert abs(plan_chunks(e, 60.0, 40.0, 2, balanced=True)[1].start_s - 30.0) < 1.0
+
+
 @pytest.mark.parametrize(("duration", "max_chunk"), [(61.0, 10.0), (100.0, 30.0), (29.9, 7.0)])
 def test_plan_no_chunk_exceeds_max_without_pauses(duration: float, max_chunk: float) -> None:
     e = np.random.default_rng(1).normal(SPEECH_DB, 2.0, round(duration / FRAME_S))

@@ -13,6 +13,7 @@ import numpy as np
 from whisper_api.audio import SAMPLE_RATE_HZ, iter_wav_blocks
 
 FRAME_S = 0.02
+MIN_PAUSE_S = 0.2  # a quiet run this long is a pause between words, not a stop consonant
 _FRAME = int(FRAME_S * SAMPLE_RATE_HZ)
 
 
@@ -41,45 +42,62 @@ def levels_db(samples: np.ndarray, frame: int) -> np.ndarray:
 
 
 def plan_chunks(
-    energies_db: np.ndarray, duration_s: float, max_chunk_s: float, min_chunks: int = 1
+    energies_db: np.ndarray, duration_s: float, max_chunk_s: float, min_chunks: int = 1,
+    balanced: bool = False,
 ) -> list[ChunkSpan]:
-    """Split into about equal chunks of at most `max_chunk_s`, each cut in the quietest pause.
+    """Split into about equal chunks of at most `max_chunk_s`, each cut in a pause.
 
     Each cut is searched within ±25 % of an equal share of what remains (never past
-    `max_chunk_s`), so chunks stay balanced across workers.
+    `max_chunk_s`). By default it is the longest pause there: most likely between sentences,
+    which keeps each sentence's context in one chunk. `balanced` (the `fast` preset, which
+    wants the workers to finish together): as many chunks as a multiple of `min_chunks` (the
+    worker count), each cut in the pause nearest to an equal share (7 chunks on 2 workers left
+    one worker idle for ~10 % of a 700 s file).
     """
-    count = max(min_chunks, math.ceil(duration_s / max_chunk_s))
+    step = min_chunks if balanced else 1
+    needed = math.ceil(duration_s / max_chunk_s)
+    count = math.ceil(needed / step) * step if balanced else max(min_chunks, needed)
     if count <= 1 or len(energies_db) == 0:
         return [ChunkSpan(0.0, duration_s)]
     cuts = [0.0]
     while (remaining := duration_s - cuts[-1]) > max_chunk_s or len(cuts) < count:
         start = cuts[-1]
-        left = max(count - len(cuts) + 1, math.ceil(remaining / max_chunk_s))
-        target = remaining / left
+        while remaining > (count - len(cuts) + 1) * max_chunk_s:
+            count += step  # the cuts so far fell early: one more chunk (per worker if balanced)
+        target = remaining / (count - len(cuts) + 1)
         hi = min(start + 1.25 * target, start + max_chunk_s)
-        cuts.append(find_pause(energies_db, start + 0.75 * target, hi))
+        near = start + target if balanced else None
+        cuts.append(find_pause(energies_db, start + 0.75 * target, hi, near))
     cuts.append(duration_s)
     return [ChunkSpan(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b - a > 0]
 
 
-def find_pause(energies_db: np.ndarray, lo_s: float, hi_s: float) -> float:
-    """Middle of the longest quiet run between lo and hi (the quietest frame if none is quiet)."""
+def find_pause(
+    energies_db: np.ndarray, lo_s: float, hi_s: float, near_s: float | None = None
+) -> float:
+    """Middle of a quiet run between lo and hi: the longest one or, given `near_s`, the pause
+    (a run of at least MIN_PAUSE_S) nearest to it; the quietest frame if none is quiet."""
     lo, hi = int(lo_s / FRAME_S), max(int(lo_s / FRAME_S) + 1, int(hi_s / FRAME_S))
     window = energies_db[lo:hi]
     if len(window) == 0:
         return hi_s
     speech_db = float(np.percentile(energies_db, 90))
-    quiet = window < max(speech_db - 35.0, float(window.min()) + 3.0)
-    best_start, best_len, run_start = int(np.argmin(window)), 0, -1
-    for i, is_quiet in enumerate([*quiet.tolist(), False]):
-        if is_quiet and run_start < 0:
-            run_start = i
-        elif not is_quiet and run_start >= 0:
-            if i - run_start > best_len:
-                best_start, best_len = run_start, i - run_start
-            run_start = -1
-    middle = best_start + best_len // 2
-    return (lo + middle) * FRAME_S
+    runs = _runs(window < max(speech_db - 35.0, float(window.min()) + 3.0))
+    pauses = [r for r in runs if (r[1] - r[0]) * FRAME_S >= MIN_PAUSE_S]
+    if near_s is not None and pauses:
+        start, end = min(pauses, key=lambda r: abs((lo + (r[0] + r[1]) / 2) * FRAME_S - near_s))
+    elif runs:
+        start, end = max(runs, key=lambda r: r[1] - r[0])
+    else:
+        start = end = int(np.argmin(window))
+    return (lo + start + (end - start) // 2) * FRAME_S
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of True in `flags`, end exclusive."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(),
+                    strict=True))
 
 
 def spread_regions(

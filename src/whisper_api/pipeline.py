@@ -136,7 +136,7 @@ class Pipeline:
         # Refuses media over MAX_AUDIO_DURATION_S itself, from metadata or while decoding.
         duration_s = await asyncio.to_thread(convert_to_wav, media, wav,
                                              self._settings.max_audio_duration_s, SPACE_FACTOR)
-        spans = await asyncio.to_thread(self._plan, wav, duration_s)
+        spans = await asyncio.to_thread(self._plan, wav, duration_s, request)
         mode = "parallel" if len(spans) > 1 else "single"
         await asyncio.to_thread(session.update_metadata, duration_s=duration_s,
                                 chunks=len(spans), mode=mode)
@@ -213,14 +213,17 @@ class Pipeline:
         return [replace(r, segments=tuple(sorted(s, key=lambda x: x.start)), pending=())
                 for r, s in zip(results, segments, strict=True)]
 
-    def _plan(self, wav: Path, duration_s: float) -> list[ChunkSpan]:
+    def _plan(self, wav: Path, duration_s: float, request: TranscribeRequest) -> list[ChunkSpan]:
         settings = self._settings
         if not settings.enable_parallel_transcription or self._workers < 2:
             return [ChunkSpan(0.0, duration_s)]
         if duration_s <= settings.audio_limit_single_core:
             return [ChunkSpan(0.0, duration_s)]
         energies = frame_energies_db(wav)
-        return plan_chunks(energies, duration_s, settings.parallel_chunk_duration, self._workers)
+        # `fast` wants its workers to finish together; `accurate`, sentences kept whole.
+        balanced = (request.preset or settings.transcribe_preset) == "fast"
+        return plan_chunks(energies, duration_s, settings.parallel_chunk_duration, self._workers,
+                           balanced)
 
     def _write_chunks(
         self, wav: Path, spans: list[ChunkSpan], session: Session, request: TranscribeRequest
