@@ -3,7 +3,7 @@ for it, and decoding a failing one again alone (fake decoders: the test is about
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -269,3 +269,33 @@ def test_a_fanned_out_chunk_decodes_on_one_lane() -> None:
     lanes = [LaneEcho(None), LaneEcho(threading.Barrier(2, timeout=0.1))]
     segments, _ = decode_on_lanes(lanes, DecodeOptions(window_s=2.5, fan_out=True))
     assert len(segments) == 5 and len(lanes[0].windows) == 5 and lanes[1].windows == []
+
+
+def test_a_fanned_out_chunk_leaves_its_last_repair_to_the_files_redo_pass() -> None:
+    audio = np.zeros(20 * SAMPLE_RATE_HZ, dtype=np.float32)
+    for level, (start_s, end_s) in zip((0.02, 0.03, 0.05), [(0.5, 3.5), (5.5, 11.5), (14, 17)],
+                                       strict=True):
+        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
+    # The second sentence comes back as one word however it is packed; the quiet stretch as
+    # noise the decoder calls "you".
+    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.03: ("show", -0.2, 0.01),
+            0.05: ("you", -0.9, 0.8)}
+    sequential = FakeSequential()
+    transcriber = Transcriber.with_decoders(sequential, Said(said))
+    transcriber.find_utterances = lambda audio: list(REGIONS[:2])  # type: ignore[method-assign]
+    options = replace(PRESETS["accurate"], language="en", fan_out=True)
+    segments, _, redone, pending = transcriber.transcribe(audio, options)
+    assert [s.text for s in segments] == [GOOD[REGIONS[0]]] and redone == 2
+    assert [(p.start_s, p.end_s, p.quiet) for p in pending][0] == (*REGIONS[1], False)
+    assert pending[1].quiet and 13.5 < pending[1].start_s < pending[1].end_s < 17.5
+    assert sequential.calls == []  # left for the redo pass
+    # The redo pass: both regions in one audio, as the pipeline writes it.
+    parts = [audio[int(p.start_s * SAMPLE_RATE_HZ):int(p.end_s * SAMPLE_RATE_HZ)]
+             for p in pending]
+    spoken_s = len(parts[0]) / SAMPLE_RATE_HZ
+    again = (replace(pending[0], start_s=0.0, end_s=spoken_s),
+             replace(pending[1], start_s=spoken_s, end_s=spoken_s + len(parts[1]) / SAMPLE_RATE_HZ))
+    redone_segments, _, _, left = transcriber.redo(np.concatenate(parts), again,
+                                                   replace(options, fan_out=False))
+    assert [s.text for s in redone_segments] == [REDONE_TEXT] and left == ()
+    assert len(sequential.calls) == 1  # the spoken region alone; the noise never

@@ -115,7 +115,7 @@ class Transcriber:
             for index in last:
                 groups[index] = []
         else:
-            self._last_repair(audio, regions, groups, last, options)
+            self._last_repair(audio, regions, groups, last, options, quiet_at)
         report(len(audio) / SAMPLE_RATE_HZ)
         return _kept(regions, groups, quiet_at, options), language, len(redo), pending
 
@@ -127,38 +127,37 @@ class Transcriber:
         their chunks would have (`_last_repair`), but all at once."""
         regions = [(p.start_s, p.end_s) for p in pending]
         groups: list[list[Segment]] = [[] for _ in regions]
-        self._last_repair(audio, regions, groups, set(range(len(regions))), options)
-        (on_progress or _ignore)(len(audio) / SAMPLE_RATE_HZ)
         quiet_at = {i for i, p in enumerate(pending) if p.quiet}
+        self._last_repair(audio, regions, groups, set(range(len(regions))), options, quiet_at)
+        (on_progress or _ignore)(len(audio) / SAMPLE_RATE_HZ)
         return _kept(regions, groups, quiet_at, options), options.language or "en", 0, ()
 
     def _repair(self, audio: np.ndarray, regions: list[Region], groups: list[list[Segment]],
                 redo: set[int], options: DecodeOptions, quiet: set[int]) -> set[int]:
-        """Decode the failing regions again in batches; the regions left for `_last_repair`.
-
-        `fast` leaves them all (one batch, packed into full windows). `accurate` decodes them
-        again in short windows first and leaves what still fails, but never a quiet region
-        (no VAD speech): those are decoded again once, their speech packed into full windows
-        (on a FLEURS file one short window each doubled the redo's cost), and never by the
-        sequential decoder, which on music or noise would run up to six decodes (temperature
-        fallback) to find nothing.
-        """
+        """Decode failing regions again in short windows (`accurate`); the regions left for
+        `_last_repair`: all of them for `fast`, what still fails and every quiet one for
+        `accurate`."""
         if _packed_redo(options):
             return redo
         spoken = redo - quiet
         left = self._redo_batched(audio, regions, groups, spoken, options) \
             if options.batched_redo else spoken
-        packed = replace(options, pause_s=QUIET_PAUSE_S, redo_window_s=options.window_s)
-        self._redo_batched(audio, regions, groups, redo & quiet, packed)
-        return left if options.sequential_redo else set()
+        return (left if options.sequential_redo else set()) | (redo & quiet)
 
     def _last_repair(self, audio: np.ndarray, regions: list[Region],
-                     groups: list[list[Segment]], last: set[int], options: DecodeOptions) -> None:
-        """`fast`: one packed batch; `accurate`: the sequential decoder, region by region."""
+                     groups: list[list[Segment]], last: set[int], options: DecodeOptions,
+                     quiet: set[int]) -> None:
+        """`fast`: one packed batch for all. `accurate`: the sequential decoder region by
+        region, but never for a quiet region (no VAD speech): those are decoded again once,
+        their speech packed into full windows (one short window each doubled the redo's cost on
+        a FLEURS file), since on music or noise the sequential decoder would run up to six
+        decodes (temperature fallback) to find nothing."""
         if _packed_redo(options):
             self._redo_batched(audio, regions, groups, last, options)
             return
-        alone = sorted(last)
+        packed = replace(options, pause_s=QUIET_PAUSE_S, redo_window_s=options.window_s)
+        self._redo_batched(audio, regions, groups, last & quiet, packed)
+        alone = sorted(last - quiet)
         again = self._map(lambda i: self._decode_alone(audio, regions[i], options), alone,
                           options)
         for index, group in zip(alone, again, strict=True):
