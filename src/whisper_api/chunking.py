@@ -50,24 +50,35 @@ def plan_chunks(
     Each cut is searched within ±25 % of an equal share of what remains (never past
     `max_chunk_s`). By default it is the longest pause there: most likely between sentences,
     which keeps each sentence's context in one chunk. `balanced` (the `fast` preset, which
-    wants the workers to finish together): as many chunks as a multiple of `min_chunks` (the
-    worker count), each cut in the pause nearest to an equal share (7 chunks on 2 workers left
-    one worker idle for ~10 % of a 700 s file).
+    wants the workers to finish together): the fewest chunks that are a multiple of
+    `min_chunks` (the worker count), each cut in the pause nearest to an equal share (7 chunks
+    on 2 workers left one worker idle for ~10 % of a 700 s file).
     """
-    step = min_chunks if balanced else 1
     needed = math.ceil(duration_s / max_chunk_s)
-    count = math.ceil(needed / step) * step if balanced else max(min_chunks, needed)
+    if not balanced:
+        return _cut(energies_db, duration_s, max_chunk_s, max(min_chunks, needed), near=False)
+    step = max(1, min_chunks)
+    count = math.ceil(needed / step) * step
+    plan = _cut(energies_db, duration_s, max_chunk_s, count, near=True)
+    while len(plan) != count and count < 4 * needed:
+        # Cuts fell early and the rest took a chunk more: cut again, a chunk more per worker.
+        count += step
+        plan = _cut(energies_db, duration_s, max_chunk_s, count, near=True)
+    return plan
+
+
+def _cut(energies_db: np.ndarray, duration_s: float, max_chunk_s: float, count: int,
+         near: bool) -> list[ChunkSpan]:
+    """`count` chunks (one more whenever the rest would not fit), each cut in a pause."""
     if count <= 1 or len(energies_db) == 0:
         return [ChunkSpan(0.0, duration_s)]
     cuts = [0.0]
     while (remaining := duration_s - cuts[-1]) > max_chunk_s or len(cuts) < count:
         start = cuts[-1]
-        while remaining > (count - len(cuts) + 1) * max_chunk_s:
-            count += step  # the cuts so far fell early: one more chunk (per worker if balanced)
-        target = remaining / (count - len(cuts) + 1)
+        target = remaining / max(count - len(cuts) + 1, math.ceil(remaining / max_chunk_s))
         hi = min(start + 1.25 * target, start + max_chunk_s)
-        near = start + target if balanced else None
-        cuts.append(find_pause(energies_db, start + 0.75 * target, hi, near))
+        cuts.append(find_pause(energies_db, start + 0.75 * target, hi,
+                               start + target if near else None))
     cuts.append(duration_s)
     return [ChunkSpan(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b - a > 0]
 
