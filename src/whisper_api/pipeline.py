@@ -13,7 +13,14 @@ from whisper_api.config import Preset, Settings
 from whisper_api.executors.base import ChunkExecutor
 from whisper_api.merging import join_text, merge_results
 from whisper_api.sessions import Session
-from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Segment, Transcript
+from whisper_api.transcript import (
+    ChunkResult,
+    ChunkTask,
+    DecodeOptions,
+    Pending,
+    Segment,
+    Transcript,
+)
 
 log = logging.getLogger(__name__)
 CONVERTED_NAME = "audio_16k.wav"  # the converted audio in a session's download/ folder
@@ -110,6 +117,23 @@ class _ChunkTracker:
                                    min(decoded_s, self._duration_s), self._duration_s))
 
 
+def _put_back(
+    results: list[ChunkResult], owners: list[tuple[int, Pending]],
+    placed: list[tuple[float, float]], redone: tuple[Segment, ...],
+) -> list[ChunkResult]:
+    """Each redone segment into the result of the chunk that left its region, in that chunk's
+    time (`placed`: where each owner's region lies in the redo pass's audio)."""
+    segments: list[list[Segment]] = [list(r.segments) for r in results]
+    for segment in redone:
+        middle = (segment.start + segment.end) / 2
+        index = next((i for i, (_, end) in enumerate(placed) if middle < end + REDO_GAP_S),
+                     len(placed) - 1)
+        owner, region = owners[index]
+        segments[owner].append(segment.shifted(region.start_s - placed[index][0]))
+    return [replace(r, segments=tuple(sorted(s, key=lambda x: x.start)), pending=())
+            for r, s in zip(results, segments, strict=True)]
+
+
 class Pipeline:
     def __init__(self, settings: Settings, executor: ChunkExecutor, workers: int) -> None:
         self._settings, self._executor, self._workers = settings, executor, workers
@@ -203,15 +227,7 @@ class Pipeline:
         finally:
             if not future.done():
                 self._executor.cancel(task.request_id)
-        segments: list[list[Segment]] = [list(r.segments) for r in results]
-        for segment in redone.segments:  # back into its chunk's time
-            middle = (segment.start + segment.end) / 2
-            index = next((i for i, (_, end) in enumerate(placed) if middle < end + REDO_GAP_S),
-                         len(placed) - 1)
-            owner, region = owners[index]
-            segments[owner].append(segment.shifted(region.start_s - placed[index][0]))
-        return [replace(r, segments=tuple(sorted(s, key=lambda x: x.start)), pending=())
-                for r, s in zip(results, segments, strict=True)]
+        return _put_back(results, owners, placed, redone.segments)
 
     def _plan(self, wav: Path, duration_s: float, request: TranscribeRequest) -> list[ChunkSpan]:
         settings = self._settings
