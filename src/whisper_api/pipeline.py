@@ -138,9 +138,12 @@ class Pipeline:
     def __init__(self, settings: Settings, executor: ChunkExecutor, workers: int) -> None:
         self._settings, self._executor, self._workers = settings, executor, workers
 
+    def _preset(self, request: TranscribeRequest) -> Preset:
+        return request.preset or self._settings.transcribe_preset
+
     def decode_options(self, request: TranscribeRequest) -> DecodeOptions:
         base = preset_options(request.model or self._settings.whisper_model,
-                              request.preset or self._settings.transcribe_preset)
+                              self._preset(request))
         return replace(
             base, language=request.language, task=request.task,
             word_timestamps=request.word_timestamps, initial_prompt=request.initial_prompt,
@@ -237,7 +240,7 @@ class Pipeline:
             return [ChunkSpan(0.0, duration_s)]
         energies = frame_energies_db(wav)
         # `fast` wants its workers to finish together; `accurate`, sentences kept whole.
-        balanced = (request.preset or settings.transcribe_preset) == "fast"
+        balanced = self._preset(request) == "fast"
         return plan_chunks(energies, duration_s, settings.parallel_chunk_duration, self._workers,
                            balanced)
 

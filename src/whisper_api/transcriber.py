@@ -159,13 +159,18 @@ class Transcriber:
         self._redo_batched(audio, regions, groups, last & quiet, packed)
         alone = sorted(last - quiet)
         again = self._map(lambda i: self._decode_alone(audio, regions[i], options), alone,
-                          options)
+                          self._lanes_for(options))
         for index, group in zip(alone, again, strict=True):
             groups[index] = group
 
-    def _map(self, work: Callable[[Any], T], items: list[Any], options: DecodeOptions) -> list[T]:
-        """`work` over `items`, on all lanes at once unless the chunk is one of a fan-out."""
-        lanes = 1 if options.fan_out else min(len(self._lanes), len(items))
+    def _lanes_for(self, options: DecodeOptions) -> int:
+        """All lanes, unless the chunk is one of a fan-out (the other workers hold the cores)."""
+        return 1 if options.fan_out else len(self._lanes)
+
+    @staticmethod
+    def _map(work: Callable[[Any], T], items: list[Any], lanes: int) -> list[T]:
+        """`work` over `items`, on up to `lanes` threads at once."""
+        lanes = min(lanes, len(items))
         if lanes <= 1:
             return [work(item) for item in items]
         with ThreadPoolExecutor(lanes) as pool:  # CTranslate2 releases the GIL while it decodes
@@ -197,7 +202,7 @@ class Transcriber:
             return "en", 0.0
         totals: dict[str, float] = {}
         answers = self._map(lambda w: self._model.detect_language(audio=w)[2], windows,
-                            DecodeOptions())
+                            len(self._lanes))
         for ranked in answers:
             for language, probability in ranked:
                 totals[language] = totals.get(language, 0.0) + probability
@@ -277,12 +282,12 @@ class Transcriber:
         report: ProgressSink,
     ) -> tuple[list[Segment], str]:
         """The windows' segments, in order; the windows are split over the lanes in runs."""
-        runs = _split(windows, 1 if options.fan_out else len(self._lanes))
+        runs = _split(windows, self._lanes_for(options))
         progress = _LaneProgress(report, [run[0][0] for run in runs])
         parts = self._map(
             lambda lane: self._decode_lane(lane, audio, runs[lane], options,
                                            progress.sink(lane)),
-            list(range(len(runs))), options)
+            list(range(len(runs))), len(runs))
         return [s for segments, _ in parts for s in segments], parts[0][1]
 
     def _decode_lane(
