@@ -27,6 +27,15 @@ def test_words_of_a_window_are_cut_at_region_boundaries() -> None:
     assert second[0].start == 3.2 and second[0].end == 4.0
 
 
+def test_a_word_the_vad_left_out_goes_to_the_region_it_is_nearest_to() -> None:
+    # "Um grupo" said softly 1 s before the VAD's region, after a long region 3 s earlier:
+    # by distance to the regions' middles it would join the long one.
+    words = (Word(10.0, 10.4, " Um", 0.9), Word(10.5, 10.9, " grupo", 0.9),
+             Word(12.0, 12.5, " de", 0.9))
+    long_before, own = assign([(0.0, 8.0), (11.9, 14.0)], [Segment(9.8, 12.5, "", words)])
+    assert long_before == [] and [s.text for s in own] == ["Um grupo de"]
+
+
 def test_judge_trusts_plausible_speech_and_names_what_fails() -> None:
     region = (10.0, 17.0)  # 7 s
     sentence = "and the clocks were striking thirteen as he hurried home through the wind"

@@ -11,7 +11,15 @@ import pytest
 
 from whisper_api.pipeline import PRESETS
 from whisper_api.regions import Region
-from whisper_api.transcriber import SAMPLE_RATE_HZ, Transcriber, compact, pack_windows
+from whisper_api.transcriber import (
+    LEAD_S,
+    SAMPLE_RATE_HZ,
+    Transcriber,
+    compact,
+    pack_at_pauses,
+    pack_windows,
+    widen,
+)
 from whisper_api.transcript import DecodeOptions
 
 REGIONS: list[Region] = [(0.0, 4.0), (5.0, 12.0), (13.0, 16.0)]
@@ -97,6 +105,25 @@ def test_pack_windows_merges_while_the_span_fits() -> None:
     regions = [(0.0, 4.0), (5.0, 9.0), (10.0, 13.0), (20.0, 21.0)]
     assert pack_windows(regions, 12.0) == [(0.0, 9.0), (10.0, 21.0)]
     assert pack_windows(regions, 3.0) == regions
+
+
+def test_windows_are_cut_at_the_longest_pause_that_leaves_them_half_full() -> None:
+    # Pauses of 0.3 s inside sentences, 2 s between them; a window holds up to 29 s.
+    regions = [(0.0, 8.0), (10.0, 16.0), (18.0, 22.0), (22.3, 28.5), (28.8, 35.0)]
+    # Not at 28.5 s (all that fits), nor at 8 s (a 2 s pause, but the window 8 s full).
+    assert pack_at_pauses(regions, 29.0) == [(0.0, 16.0), (18.0, 35.0)]
+    assert pack_at_pauses(regions, 10.0) == [(0.0, 8.0), (10.0, 16.0), (18.0, 22.0),
+                                            (22.3, 28.5), (28.8, 35.0)]
+    assert pack_at_pauses([(0.0, 40.0), (41.0, 42.0)], 29.0) == [(0.0, 40.0), (41.0, 42.0)]
+
+
+def test_a_window_starts_in_the_silence_before_it_but_never_in_another_region() -> None:
+    regions = [(0.0, 5.0), (5.3, 9.0), (20.0, 30.0), (30.5, 45.0)]
+    windows = [(0.0, 5.0), (5.3, 9.0), (20.0, 30.0), (30.5, 45.0)]
+    assert widen(windows, regions) == [(0.0, 5.0), (5.0, 9.0), (20.0 - LEAD_S, 30.0),
+                                       (30.0, 45.0)]
+    # Never past what the decoder hears at once (30 s).
+    assert widen([(10.0, 39.5)], [(10.0, 39.5)]) == [(9.5, 39.5)]
 
 
 def test_trusted_regions_are_not_decoded_again() -> None:
@@ -261,7 +288,8 @@ def test_a_lone_chunk_spreads_its_windows_over_the_lanes_at_once() -> None:
     lanes = [LaneEcho(together), LaneEcho(together)]
     spread, progress = decode_on_lanes(lanes, options)
     assert spread == alone and len(spread) == 5  # the same answer, in time order
-    assert lanes[0].windows == [0.0, 3.0, 6.0] and lanes[1].windows == [9.0, 12.0]
+    # Each window starts a second before its region, in the silence there (`widen`).
+    assert lanes[0].windows == [0.0, 2.0, 5.0] and lanes[1].windows == [8.0, 11.0]
     assert progress == sorted(progress) and progress[-1] == 15.0
 
 

@@ -76,7 +76,9 @@ def _home(regions: list[Region], start: float, end: float) -> int:
     def score(index: int) -> tuple[float, float]:
         first, last = regions[index]
         overlap = max(0.0, min(last, end) - max(first, start))
-        return overlap, -abs((first + last) / 2 - (start + end) / 2)
+        # Outside every region (a word the VAD cut off): the nearest edge, not the nearest
+        # middle, or a word just before a short region goes to the long one before it.
+        return overlap, -max(first - end, start - last, 0.0)
 
     return max(range(len(regions)), key=score)
 

@@ -51,6 +51,9 @@ LIMITS = RegionLimits()
 # The sequential decoder's own defaults for a region decoded again (faster-whisper transcribe).
 REDO_BEAM_SIZE = 5
 REDO_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+MAX_WINDOW_S = 30.0  # what the decoder hears at once
+WINDOW_FILL = 0.5
+LEAD_S = 1.0
 QUIET_PAUSE_S = 0.3  # between quiet regions packed for their redo, as `fast` packs speech
 ProgressSink = Callable[[float], None]
 T = TypeVar("T")
@@ -253,13 +256,15 @@ class Transcriber:
     ) -> tuple[list[list[Segment]], str]:
         """The segments of each chosen region (in `audio`'s time) and the language.
 
-        Windows are spans of `audio` over runs of neighbouring chosen regions or, with
+        Windows are spans of `audio` over runs of neighbouring chosen regions (cut at their
+        longest pauses, each starting a little before its first region) or, with
         `options.pause_s`, the chosen regions' speech alone (`compact`).
         """
         picked = [regions[i] for i in chosen]
         if options.pause_s is None:
             windows = [w for run in _runs(chosen)
-                       for w in pack_windows([regions[i] for i in run], window_s)]
+                       for w in pack_at_pauses([regions[i] for i in run], window_s)]
+            windows = widen(windows, regions)
             segments, language = self._decode(audio, windows, options, report)
             return assign(picked, segments), language
         speech, packed = compact(audio, picked, options.pause_s)
@@ -415,6 +420,39 @@ def pack_windows(regions: list[Region], window_s: float) -> list[Region]:
         else:
             windows.append((start, end))
     return windows
+
+
+def pack_at_pauses(regions: list[Region], window_s: float) -> list[Region]:
+    """Windows of consecutive regions, each cut at the longest pause that leaves it at least
+    WINDOW_FILL full: the pauses between sentences are longer than those inside one, and a
+    sentence cut between two windows is decoded without its own context (a greedy cut at
+    whatever pause came last cost tiny.en 0.4 WER points on average over five long files)."""
+    windows: list[Region] = []
+    first = 0
+    while first < len(regions):
+        start = regions[first][0]
+        fits = [j for j in range(first, len(regions)) if regions[j][1] - start <= window_s]
+        last = fits[-1] if fits else first
+        if last < len(regions) - 1:
+            full = [j for j in fits if regions[j][1] - start >= WINDOW_FILL * window_s]
+            last = max(reversed(full or [last]), key=lambda j: regions[j + 1][0] - regions[j][1])
+        windows.append((start, regions[last][1]))
+        first = last + 1
+    return windows
+
+
+def widen(windows: list[Region], regions: list[Region]) -> list[Region]:
+    """Each window starting up to LEAD_S earlier, in the silence before it (never in another
+    region's audio): the VAD starts a region late on a softly spoken first word ("Um grupo"
+    came 1 s before its region), and a window that starts at the region never hears it. The
+    words heard there go to the nearest region (`assign`)."""
+    widened: list[Region] = []
+    for start, end in windows:
+        taken = widened[-1][1] if widened else 0.0
+        before = max([r[1] for r in regions if r[1] <= start] + [taken])
+        lead = min(LEAD_S, start - before, MAX_WINDOW_S - (end - start))
+        widened.append((start - max(0.0, lead), end))
+    return widened
 
 
 def compact(
