@@ -1,16 +1,19 @@
 """Per-language accuracy and speed with the multilingual `base`, and the seed's own scenario.
 
-Usage: python bench/languages.py [--passes 1] [--seed 7] [--languages pt,es,de,fr]
-                                 [--seed-minutes 45] [--seed-language pt] [--out bench/out]
+Usage: python bench/languages.py [--passes 5] [--seeds 7 11] [--languages pt,es,de,fr]
+                                 [--fan-out] [--seed-minutes 45] [--seed-language pt]
+                                 [--out bench/out]
 
-For each language with clips in shared/audio, a long file from shared/tools/make_long.py goes
-through (model load excluded everywhere, the language never given, as a user sends "auto"):
-- whisper-api's default pipeline (default preset, PARALLEL_WORKERS=auto, conversion included),
-  once as the service runs it (one chunk below AUDIO_LIMIT_SINGLE_CORE) and once forced through
-  the fan-out path (60 s chunks), which is what files over the limit take;
+For each language with clips in shared/audio and each seed, a long file from
+shared/tools/make_long.py (PASSES shuffled passes over the language's clips) goes through (model
+load excluded everywhere, the language never given, as a user sends "auto"):
+- whisper-api's default pipeline (default preset, PARALLEL_WORKERS=auto, conversion included)
+  as the service runs it (one chunk below AUDIO_LIMIT_SINGLE_CORE, fanned out above), and with
+  --fan-out once more forced through the fan-out path (60 s chunks);
 - faster-whisper sequential `transcribe` (beam 5) and `BatchedInferencePipeline` (batch 8), with
   as many CTranslate2 threads as cores;
-- the per-clip oracle: each clip alone, beam 5, language detected per clip.
+- the per-clip oracle: each clip alone, beam 5, language detected per clip. A clip that comes
+  back in a later pass is decoded once (the answer is the same); its wall counts every time.
 Then the seed's scenario: a recording of about --seed-minutes minutes (repeat passes of one
 language), our default against faster-whisper sequential on the same file: x realtime, speed-up.
 
@@ -46,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = next((p / "shared" for p in (ROOT.parent, ROOT.parent.parent) if (p / "shared").is_dir()),
               ROOT.parent / "shared")
 MODEL = "base"
+OURS, SEQUENTIAL, ORACLE = ("whisper-api default", "faster-whisper sequential (beam 5)",
+                            "per-clip oracle (beam 5)")
 Row = tuple[str, float, str, str]  # label, wall seconds, text, language
 
 
@@ -92,6 +97,7 @@ class Baselines:
         self.model = WhisperModel(resolve_model(MODEL), device="cpu", compute_type="int8",
                                   cpu_threads=threads)
         self.batched = BatchedInferencePipeline(self.model)
+        self._clips: dict[Path, tuple[str, str, float]] = {}
 
     def sequential(self, wav: Path) -> tuple[str, str]:
         segments, info = self.model.transcribe(str(wav), beam_size=5)
@@ -101,13 +107,22 @@ class Baselines:
         segments, info = self.batched.transcribe(str(wav), batch_size=8)
         return " ".join(s.text for s in segments), info.language
 
-    def oracle(self, clips: list[Path]) -> tuple[str, str]:
-        texts, languages = [], []
+    def oracle(self, clips: list[Path]) -> Row:
+        texts, languages, wall_s = [], [], 0.0
         for clip in clips:
+            text, language, seconds = self._clip(clip)
+            texts.append(text)
+            languages.append(language)
+            wall_s += seconds
+        return ORACLE, wall_s, " ".join(texts), max(set(languages), key=languages.count)
+
+    def _clip(self, clip: Path) -> tuple[str, str, float]:
+        if clip not in self._clips:
+            started = time.perf_counter()
             segments, info = self.model.transcribe(decode_audio(str(clip)), beam_size=5)
-            texts += [s.text for s in segments]
-            languages.append(info.language)
-        return " ".join(texts), max(set(languages), key=languages.count)
+            text = " ".join(s.text for s in segments)
+            self._clips[clip] = text, info.language, time.perf_counter() - started
+        return self._clips[clip]
 
 
 async def _ours(settings: Settings, executor: ChunkExecutor, workers: int,
@@ -136,37 +151,46 @@ def print_rows(title: str, rows: list[Row], reference: str, duration_s: float,
         flag = language if language == expected else f"{language}!"
         print(f"| {label:38s} | {seconds:7.1f} | {duration_s / seconds:10.1f} | "
               f"{wer_percent(reference, text):6.1f} | {flag:4s} |", flush=True)
+    found = {label: (seconds, wer_percent(reference, text)) for label, seconds, text, _ in rows}
+    if {OURS, SEQUENTIAL, ORACLE} <= found.keys():
+        (ours_s, ours_wer), (seq_s, _), (_, oracle_wer) = (found[k] for k in
+                                                            (OURS, SEQUENTIAL, ORACLE))
+        print(f"goals: WER {ours_wer / max(oracle_wer, 0.1):.2f} x the oracle (<= 1.10), "
+              f"wall {ours_s / seq_s:.2f} x sequential (<= 1)")
 
 
 def per_language(args: argparse.Namespace, settings: Settings, pool: ChunkExecutor,
                  workers: int, baselines: Baselines) -> None:
     for language in args.languages:
-        wav, reference, spans = build_long(args.out, language, args.passes, args.seed)
-        duration_s = len(decode_audio(str(wav))) / 16000
-        rows = language_rows(settings, pool, workers, baselines, wav, clips_of(spans))
-        print_rows(f"{language}: {wav.name}", rows, reference, duration_s, language)
+        for seed in args.seeds:
+            wav, reference, spans = build_long(args.out, language, args.passes, seed)
+            duration_s = len(decode_audio(str(wav))) / 16000
+            rows = language_rows(settings, pool, workers, baselines, wav, clips_of(spans),
+                                 args.fan_out)
+            print_rows(f"{language}: {wav.name}", rows, reference, duration_s, language)
 
 
 def language_rows(settings: Settings, pool: ChunkExecutor, workers: int, baselines: Baselines,
-                  wav: Path, clips: list[Path]) -> list[Row]:
+                  wav: Path, clips: list[Path], fan_out: bool) -> list[Row]:
+    forced = [timed("whisper-api default, fan-out 60 s",
+                    lambda: ours(settings, pool, workers, wav, True))] if fan_out else []
     return [
-        timed("whisper-api default", lambda: ours(settings, pool, workers, wav, False)),
-        timed("whisper-api default, fan-out 60 s",
-              lambda: ours(settings, pool, workers, wav, True)),
-        timed("faster-whisper sequential (beam 5)", lambda: baselines.sequential(wav)),
+        timed(OURS, lambda: ours(settings, pool, workers, wav, False)),
+        *forced,
+        timed(SEQUENTIAL, lambda: baselines.sequential(wav)),
         timed("faster-whisper batched (bs 8)", lambda: baselines.batch(wav)),
-        timed("per-clip oracle (beam 5)", lambda: baselines.oracle(clips)),
+        baselines.oracle(clips),
     ]
 
 
 def seed_scenario(args: argparse.Namespace, settings: Settings, pool: ChunkExecutor,
                   workers: int, baselines: Baselines) -> None:
-    one_pass, _, _ = build_long(args.out, args.seed_language, 1, args.seed)
+    one_pass, _, _ = build_long(args.out, args.seed_language, 1, args.seeds[0])
     passes = max(1, round(args.seed_minutes * 60 / (len(decode_audio(str(one_pass))) / 16000)))
-    wav, reference, _ = build_long(args.out, args.seed_language, passes, args.seed)
+    wav, reference, _ = build_long(args.out, args.seed_language, passes, args.seeds[0])
     duration_s = len(decode_audio(str(wav))) / 16000
-    rows = [timed("whisper-api default", lambda: ours(settings, pool, workers, wav, False)),
-            timed("faster-whisper sequential (beam 5)", lambda: baselines.sequential(wav))]
+    rows = [timed(OURS, lambda: ours(settings, pool, workers, wav, False)),
+            timed(SEQUENTIAL, lambda: baselines.sequential(wav))]
     print_rows(f"seed scenario, {args.seed_language}, {passes} passes: {wav.name}", rows,
                reference, duration_s, args.seed_language)
     print(f"speed-up of whisper-api over sequential: {rows[1][1] / rows[0][1]:.2f}x")
@@ -174,8 +198,11 @@ def seed_scenario(args: argparse.Namespace, settings: Settings, pool: ChunkExecu
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--passes", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--passes", type=int, default=5,
+                        help="passes over a language's clips per file (5: 4-7 minutes)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 11])
+    parser.add_argument("--fan-out", action="store_true",
+                        help="also force every file through the fan-out path (60 s chunks)")
     parser.add_argument("--languages", type=lambda s: s.split(","), default=None)
     parser.add_argument("--seed-minutes", type=float, default=45.0,
                         help="length of the seed scenario's recording (0 skips it)")
