@@ -226,6 +226,27 @@ class Said:
         return iter(heard), Info()
 
 
+@pytest.mark.parametrize("lead_s, heard", [(LEAD_S, True), (0.0, False)])
+def test_a_soft_first_word_before_the_vad_region_reaches_the_decoder(
+    monkeypatch: pytest.MonkeyPatch, lead_s: float, heard: bool
+) -> None:
+    # "Um grupo" said softly 0.8 s before the region the VAD found, too short for the
+    # quiet-speech pass; only a window that starts before the region hears it.
+    audio = np.zeros(14 * SAMPLE_RATE_HZ, dtype=np.float32)
+    audio[int(4.2 * SAMPLE_RATE_HZ):int(4.8 * SAMPLE_RATE_HZ)] = 0.004
+    audio[int(5.0 * SAMPLE_RATE_HZ):int(12.0 * SAMPLE_RATE_HZ)] = 0.03
+    said = {0.004: ("Um grupo", -0.3, 0.1),
+            0.03: ("de crianças está andando em um rio perto da margem do rio.", -0.2, 0.01)}
+    monkeypatch.setattr("whisper_api.transcriber.LEAD_S", lead_s)
+    transcriber = Transcriber.with_decoders(FakeSequential(), Said(said))
+    transcriber.find_utterances = lambda audio: [(5.0, 12.0)]  # type: ignore[method-assign]
+    segments, _, redone, _ = transcriber.transcribe(audio, replace(PRESETS["accurate"],
+                                                                   language="pt"))
+    text = " ".join(s.text for s in segments)
+    assert text.startswith("Um grupo de crianças") == heard and redone == 0
+    assert all(5.0 <= s.start < s.end <= 12.0 for s in segments)  # inside the region
+
+
 @pytest.mark.parametrize("quiet_text, logprob, no_speech, kept", [
     pytest.param("this is all very whispered speech", -0.2, 0.05, True, id="whispered words"),
     pytest.param("you", -0.9, 0.8, False, id="noise the decoder calls 'you'"),
