@@ -168,6 +168,31 @@ def test_batched_redo_decodes_failing_regions_alone_in_one_batch() -> None:
     assert text == f"{GOOD[REGIONS[0]]} {BATCHED_AGAIN} {GOOD[REGIONS[2]]}"
 
 
+class DropsTwice(FakeBatched):
+    """The first pass and the packed redo drop the failing region; a later window hears it."""
+
+    def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
+        if len(self.calls) == 1:
+            self.calls.append(kwargs["clip_timestamps"])
+            return iter([]), Info()
+        return super().transcribe(audio, **kwargs)
+
+
+def test_fast_tries_a_region_its_packed_redo_dropped_again_in_a_window_of_its_own() -> None:
+    sequential, batched = FakeSequential(), DropsTwice(answers_with(""))
+    transcriber = Transcriber.with_decoders(sequential, batched)
+    transcriber.find_utterances = lambda audio: list(REGIONS)  # type: ignore[method-assign]
+    audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
+    segments, _, redone, _ = transcriber.transcribe(audio, replace(PRESETS["fast"],
+                                                                   language="en"))
+    assert " ".join(s.text for s in segments) == " ".join(
+        [GOOD[REGIONS[0]], BATCHED_AGAIN, GOOD[REGIONS[2]]])
+    assert redone == 1 and sequential.calls == [] and len(batched.calls) == 3
+    # The last try is the region's own audio on the file's timeline, not packed speech.
+    [window] = batched.calls[2]
+    assert window["end"] == REGIONS[1][1] and REGIONS[0][1] <= window["start"] <= REGIONS[1][0]
+
+
 def test_compact_puts_the_regions_speech_back_to_back() -> None:
     audio = np.arange(6 * SAMPLE_RATE_HZ, dtype=np.float32)
     speech, packed = compact(audio, [(1.0, 2.0), (4.0, 5.5)], pause_s=0.5)

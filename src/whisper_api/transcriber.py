@@ -54,6 +54,7 @@ REDO_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 MAX_WINDOW_S = 30.0  # what the decoder hears at once
 WINDOW_FILL = 0.5
 LEAD_S = 1.0
+SPAN_REDO_S = 10.0  # `fast`'s last try, as `accurate`'s batched redo windows
 QUIET_PAUSE_S = 0.3  # between quiet regions packed for their redo, as `fast` packs speech
 ProgressSink = Callable[[float], None]
 T = TypeVar("T")
@@ -150,13 +151,19 @@ class Transcriber:
     def _last_repair(self, audio: np.ndarray, regions: list[Region],
                      groups: list[list[Segment]], last: set[int], options: DecodeOptions,
                      quiet: set[int]) -> None:
-        """`fast`: one packed batch for all. `accurate`: the sequential decoder region by
+        """`fast`: one packed batch for all, then short windows for the spoken regions still
+        failing. `accurate`: the sequential decoder region by
         region, but never for a quiet region (no VAD speech): those are decoded again once,
         their speech packed into full windows (one short window each doubled the redo's cost on
         a FLEURS file), since on music or noise the sequential decoder would run up to six
         decodes (temperature fallback) to find nothing."""
         if _packed_redo(options):
-            self._redo_batched(audio, regions, groups, last, options)
+            # `fast` has no sequential decoder to fall back on: a spoken region the packed
+            # batch drops again (a 3 s sentence, twice) gets one more try in a short window
+            # of its own audio, pauses and all.
+            left = self._redo_batched(audio, regions, groups, last, options) - quiet
+            self._redo_batched(audio, regions, groups, left,
+                               replace(options, pause_s=None, redo_window_s=SPAN_REDO_S))
             return
         packed = replace(options, pause_s=QUIET_PAUSE_S, redo_window_s=options.window_s)
         self._redo_batched(audio, regions, groups, last & quiet, packed)
