@@ -54,7 +54,7 @@ REDO_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 MAX_WINDOW_S = 30.0  # what the decoder hears at once
 WINDOW_FILL = 0.5
 LEAD_S = 1.0
-SPAN_REDO_S = 10.0  # `fast`'s last try, as `accurate`'s batched redo windows
+SPAN_REDO_S = DecodeOptions.redo_window_s  # `fast`'s last try: `accurate`'s redo windows
 QUIET_PAUSE_S = 0.3  # between quiet regions packed for their redo, as `fast` packs speech
 ProgressSink = Callable[[float], None]
 T = TypeVar("T")
@@ -270,7 +270,7 @@ class Transcriber:
         picked = [regions[i] for i in chosen]
         if options.pause_s is None:
             windows = [w for run in _runs(chosen)
-                       for w in pack_at_pauses([regions[i] for i in run], window_s)]
+                       for w in pack_windows([regions[i] for i in run], window_s, WINDOW_FILL)]
             windows = widen(windows, regions)
             segments, language = self._decode(audio, windows, options, report)
             return assign(picked, segments), language
@@ -418,30 +418,23 @@ class _LaneProgress:
         return report
 
 
-def pack_windows(regions: list[Region], window_s: float) -> list[Region]:
-    """Merge consecutive regions while the merged span fits in `window_s` seconds."""
-    windows: list[Region] = []
-    for start, end in regions:
-        if windows and end - windows[-1][0] <= window_s:
-            windows[-1] = (windows[-1][0], end)
-        else:
-            windows.append((start, end))
-    return windows
+def pack_windows(regions: list[Region], window_s: float, fill: float = 1.0) -> list[Region]:
+    """Windows of consecutive regions spanning at most `window_s` seconds, each cut at the
+    longest pause that leaves it at least `fill` full (1.0: as full as it gets).
 
-
-def pack_at_pauses(regions: list[Region], window_s: float) -> list[Region]:
-    """Windows of consecutive regions, each cut at the longest pause that leaves it at least
-    WINDOW_FILL full: the pauses between sentences are longer than those inside one, and a
-    sentence cut between two windows is decoded without its own context (a greedy cut at
-    whatever pause came last cost tiny.en 0.4 WER points on average over five long files)."""
+    `accurate` takes WINDOW_FILL: the pauses between sentences are longer than those inside
+    one, and a sentence cut between two windows is decoded without its own context (a cut at
+    whatever pause came last cost tiny.en 0.4 WER points on average over five long files).
+    """
     windows: list[Region] = []
     first = 0
     while first < len(regions):
-        start = regions[first][0]
-        fits = [j for j in range(first, len(regions)) if regions[j][1] - start <= window_s]
-        last = fits[-1] if fits else first
-        if last < len(regions) - 1:
-            full = [j for j in fits if regions[j][1] - start >= WINDOW_FILL * window_s]
+        start, last = regions[first][0], first
+        while last + 1 < len(regions) and regions[last + 1][1] - start <= window_s:
+            last += 1
+        if last + 1 < len(regions):
+            full = [j for j in range(first, last + 1)
+                    if regions[j][1] - start >= fill * window_s]
             last = max(reversed(full or [last]), key=lambda j: regions[j + 1][0] - regions[j][1])
         windows.append((start, regions[last][1]))
         first = last + 1
