@@ -101,6 +101,17 @@ def test_a_balanced_plan_gives_every_worker_the_same_share(workers: int, duratio
     assert max(lengths) - min(lengths) <= 2.5, lengths  # within about two pauses' spacing
 
 
+@pytest.mark.parametrize("balanced", [False, True])
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("duration", [88.0, 119.0, 130.0])
+def test_every_plan_is_a_multiple_of_the_workers(workers: int, duration: float,
+                                                 balanced: bool) -> None:
+    # Equal pauses every 1.2 s: the longest-pause cut takes the earliest, and the rest overflows.
+    e = np.tile(energies((1.0, SPEECH_DB), (0.2, QUIET_DB)), round(duration / 1.2) + 1)
+    plan = plan_chunks(e[:round(duration / FRAME_S)], duration, 20.0, workers, balanced)
+    assert len(plan) % workers == 0 and max(c.duration_s for c in plan) <= 20.0
+
+
 def test_an_unbalanced_plan_cuts_in_the_longest_pause() -> None:
     # 1 s of speech and 0.2 s pauses, one 1.5 s pause at 26 s: 60 s in two chunks.
     e = np.concatenate([np.tile(energies((1.0, SPEECH_DB), (0.2, QUIET_DB)), 21)[:1250],

@@ -14,7 +14,6 @@ from whisper_api.regions import Region
 from whisper_api.transcriber import (
     LEAD_S,
     SAMPLE_RATE_HZ,
-    WINDOW_FILL,
     Transcriber,
     compact,
     pack_windows,
@@ -111,11 +110,15 @@ def test_windows_are_cut_at_the_longest_pause_that_leaves_them_half_full() -> No
     # Pauses of 0.3 s inside sentences, 2 s between them; a window holds up to 29 s.
     regions = [(0.0, 8.0), (10.0, 16.0), (18.0, 22.0), (22.3, 28.5), (28.8, 35.0)]
     # Not at 28.5 s (all that fits), nor at 8 s (a 2 s pause, but the window 8 s full).
-    assert pack_windows(regions, 29.0, WINDOW_FILL) == [(0.0, 16.0), (18.0, 35.0)]
-    assert pack_windows(regions, 10.0, WINDOW_FILL) == [(0.0, 8.0), (10.0, 16.0), (18.0, 22.0),
-                                                         (22.3, 28.5), (28.8, 35.0)]
+    assert pack_windows(regions, 29.0, 0.5) == [(0.0, 16.0), (18.0, 35.0)]
+    assert pack_windows(regions, 10.0, 0.5) == [(0.0, 8.0), (10.0, 16.0), (18.0, 22.0),
+                                                (22.3, 28.5), (28.8, 35.0)]
     too_long = [(0.0, 40.0), (41.0, 42.0)]
-    assert pack_windows(too_long, 29.0, WINDOW_FILL) == too_long
+    assert pack_windows(too_long, 29.0, 0.5) == too_long
+    # Fill 0.0: the longest pause in all that fits, however early (one sentence a window).
+    early = [(0.0, 8.0), (11.0, 16.0), (16.3, 19.0), (19.3, 25.0)]
+    assert pack_windows(early, 20.0, 0.0) == [(0.0, 8.0), (11.0, 25.0)]
+    assert pack_windows(early, 20.0, 0.5) == [(0.0, 19.0), (19.3, 25.0)]
 
 
 def test_a_window_starts_in_the_silence_before_it_but_never_in_another_region() -> None:

@@ -45,25 +45,23 @@ def plan_chunks(
     energies_db: np.ndarray, duration_s: float, max_chunk_s: float, min_chunks: int = 1,
     balanced: bool = False,
 ) -> list[ChunkSpan]:
-    """Split into about equal chunks of at most `max_chunk_s`, each cut in a pause.
+    """Split into the fewest chunks of at most `max_chunk_s` that are a multiple of
+    `min_chunks` (the worker count: 5 chunks on 2 workers left one worker decoding the last
+    chunk alone), each cut in a pause.
 
     Each cut is searched within ±25 % of an equal share of what remains (never past
     `max_chunk_s`). By default it is the longest pause there: most likely between sentences,
     which keeps each sentence's context in one chunk. `balanced` (the `fast` preset, which
-    wants the workers to finish together): the fewest chunks that are a multiple of
-    `min_chunks` (the worker count), each cut in the pause nearest to an equal share (7 chunks
-    on 2 workers left one worker idle for ~10 % of a 700 s file).
+    wants the workers to finish together): the pause nearest to an equal share.
     """
     needed = math.ceil(duration_s / max_chunk_s)
-    if not balanced:
-        return _cut(energies_db, duration_s, max_chunk_s, max(min_chunks, needed), near=False)
     step = max(1, min_chunks)
     count = math.ceil(needed / step) * step
-    plan = _cut(energies_db, duration_s, max_chunk_s, count, near=True)
+    plan = _cut(energies_db, duration_s, max_chunk_s, count, near=balanced)
     while len(plan) != count and count < 4 * needed:
         # Cuts fell early and the rest took a chunk more: cut again, a chunk more per worker.
         count += step
-        plan = _cut(energies_db, duration_s, max_chunk_s, count, near=True)
+        plan = _cut(energies_db, duration_s, max_chunk_s, count, near=balanced)
     return plan
 
 

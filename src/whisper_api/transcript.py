@@ -56,6 +56,9 @@ class DecodeOptions:
     # only, the regions back to back with this much silence between them (fewer windows, as
     # faster-whisper's batched pipeline packs them; the decoder then skips a little more).
     pause_s: float | None = None
+    # Spans of the audio (`pause_s` None): each window is cut at its longest pause that leaves
+    # it at least this full (0.0: the longest pause in the window, wherever it falls).
+    window_fill: float = 0.5
     model: str = ""
     detect_only: bool = False
     # Other chunks of the same file run on the other workers meanwhile: decode on one lane.
