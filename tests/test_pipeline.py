@@ -14,7 +14,7 @@ from whisper_api.config import Settings
 from whisper_api.errors import InvalidAudioError
 from whisper_api.executors import worker_config
 from whisper_api.executors.local import WorkerPool
-from whisper_api.pipeline import Pipeline, Progress, TranscribeRequest
+from whisper_api.pipeline import PRESETS, Pipeline, Progress, TranscribeRequest, preset_options
 from whisper_api.sessions import SessionManager
 from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Transcript
 
@@ -209,3 +209,12 @@ def test_the_longest_chunks_are_handed_out_first_and_results_come_back_in_file_o
     results = asyncio.run(pipeline._run(tasks, sum(lengths), lambda _: None))
     assert executor.order == ["r:3", "r:1", "r:2", "r:0"]
     assert [r.task_id for r in results] == ["r:0", "r:1", "r:2", "r:3"]
+
+
+def test_presets_are_picked_by_the_model_name_or_its_directory_name(tmp_path: Path) -> None:
+    sentence_windows = preset_options("base", "accurate")
+    assert (sentence_windows.window_s, sentence_windows.window_fill) == (20.0, 0.0)
+    assert preset_options(str(tmp_path / "models" / "base"), "accurate") == sentence_windows
+    assert preset_options("tiny.en", "accurate") == PRESETS["accurate"]
+    assert preset_options("/models/whisper-small-ct2", "accurate") == PRESETS["accurate"]
+    assert preset_options("base", "fast") == PRESETS["fast"]
