@@ -112,6 +112,13 @@ def test_every_plan_is_a_multiple_of_the_workers(workers: int, duration: float,
     assert len(plan) % workers == 0 and max(c.duration_s for c in plan) <= 20.0
 
 
+def test_an_unbalanced_plan_that_is_a_multiple_of_the_workers_is_kept() -> None:
+    # Asked for 6 chunks of 119 s, the early cuts make 9: three rounds for three workers, kept
+    # (cutting again for exactly 9 would overflow once more, to 12).
+    e = np.tile(energies((1.0, SPEECH_DB), (0.2, QUIET_DB)), 100)[:round(119.0 / FRAME_S)]
+    assert len(plan_chunks(e, 119.0, 20.0, 3)) == 9
+
+
 def test_an_unbalanced_plan_cuts_in_the_longest_pause() -> None:
     # 1 s of speech and 0.2 s pauses, one 1.5 s pause at 26 s: 60 s in two chunks.
     e = np.concatenate([np.tile(energies((1.0, SPEECH_DB), (0.2, QUIET_DB)), 21)[:1250],

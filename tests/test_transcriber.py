@@ -106,7 +106,7 @@ def test_pack_windows_merges_while_the_span_fits() -> None:
     assert pack_windows(regions, 3.0) == regions
 
 
-def test_windows_are_cut_at_the_longest_pause_that_leaves_them_half_full() -> None:
+def test_windows_are_cut_at_the_longest_pause_that_leaves_them_full_enough() -> None:
     # Pauses of 0.3 s inside sentences, 2 s between them; a window holds up to 29 s.
     regions = [(0.0, 8.0), (10.0, 16.0), (18.0, 22.0), (22.3, 28.5), (28.8, 35.0)]
     # Not at 28.5 s (all that fits), nor at 8 s (a 2 s pause, but the window 8 s full).

@@ -47,7 +47,7 @@ def plan_chunks(
 ) -> list[ChunkSpan]:
     """Split into the fewest chunks of at most `max_chunk_s` that are a multiple of
     `min_chunks` (the worker count: 5 chunks on 2 workers left one worker decoding the last
-    chunk alone), each cut in a pause.
+    chunk alone), each cut in a pause; past 4 × the chunks needed, whatever the cuts give.
 
     Each cut is searched within ±25 % of an equal share of what remains (never past
     `max_chunk_s`). By default it is the longest pause there: most likely between sentences,
@@ -58,7 +58,8 @@ def plan_chunks(
     step = max(1, min_chunks)
     count = math.ceil(needed / step) * step
     plan = _cut(energies_db, duration_s, max_chunk_s, count, near=balanced)
-    while len(plan) != count and count < 4 * needed:
+    # `balanced` wants exactly `count` equal shares; otherwise any multiple of the workers does.
+    while (len(plan) != count if balanced else len(plan) % step) and count < 4 * needed:
         # Cuts fell early and the rest took a chunk more: cut again, a chunk more per worker.
         count += step
         plan = _cut(energies_db, duration_s, max_chunk_s, count, near=balanced)

@@ -42,7 +42,8 @@ PRESETS: dict[str, DecodeOptions] = {
 # `accurate`: windows of at most 20 s, each cut at its longest pause, so that a window holds
 # about one sentence: on the pt/fr/de/es files several sentences in one window made `base`
 # garble the hard ones (WER 20.3 -> 18.5 % over 16 files, pt and fr within 1.10 x the per-clip
-# oracle); English as before (12.4 / 12.3 %) at ~30 % more encoder passes.
+# oracle); English as before (12.4 / 12.3 %) at ~30 % more encoder passes. The redo windows
+# are cut the same way, and quiet regions are packed into 20 s windows for their redo.
 MODEL_PRESETS: dict[str, dict[str, DecodeOptions]] = {
     "tiny.en": PRESETS,
     "base": {**PRESETS, "accurate": replace(PRESETS["accurate"], window_s=20.0, window_fill=0.0)},

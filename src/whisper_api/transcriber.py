@@ -151,11 +151,11 @@ class Transcriber:
                      groups: list[list[Segment]], last: set[int], options: DecodeOptions,
                      quiet: set[int]) -> None:
         """`fast`: one packed batch for all, then short windows for the spoken regions still
-        failing. `accurate`: the sequential decoder region by
-        region, but never for a quiet region (no VAD speech): those are decoded again once,
-        their speech packed into full windows (one short window each doubled the redo's cost on
-        a FLEURS file), since on music or noise the sequential decoder would run up to six
-        decodes (temperature fallback) to find nothing."""
+        failing. `accurate`: the sequential decoder region by region, but never for a quiet
+        region (no VAD speech): those are decoded again once, their speech packed into
+        `window_s` windows (one short window each doubled the redo's cost on a FLEURS file),
+        since on music or noise the sequential decoder would run up to six decodes
+        (temperature fallback) to find nothing."""
         if _packed_redo(options):
             # `fast` has no sequential decoder to fall back on: a spoken region the packed
             # batch drops again (a 3 s sentence, twice) gets one more try in a short window
