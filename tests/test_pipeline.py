@@ -181,4 +181,3 @@ def test_regions_every_chunk_left_are_redone_in_one_pass_and_land_where_they_wer
     assert [round((s.start + s.end) / 2 / 11) for s in redone] == [0, 1, 2, 3]
     assert all(abs(s.end - s.start - 1.0) < 0.01 for s in redone)
     assert "redoing" in [p.stage for p in progress]
-

@@ -41,7 +41,7 @@ from whisper_api.transcript import Decoded, DecodeOptions, Pending, Segment, Wor
 __all__ = ["ModelSet", "Transcriber", "resolve_model"]
 log = logging.getLogger(__name__)
 SAMPLE_RATE_HZ = 16000
-DETECT_WINDOW_S = 30.0  # what the encoder sees at once
+MODEL_WINDOW_S = 30.0  # what the model hears at once (Whisper pads every window to 30 s)
 DETECT_WINDOWS = 6
 MIN_DETECT_SPEECH_S = 1.0
 # Whisper's own guard against hallucinations on silence (openai/whisper transcribe.py).
@@ -51,7 +51,6 @@ LIMITS = RegionLimits()
 # The sequential decoder's own defaults for a region decoded again (faster-whisper transcribe).
 REDO_BEAM_SIZE = 5
 REDO_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-MAX_WINDOW_S = 30.0  # what the decoder hears at once
 LEAD_S = 1.0
 SPAN_REDO_S = DecodeOptions.redo_window_s  # `fast`'s last try: `accurate`'s redo windows
 QUIET_PAUSE_S = 0.3  # between quiet regions packed for their redo, as `fast` packs speech
@@ -220,7 +219,7 @@ class Transcriber:
 
     def speech_windows(self, audio: np.ndarray) -> list[np.ndarray]:
         """Up to DETECT_WINDOWS windows of speech only, spread over the audio."""
-        window = int(DETECT_WINDOW_S * SAMPLE_RATE_HZ)
+        window = int(MODEL_WINDOW_S * SAMPLE_RATE_HZ)
         windows: list[np.ndarray] = []
         regions = spread_regions(len(audio) / SAMPLE_RATE_HZ)
         for start_s, end_s in regions:
@@ -451,7 +450,7 @@ def widen(windows: list[Region], regions: list[Region]) -> list[Region]:
     for start, end in windows:
         taken = widened[-1][1] if widened else 0.0
         before = max([r[1] for r in regions if r[1] <= start] + [taken])
-        lead = min(LEAD_S, start - before, MAX_WINDOW_S - (end - start))
+        lead = min(LEAD_S, start - before, MODEL_WINDOW_S - (end - start))
         widened.append((start - max(0.0, lead), end))
     return widened
 
