@@ -45,6 +45,16 @@ def test_steady_noise_clicks_and_silence_find_nothing() -> None:
     assert quiet_speech(silence(5), []) == quiet_speech(silence(0.01), []) == []
 
 
+def test_room_noise_between_digitally_silent_pauses_is_no_speech() -> None:
+    # Clips joined by digital silence: the gaps have no noise floor, and each clip's room
+    # noise (about -58 dB, steady) stands far above the silence but never swings like speech.
+    room = RNG.normal(0.0, 0.0012, 4 * SAMPLE_RATE_HZ).astype(np.float32)
+    audio = np.concatenate([silence(2), room, syllables(3), room, silence(2)])
+    assert quiet_speech(audio, [(6.0, 9.0)]) == []
+    whisper = np.concatenate([silence(2), syllables(3, level=0.0012), silence(2)])
+    assert len(quiet_speech(whisper, [])) == 1  # as quiet, but rising and falling
+
+
 def test_a_file_the_vad_heard_nothing_of_is_searched_whole() -> None:
     audio = np.concatenate([silence(2), syllables(3), silence(2)])
     [(start, end)] = quiet_speech(audio, [])

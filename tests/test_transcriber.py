@@ -276,6 +276,18 @@ def test_a_soft_first_word_before_the_vad_region_reaches_the_decoder(
     assert all(5.0 <= s.start < s.end <= 12.0 for s in segments)  # inside the region
 
 
+def two_sentences_and_a_whisper() -> np.ndarray:
+    """Levels 0.02 and 0.03 where the VAD hears REGIONS[:2]; 0.05 at 14-17 s, outside every
+    region, in syllables (0.2 s on, 0.1 s off) as a whisper rises and falls."""
+    audio = np.zeros(20 * SAMPLE_RATE_HZ, dtype=np.float32)
+    for level, (start_s, end_s) in zip((0.02, 0.03, 0.05), [(0.5, 3.5), (5.5, 11.5), (14, 17)],
+                                       strict=True):
+        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
+    gaps = np.arange(len(audio)) % int(0.3 * SAMPLE_RATE_HZ) >= int(0.2 * SAMPLE_RATE_HZ)
+    audio[gaps & (audio == np.float32(0.05))] = 0.0
+    return audio
+
+
 @pytest.mark.parametrize("quiet_text, logprob, no_speech, kept", [
     pytest.param("this is all very whispered speech", -0.2, 0.05, True, id="whispered words"),
     pytest.param("you", -0.9, 0.8, False, id="noise the decoder calls 'you'"),
@@ -285,10 +297,7 @@ def test_a_soft_first_word_before_the_vad_region_reaches_the_decoder(
 def test_a_stretch_the_vad_missed_is_kept_only_when_the_decoder_is_sure(
     quiet_text: str, logprob: float, no_speech: float, kept: bool, preset: str,
 ) -> None:
-    audio = np.zeros(20 * SAMPLE_RATE_HZ, dtype=np.float32)
-    for level, (start_s, end_s) in zip((0.02, 0.03, 0.05), [(0.5, 3.5), (5.5, 11.5), (14, 17)],
-                                       strict=True):
-        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
+    audio = two_sentences_and_a_whisper()
     said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.03: (GOOD[REGIONS[1]], -0.2, 0.01),
             0.05: (quiet_text, logprob, no_speech)}  # the last outside every VAD region
     sequential = FakeSequential()
@@ -350,10 +359,7 @@ def test_a_fanned_out_chunk_decodes_on_one_lane() -> None:
 
 
 def test_a_fanned_out_chunk_leaves_its_last_repair_to_the_files_redo_pass() -> None:
-    audio = np.zeros(20 * SAMPLE_RATE_HZ, dtype=np.float32)
-    for level, (start_s, end_s) in zip((0.02, 0.03, 0.05), [(0.5, 3.5), (5.5, 11.5), (14, 17)],
-                                       strict=True):
-        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
+    audio = two_sentences_and_a_whisper()
     # The second sentence comes back as one word however it is packed; the quiet stretch as
     # noise the decoder calls "you".
     said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.03: ("show", -0.2, 0.01),
@@ -377,3 +383,37 @@ def test_a_fanned_out_chunk_leaves_its_last_repair_to_the_files_redo_pass() -> N
                                                    replace(options, fan_out=False))
     assert [s.text for s in redone_segments] == [REDONE_TEXT] and left == ()
     assert len(sequential.calls) == 1  # the spoken region alone; the noise never
+
+
+class Detector:
+    """A multilingual model's language detection: each window's first sample says which
+    ranking it answers."""
+
+    class model:  # noqa: N801 - faster-whisper's attribute name
+        is_multilingual = True
+
+    def __init__(self, rankings: list[list[tuple[str, float]]]) -> None:
+        self.rankings, self.heard = rankings, 0
+
+    def detect_language(self, audio: np.ndarray) -> tuple[str, float, list[tuple[str, float]]]:
+        self.heard += 1
+        ranked = self.rankings[int(audio[0])]
+        return ranked[0][0], ranked[0][1], ranked
+
+
+@pytest.mark.parametrize(("rankings", "heard", "expected"), [
+    ([[("pt", 0.97)]] * 6, 2, ("pt", 0.97)),  # first and last sure of one language: enough
+    ([[("es", 0.95), ("pt", 0.05)]] + [[("pt", 0.95), ("es", 0.05)]] * 5, 6, ("pt", 0.8)),
+    ([[("pt", 0.6), ("es", 0.4)]] * 6, 6, ("pt", 0.6)),  # unsure: every window is heard
+])
+def test_language_detection_stops_early_only_where_the_ends_agree_and_are_sure(
+    monkeypatch: pytest.MonkeyPatch, rankings: list[list[tuple[str, float]]], heard: int,
+    expected: tuple[str, float],
+) -> None:
+    detector = Detector(rankings)
+    transcriber = Transcriber.with_decoders(detector, FakeSequential())
+    windows = [np.full(SAMPLE_RATE_HZ, k, dtype=np.float32) for k in range(6)]
+    monkeypatch.setattr(transcriber, "speech_windows", lambda _: windows)
+    language, probability = transcriber.detect_language(np.zeros(1, dtype=np.float32))
+    assert (language, round(probability, 4)) == expected
+    assert detector.heard == heard

@@ -5,7 +5,10 @@ development corpus), so their words never reached a decoder window, while faster
 sequential decoder, which has no VAD, hears them. A stretch of a gap that stands well above the
 gaps' own noise floor is offered to the decoder as a region of its own; what the decoder makes
 of it is kept only when it is confident (the transcriber's `trusted`), since such a stretch may
-be music, a cough or a door. Stationary noise raises the floor with it and finds nothing.
+be music, a cough or a door. Stationary noise raises the floor with it and finds nothing; where
+the gaps are digital silence (edited audio, clips joined) there is no floor to raise, so a
+stretch must also rise and fall like syllables: a clip's room noise at its edges holds its
+level within a few dB and is no speech.
 """
 
 import math
@@ -24,6 +27,11 @@ BRIDGE_S = 0.4  # loud frames this close belong to one stretch (syllables)
 MIN_LOUD_S = 0.8  # a cough or a click is shorter
 PAD_S = 0.2
 MAX_REGION_S = 20.0  # as the VAD's regions (max_speech_duration_s): a window holds several
+# Between a stretch's loud and soft frames (90th and 10th percentile). Whispered and falsetto
+# clips swing 18-50 dB; the room noise around FLEURS and Picovoice clips 2-13 dB, and decoding
+# it as regions cost base 30 % more windows and broke its sentence windows (docs/benchmarks.md).
+MIN_SWING_DB = 15.0
+SILENT_DB = -90.0  # digital silence counts as this, not as -200 dB
 
 
 def quiet_speech(audio: np.ndarray, regions: list[Region]) -> list[Region]:
@@ -36,9 +44,15 @@ def quiet_speech(audio: np.ndarray, regions: list[Region]) -> list[Region]:
     loud = np.flatnonzero(outside & (levels > max(floor + RISE_DB, MIN_DB)))
     end_s = len(audio) / SAMPLE_RATE_HZ
     return [piece for first, last, count in _stretches(loud, outside)
-            if count * FRAME_S >= MIN_LOUD_S
+            if count * FRAME_S >= MIN_LOUD_S and swings(levels[first:last + 1])
             for piece in split((max(0.0, first * FRAME_S - PAD_S),
                                 min(end_s, (last + 1) * FRAME_S + PAD_S)), MAX_REGION_S)]
+
+
+def swings(levels: np.ndarray) -> bool:
+    """Whether frame levels rise and fall like syllables rather than hold like noise."""
+    heard = np.maximum(levels, SILENT_DB)
+    return float(np.percentile(heard, 90) - np.percentile(heard, 10)) >= MIN_SWING_DB
 
 
 def split(region: Region, max_s: float) -> list[Region]:

@@ -3,7 +3,8 @@
 Language detection (`Transcriber.detect_language`) looks at up to six 30 s windows of speech
 (Silero VAD) spread over the audio and averages the language probabilities of all of them, so a
 file that opens with music or silence, or with a foreign-language jingle, is still detected by
-what most of its speech is. The pipeline runs it once per file and gives every chunk its answer.
+what most of its speech is (unless the first and last windows are already sure of one language:
+then the rest are skipped). The pipeline runs it once per file and gives every chunk its answer.
 
 Decoding strategy (measured in docs/benchmarks.md): Silero VAD splits the chunk into speech
 regions (utterances), neighbouring regions are packed into decoder windows of at most `window_s`
@@ -44,6 +45,7 @@ SAMPLE_RATE_HZ = 16000
 MODEL_WINDOW_S = 30.0  # what the model hears at once (Whisper pads every window to 30 s)
 DETECT_WINDOWS = 6
 MIN_DETECT_SPEECH_S = 1.0
+SURE_LANGUAGE = 0.9
 # Whisper's own guard against hallucinations on silence (openai/whisper transcribe.py).
 NO_SPEECH_PROB = 0.6
 LOW_LOGPROB = -1.0
@@ -208,14 +210,22 @@ class Transcriber:
         windows = self.speech_windows(audio)
         if not windows:
             return "en", 0.0
+
+        def ranked(some: list[np.ndarray]) -> list[list[tuple[str, float]]]:
+            return self._map(lambda w: self._model.detect_language(audio=w)[2], some,
+                             len(self._lanes))
+
+        # The first and last windows first: where both are sure of one language, the windows
+        # between (a 30 s encoder pass each) would not change the answer.
+        answers = ranked([windows[0], windows[-1]] if len(windows) > 1 else windows)
+        if len({a[0][0] for a in answers}) > 1 or min(a[0][1] for a in answers) < SURE_LANGUAGE:
+            answers += ranked(windows[1:-1])
         totals: dict[str, float] = {}
-        answers = self._map(lambda w: self._model.detect_language(audio=w)[2], windows,
-                            len(self._lanes))
-        for ranked in answers:
-            for language, probability in ranked:
+        for ranked_languages in answers:
+            for language, probability in ranked_languages:
                 totals[language] = totals.get(language, 0.0) + probability
         best = max(totals, key=totals.__getitem__)
-        return best, totals[best] / len(windows)
+        return best, totals[best] / len(answers)
 
     def speech_windows(self, audio: np.ndarray) -> list[np.ndarray]:
         """Up to DETECT_WINDOWS windows of speech only, spread over the audio."""
