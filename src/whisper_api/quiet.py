@@ -27,9 +27,10 @@ BRIDGE_S = 0.4  # loud frames this close belong to one stretch (syllables)
 MIN_LOUD_S = 0.8  # a cough or a click is shorter
 PAD_S = 0.2
 MAX_REGION_S = 20.0  # as the VAD's regions (max_speech_duration_s): a window holds several
-# Between a stretch's loud and soft frames (90th and 10th percentile). Whispered and falsetto
-# clips swing 18-50 dB; the room noise around FLEURS and Picovoice clips 2-13 dB, and decoding
-# it as regions cost base 30 % more windows and broke its sentence windows (docs/benchmarks.md).
+# Between a stretch's loud and soft frames (90th and 10th percentile). Speech the VAD missed
+# (whispered, falsetto, soft) swings 15-50 dB; the room noise around FLEURS and Picovoice clips
+# 2-13 dB, and decoding it as regions cost base 30 % more windows and broke its sentence
+# windows (docs/benchmarks.md).
 MIN_SWING_DB = 15.0
 SILENT_DB = -90.0  # digital silence counts as this, not as -200 dB
 
