@@ -310,6 +310,34 @@ def test_a_stretch_the_vad_missed_is_kept_only_when_the_decoder_is_sure(
     assert sequential.calls == []  # noise is never worth six sequential decodes
 
 
+WHISPERED = "this is all very whispered speech"
+
+
+class Drowned(Said):
+    """A decoder that does not hear the whisper (level 0.05) in a window with louder speech."""
+
+    def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
+        heard, info = super().transcribe(audio, **kwargs)
+        heard = list(heard)
+        for clip in kwargs["clip_timestamps"]:
+            inside = [s for s in heard if clip["start"] <= s.start <= clip["end"]]
+            if len(inside) > 1:
+                heard = [s for s in heard if s not in inside or s.text != WHISPERED]
+        return iter(heard), info
+
+
+@pytest.mark.parametrize("preset", ["accurate", "fast"])
+def test_a_whisper_is_decoded_again_apart_from_loud_speech(preset: str) -> None:
+    """The first pass packs the whisper with the sentences and loses it; so would a redo
+    that packs it with the failing second sentence (one word for 7 s)."""
+    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.03: ("show", -0.2, 0.01),
+            0.05: (WHISPERED, -0.2, 0.05)}
+    transcriber = Transcriber.with_decoders(FakeSequential(), Drowned(said))
+    transcriber.find_utterances = lambda audio: list(REGIONS[:2])  # type: ignore[method-assign]
+    segments, _, _, _ = transcriber.transcribe(two_sentences_and_a_whisper(), PRESETS[preset])
+    assert [s.text for s in segments if 13.5 < s.start < 17.5] == [WHISPERED]
+
+
 class LaneEcho(WindowEcho):
     """A WindowEcho that answers only once every lane is decoding (a barrier), so a run that
     does not decode its lanes at the same time fails instead of passing slowly."""

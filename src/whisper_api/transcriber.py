@@ -151,22 +151,23 @@ class Transcriber:
     def _last_repair(self, audio: np.ndarray, regions: list[Region],
                      groups: list[list[Segment]], last: set[int], options: DecodeOptions,
                      quiet: set[int]) -> None:
-        """`fast`: one packed batch for all, then short windows for the spoken regions still
-        failing. `accurate`: the sequential decoder region by region, but never for a quiet
-        region (no VAD speech): those are decoded again once, their speech packed into
-        `window_s` windows (one short window each doubled the redo's cost on a FLEURS file),
-        since on music or noise the sequential decoder would run up to six decodes
-        (temperature fallback) to find nothing."""
+        """Quiet regions (no VAD speech), in both presets: decoded again once, their speech
+        packed into `window_s` windows of their own (one short window each doubled the redo's
+        cost on a FLEURS file; packed with loud speech, a whisper comes back empty: base
+        `fast` lost both whispered clips of a file that way), never by the sequential decoder
+        (on music or noise it would run up to six decodes, temperature fallback, to find
+        nothing). Spoken regions: `fast` packs them into one batch, then short windows for
+        those still failing; `accurate` gives them to the sequential decoder one by one."""
+        packed = replace(options, pause_s=QUIET_PAUSE_S, redo_window_s=options.window_s)
+        self._redo_batched(audio, regions, groups, last & quiet, packed)
         if _packed_redo(options):
             # `fast` has no sequential decoder to fall back on: a spoken region the packed
             # batch drops again (a 3 s sentence, twice) gets one more try in a short window
             # of its own audio, pauses and all.
-            left = self._redo_batched(audio, regions, groups, last, options) - quiet
+            left = self._redo_batched(audio, regions, groups, last - quiet, options)
             self._redo_batched(audio, regions, groups, left,
                                replace(options, pause_s=None, redo_window_s=SPAN_REDO_S))
             return
-        packed = replace(options, pause_s=QUIET_PAUSE_S, redo_window_s=options.window_s)
-        self._redo_batched(audio, regions, groups, last & quiet, packed)
         alone = sorted(last - quiet)
         again = self._map(lambda i: self._decode_alone(audio, regions[i], options), alone,
                           self._lanes_for(options))
