@@ -278,13 +278,13 @@ def test_a_soft_first_word_before_the_vad_region_reaches_the_decoder(
 
 def two_sentences_and_a_whisper() -> np.ndarray:
     """Levels 0.02 and 0.03 where the VAD hears REGIONS[:2]; 0.05 at 14-17 s, outside every
-    region, in syllables (0.2 s on, 0.1 s off) as a whisper rises and falls."""
+    region, in syllables (0.2 s on, 0.1 s at -80 dB) as a whisper rises and falls."""
     audio = np.zeros(20 * SAMPLE_RATE_HZ, dtype=np.float32)
     for level, (start_s, end_s) in zip((0.02, 0.03, 0.05), [(0.5, 3.5), (5.5, 11.5), (14, 17)],
                                        strict=True):
         audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
     gaps = np.arange(len(audio)) % int(0.3 * SAMPLE_RATE_HZ) >= int(0.2 * SAMPLE_RATE_HZ)
-    audio[gaps & (audio == np.float32(0.05))] = 0.0
+    audio[gaps & (audio == np.float32(0.05))] = 1e-4  # a quiet room between syllables
     return audio
 
 
@@ -433,6 +433,9 @@ class Detector:
     ([[("pt", 0.97)]] * 6, 2, ("pt", 0.97)),  # first and last sure of one language: enough
     ([[("es", 0.95), ("pt", 0.05)]] + [[("pt", 0.95), ("es", 0.05)]] * 5, 6, ("pt", 0.8)),
     ([[("pt", 0.6), ("es", 0.4)]] * 6, 6, ("pt", 0.6)),  # unsure: every window is heard
+    ([[("pt", 0.97)]] * 5 + [[("pt", 0.85), ("es", 0.15)]], 6, ("pt", 0.95)),  # one end unsure
+    ([[("pt", 0.9)]] * 6, 2, ("pt", 0.9)),  # 90 % is sure
+    ([[("pt", 0.6), ("es", 0.4)]], 1, ("pt", 0.6)),  # a short file: one window
 ])
 def test_language_detection_stops_early_only_where_the_ends_agree_and_are_sure(
     monkeypatch: pytest.MonkeyPatch, rankings: list[list[tuple[str, float]]], heard: int,
@@ -440,7 +443,7 @@ def test_language_detection_stops_early_only_where_the_ends_agree_and_are_sure(
 ) -> None:
     detector = Detector(rankings)
     transcriber = Transcriber.with_decoders(detector, FakeSequential())
-    windows = [np.full(SAMPLE_RATE_HZ, k, dtype=np.float32) for k in range(6)]
+    windows = [np.full(SAMPLE_RATE_HZ, k, dtype=np.float32) for k in range(len(rankings))]
     monkeypatch.setattr(transcriber, "speech_windows", lambda _: windows)
     language, probability = transcriber.detect_language(np.zeros(1, dtype=np.float32))
     assert (language, round(probability, 4)) == expected

@@ -8,7 +8,7 @@ of it is kept only when it is confident (the transcriber's `trusted`), since suc
 be music, a cough or a door. Stationary noise raises the floor with it and finds nothing; where
 the gaps are digital silence (edited audio, clips joined) there is no floor to raise, so a
 stretch must also rise and fall like syllables: a clip's room noise at its edges holds its
-level within a few dB and is no speech.
+level within about 13 dB and is no speech.
 """
 
 import math
@@ -32,7 +32,7 @@ MAX_REGION_S = 20.0  # as the VAD's regions (max_speech_duration_s): a window ho
 # 2-13 dB, and decoding it as regions cost base 30 % more windows and broke its sentence
 # windows (docs/benchmarks.md).
 MIN_SWING_DB = 15.0
-SILENT_DB = -90.0  # digital silence counts as this, not as -200 dB
+SILENT_DB = -90.0  # at or below: digital silence (16-bit audio's own floor is about -96 dB)
 
 
 def quiet_speech(audio: np.ndarray, regions: list[Region]) -> list[Region]:
@@ -51,9 +51,12 @@ def quiet_speech(audio: np.ndarray, regions: list[Region]) -> list[Region]:
 
 
 def swings(levels: np.ndarray) -> bool:
-    """Whether frame levels rise and fall like syllables rather than hold like noise."""
-    heard = np.maximum(levels, SILENT_DB)
-    return float(np.percentile(heard, 90) - np.percentile(heard, 10)) >= MIN_SWING_DB
+    """Whether frame levels rise and fall like syllables rather than hold like noise. Digital
+    silence inside the stretch (a cut of under BRIDGE_S between two clips' room noise) is no
+    sound at all, and no swing of it."""
+    heard = levels[levels > SILENT_DB]
+    return heard.size > 0 and \
+        float(np.percentile(heard, 90) - np.percentile(heard, 10)) >= MIN_SWING_DB
 
 
 def split(region: Region, max_s: float) -> list[Region]:

@@ -217,7 +217,8 @@ class Transcriber:
                              len(self._lanes))
 
         # The first and last windows first: where both are sure of one language, the windows
-        # between (a 30 s encoder pass each) would not change the answer.
+        # between (a 30 s encoder pass each) would not change the answer. Where they are not,
+        # the rest cost one more round of the lanes.
         answers = ranked([windows[0], windows[-1]] if len(windows) > 1 else windows)
         if len({a[0][0] for a in answers}) > 1 or min(a[0][1] for a in answers) < SURE_LANGUAGE:
             answers += ranked(windows[1:-1])
