@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from tests.support.signals import QUIET_ROOM, between_syllables
 from whisper_api.audio import SAMPLE_RATE_HZ
 from whisper_api.quiet import MAX_REGION_S, quiet_speech, split
 from whisper_api.regions import Region
@@ -17,8 +18,8 @@ def syllables(seconds: float, level: float = 0.01) -> np.ndarray:
     """Noise bursts of 0.2 s with 0.1 s gaps of a quiet room (-80 dB): loud like whispered
     speech (about -40 dB)."""
     sound = RNG.normal(0.0, level, int(seconds * SAMPLE_RATE_HZ)).astype(np.float32)
-    gaps = (np.arange(len(sound)) % int(0.3 * SAMPLE_RATE_HZ)) >= int(0.2 * SAMPLE_RATE_HZ)
-    sound[gaps] = RNG.normal(0.0, 1e-4, int(gaps.sum()))
+    gaps = between_syllables(len(sound))
+    sound[gaps] = RNG.normal(0.0, QUIET_ROOM, int(gaps.sum()))
     return sound
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.support.signals import QUIET_ROOM, between_syllables
 from whisper_api.pipeline import PRESETS
 from whisper_api.regions import Region
 from whisper_api.transcriber import (
@@ -283,8 +284,7 @@ def two_sentences_and_a_whisper() -> np.ndarray:
     for level, (start_s, end_s) in zip((0.02, 0.03, 0.05), [(0.5, 3.5), (5.5, 11.5), (14, 17)],
                                        strict=True):
         audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
-    gaps = np.arange(len(audio)) % int(0.3 * SAMPLE_RATE_HZ) >= int(0.2 * SAMPLE_RATE_HZ)
-    audio[gaps & (audio == np.float32(0.05))] = 1e-4  # a quiet room between syllables
+    audio[between_syllables(len(audio)) & (audio == np.float32(0.05))] = QUIET_ROOM
     return audio
 
 

@@ -212,19 +212,19 @@ class Transcriber:
         if not windows:
             return "en", 0.0
 
-        def ranked(some: list[np.ndarray]) -> list[list[tuple[str, float]]]:
+        def hear(some: list[np.ndarray]) -> list[list[tuple[str, float]]]:
             return self._map(lambda w: self._model.detect_language(audio=w)[2], some,
                              len(self._lanes))
 
         # The first and last windows first: where both are sure of one language, the windows
         # between (a 30 s encoder pass each) would not change the answer. Where they are not,
         # the rest cost one more round of the lanes.
-        answers = ranked([windows[0], windows[-1]] if len(windows) > 1 else windows)
+        answers = hear([windows[0], windows[-1]] if len(windows) > 1 else windows)
         if len({a[0][0] for a in answers}) > 1 or min(a[0][1] for a in answers) < SURE_LANGUAGE:
-            answers += ranked(windows[1:-1])
+            answers += hear(windows[1:-1])
         totals: dict[str, float] = {}
-        for ranked_languages in answers:
-            for language, probability in ranked_languages:
+        for ranked in answers:
+            for language, probability in ranked:
                 totals[language] = totals.get(language, 0.0) + probability
         best = max(totals, key=totals.__getitem__)
         return best, totals[best] / len(answers)
