@@ -338,6 +338,37 @@ def test_a_whisper_is_decoded_again_apart_from_loud_speech(preset: str) -> None:
     assert [s.text for s in segments if 13.5 < s.start < 17.5] == [WHISPERED]
 
 
+class Batches(Drowned):
+    """A Drowned decoder that records the windows of each call (one call: one batch)."""
+
+    def __init__(self, said: dict[float, tuple[str, float, float]]) -> None:
+        super().__init__(said)
+        self.calls: list[list[str]] = []
+
+    def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
+        heard, info = super().transcribe(audio, **kwargs)
+        heard = list(heard)
+        self.calls.append(["+".join(s.text for s in heard
+                                    if clip["start"] <= s.start <= clip["end"])
+                           for clip in kwargs["clip_timestamps"]])
+        return iter(heard), info
+
+
+def test_fast_redoes_a_whisper_and_a_skipped_sentence_in_one_batch_not_one_window() -> None:
+    """Two batches of one window each (whisper, then sentence) left a lane idle in the file's
+    redo pass; one batch of two windows keeps both lanes busy and the whisper apart."""
+    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.03: ("show", -0.2, 0.01),
+            0.05: (WHISPERED, -0.2, 0.05)}
+    decoder = Batches(said)
+    transcriber = Transcriber.with_decoders(FakeSequential(), decoder)
+    transcriber.find_utterances = lambda audio: list(REGIONS[:2])  # type: ignore[method-assign]
+    segments, _, _, _ = transcriber.transcribe(two_sentences_and_a_whisper(), PRESETS["fast"])
+    first_pass, redo = decoder.calls[:2]
+    assert len(first_pass) == 1  # all three packed in one window: the whisper drowned
+    assert sorted(redo) == sorted(["show", WHISPERED])
+    assert [s.text for s in segments if 13.5 < s.start < 17.5] == [WHISPERED]
+
+
 class LaneEcho(WindowEcho):
     """A WindowEcho that answers only once every lane is decoding (a barrier), so a run that
     does not decode its lanes at the same time fails instead of passing slowly."""

@@ -159,15 +159,18 @@ class Transcriber:
         nothing). Spoken regions: `fast` packs them into one batch, then short windows for
         those still failing; `accurate` gives them to the sequential decoder one by one."""
         packed = replace(options, pause_s=QUIET_PAUSE_S, redo_window_s=options.window_s)
-        self._redo_batched(audio, regions, groups, last & quiet, packed)
         if _packed_redo(options):
-            # `fast` has no sequential decoder to fall back on: a spoken region the packed
-            # batch drops again (a 3 s sentence, twice) gets one more try in a short window
-            # of its own audio, pauses and all.
-            left = self._redo_batched(audio, regions, groups, last - quiet, options)
+            # `fast` packs its spoken regions as the quiet ones: both in one batch, in windows
+            # of their own (two batches of one or two windows each left a lane idle). It has
+            # no sequential decoder to fall back on: a spoken region the packed batch drops
+            # again (a 3 s sentence, twice) gets one more try in a short window of its own
+            # audio, pauses and all.
+            left = self._redo_batched(audio, regions, groups, last, packed,
+                                      frozenset(last & quiet)) - quiet
             self._redo_batched(audio, regions, groups, left,
                                replace(options, pause_s=None, redo_window_s=SPAN_REDO_S))
             return
+        self._redo_batched(audio, regions, groups, last & quiet, packed)
         alone = sorted(last - quiet)
         again = self._map(lambda i: self._decode_alone(audio, regions[i], options), alone,
                           self._lanes_for(options))
@@ -249,48 +252,55 @@ class Transcriber:
 
     def _redo_batched(
         self, audio: np.ndarray, regions: list[Region], groups: list[list[Segment]],
-        redo: set[int], options: DecodeOptions,
+        redo: set[int], options: DecodeOptions, apart: frozenset[int] = frozenset(),
     ) -> set[int]:
         """Decode the failing regions again in short windows, in batches (beam 5); put their
         answers into `groups` and return the regions that still fail.
 
         Skips come in runs (the decoder stops early and drops the rest of a long window), so
         neighbouring failing regions share a window of at most `redo_window_s`: short windows
-        rarely skip, and each window costs a full 30 s encoder pass.
+        rarely skip, and each window costs a full 30 s encoder pass. Regions in `apart` share
+        windows only with each other.
         """
         if not redo:
             return redo
         chosen = sorted(redo)
         again, _ = self._decode_regions(audio, regions, chosen, options.redo_window_s,
-                                        replace(options, beam_size=REDO_BEAM_SIZE), _ignore)
+                                        replace(options, beam_size=REDO_BEAM_SIZE), _ignore,
+                                        apart)
         for index, group in zip(chosen, again, strict=True):
             groups[index] = group
         return {i for i in chosen if judge(regions[i], groups[i], LIMITS)}
 
     def _decode_regions(
         self, audio: np.ndarray, regions: list[Region], chosen: list[int], window_s: float,
-        options: DecodeOptions, report: ProgressSink,
+        options: DecodeOptions, report: ProgressSink, apart: frozenset[int] = frozenset(),
     ) -> tuple[list[list[Segment]], str]:
         """The segments of each chosen region (in `audio`'s time) and the language.
 
         Windows are spans of `audio` over runs of neighbouring chosen regions (cut at their
         longest pauses, each starting a little before its first region) or, with
-        `options.pause_s`, the chosen regions' speech alone (`compact`).
+        `options.pause_s`, the chosen regions' speech alone (`compact`). Chosen regions in
+        `apart` get windows of their own, decoded in the same batches as the others.
         """
-        picked = [regions[i] for i in chosen]
+        parts = [[i for i in chosen if i not in apart], [i for i in chosen if i in apart]]
         if options.pause_s is None:
-            windows = [w for run in _runs(chosen)
-                       for w in pack_windows([regions[i] for i in run], window_s,
-                                             options.window_fill)]
-            windows = widen(windows, regions)
-            segments, language = self._decode(audio, windows, options, report)
-            return assign(picked, segments), language
+            windows = sorted(w for part in parts for run in _runs(part)
+                             for w in pack_windows([regions[i] for i in run], window_s,
+                                                   options.window_fill))
+            segments, language = self._decode(audio, widen(windows, regions), options, report)
+            return assign([regions[i] for i in chosen], segments), language
+        order = parts[0] + parts[1]
+        picked = [regions[i] for i in order]
         speech, packed = compact(audio, picked, options.pause_s)
+        windows = [w for part in (packed[:len(parts[0])], packed[len(parts[0]):])
+                   for w in pack_windows(part, window_s)]
         scale = len(audio) / max(1, len(speech))  # progress in `audio`'s seconds
-        segments, language = self._decode(speech, pack_windows(packed, window_s), options,
+        segments, language = self._decode(speech, windows, options,
                                           lambda done_s: report(done_s * scale))
-        return [[s.shifted(region[0] - at[0]) for s in group] for region, at, group
-                in zip(picked, packed, assign(packed, segments), strict=True)], language
+        found = {index: [s.shifted(region[0] - at[0]) for s in group] for index, region, at, group
+                 in zip(order, picked, packed, assign(packed, segments), strict=True)}
+        return [found[i] for i in chosen], language
 
     @staticmethod
     def _regions_to_redo(regions: list[Region], groups: list[list[Segment]]) -> set[int]:
