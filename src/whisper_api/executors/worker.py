@@ -4,6 +4,7 @@ What a worker sends its executor are small frozen dataclasses (`Ready`, `LoadFai
 `Failed`), never tagged tuples or strings that mean errors.
 """
 
+import ctypes
 import io
 import logging
 import os
@@ -24,6 +25,8 @@ from whisper_api.transcript import ChunkResult, ChunkTask, Decoded, DecodeOption
 
 log = logging.getLogger("whisper_api.worker")
 PARENT_CHECK_S = 1.0
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 
 
 class ChunkTranscriber(Protocol):
@@ -46,7 +49,23 @@ TranscriberFactory = Callable[[WorkerConfig], ChunkTranscriber]
 def load_real_transcriber(config: WorkerConfig) -> ChunkTranscriber:
     from whisper_api.transcriber import ModelSet
 
+    reuse_freed_memory()
     return ModelSet(config)
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc keep the memory CTranslate2 frees and hand it out again: one arena, no
+    mmap, no trim. Each decoder batch allocates and frees buffers of up to hundreds of MB (a
+    window's attention scores); by default glibc maps each one afresh and the kernel zeroes
+    its pages, which took a fifth of a worker's time on an AMD EPYC (docs/benchmarks.md).
+    Called before the model loads, so its threads share that one arena. False where the C
+    library is not glibc (nothing changes there)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
+    return all(mallopt(param, value) == 1 for param, value in settings)
 
 
 @dataclass(frozen=True)
