@@ -338,6 +338,26 @@ def test_a_whisper_is_decoded_again_apart_from_loud_speech(preset: str) -> None:
     assert [s.text for s in segments if 13.5 < s.start < 17.5] == [WHISPERED]
 
 
+@pytest.mark.parametrize("logprob, kept", [
+    pytest.param(-0.97, False, id="'Thank you.' on a chord, unsure"),
+    pytest.param(-0.3, True, id="words the decoder is sure of"),
+])
+def test_words_in_a_region_the_model_calls_no_speech_must_be_sure(
+    logprob: float, kept: bool
+) -> None:
+    """Whisper's own guard keeps them down to -1; the VAD took a chord for speech and tiny.en
+    answered "Thank you." at -0.97 (no speech 0.85) on one CPU."""
+    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.03: ("Thank you.", logprob, 0.85)}
+    transcriber = Transcriber.with_decoders(FakeSequential(), Said(said))
+    # A short region, as the chord's onset was (0.5 s): too short to be judged by word rate.
+    transcriber.find_utterances = lambda audio: [REGIONS[0], (5.0, 6.0)]  # type: ignore[method-assign]
+    audio = np.zeros(8 * SAMPLE_RATE_HZ, dtype=np.float32)
+    audio[int(0.5 * SAMPLE_RATE_HZ):int(3.5 * SAMPLE_RATE_HZ)] = 0.02
+    audio[int(5.2 * SAMPLE_RATE_HZ):int(5.8 * SAMPLE_RATE_HZ)] = 0.03
+    segments, _, _, _ = transcriber.transcribe(audio, PRESETS["accurate"])
+    assert [s.text for s in segments] == [GOOD[REGIONS[0]]] + (["Thank you."] if kept else [])
+
+
 class Batches(Drowned):
     """A Drowned decoder that records the windows of each call (one call: one batch)."""
 
