@@ -162,8 +162,9 @@ class Transcriber:
         cost on a FLEURS file; packed with loud speech, a whisper comes back empty: base
         `fast` lost both whispered clips of a file that way), never by the sequential decoder
         (on music or noise it would run up to six decodes, temperature fallback, to find
-        nothing). Spoken regions: `fast` packs them into one batch, then short windows for
-        those still failing; `accurate` gives them to the sequential decoder one by one."""
+        nothing). Spoken regions: `fast` packs them into the quiet ones' batch (windows apart),
+        then short windows for those still failing; `accurate` gives them to the sequential
+        decoder one by one."""
         packed = replace(options, pause_s=QUIET_PAUSE_S, redo_window_s=options.window_s)
         if _packed_redo(options):
             # `fast` packs its spoken regions as the quiet ones: both in one batch, in windows
