@@ -4,6 +4,8 @@ The contract both executors share is tested in test_executor_contract.py.
 """
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -126,3 +128,27 @@ def test_stop_tolerates_a_queued_future_cancelled_by_its_caller(
 
     assert_belongs(running_future.result(timeout=1), running)
     assert not any(alive(pid) for pid in pool.worker_pids().values())
+
+
+def test_a_worker_killed_in_the_middle_of_a_message_stops_no_other_worker(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    # With one queue shared by all workers, the victim died holding its write lock, and the
+    # supervisor waited forever for the rest of the message: the whole pool hung.
+    pool = make_pool(size=2)
+    mark = tmp_path / "decoding"
+    big = make_task(tmp_path, "big", 0, 1000, f"mark={mark};sleep=0.5;pad=8000000")
+    big_future = pool.submit(big)
+    wait_for(mark.exists)
+    victim = pool.busy_worker_pid(big.task_id)
+    assert victim is not None
+    with pool._lock:  # the supervisor stops reading: the 8 MB answer fills the pipe, then blocks
+        time.sleep(1.5)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: not alive(victim))
+
+    small = make_task(tmp_path, "small", 0, 2000)
+    assert_belongs(pool.submit(small).result(timeout=RESULT_TIMEOUT_S), small)
+    assert big_future.result(timeout=RESULT_TIMEOUT_S).segments[0].text.endswith("." * 100)
+    pool.wait_ready(timeout_s=60)
+    assert pool.stats().restarts == 1

@@ -6,6 +6,7 @@ the fake through its `DecodeOptions.initial_prompt`, a `;`-separated list of dir
     sleep=<seconds>   sleep this long before answering
     mark=<path>       create this file when the chunk starts (proves the worker is mid-chunk)
     progress          report half the chunk decoded before sleeping
+    pad=<bytes>       make the answer this many bytes longer (a message larger than a pipe holds)
     raise             raise RuntimeError instead of answering
     hang_once=<path>  the first attempt (no file at path yet) creates it and hangs for 120 s;
                       later attempts answer at once (a chunk that succeeds when retried)
@@ -64,8 +65,8 @@ class EchoTranscriber(FakeLanguage):
         if "progress" in directives and on_progress is not None:
             on_progress(len(audio) / SAMPLE_RATE_HZ / 2)
         time.sleep(float(directives.get("sleep", "0")))
-        segment = Segment(0.0, len(audio) / SAMPLE_RATE_HZ, text_for(len(audio)))
-        return [segment], "en", 0, ()
+        text = text_for(len(audio)) + "." * int(directives.get("pad", "0"))
+        return [Segment(0.0, len(audio) / SAMPLE_RATE_HZ, text)], "en", 0, ()
 
 
 class HangingTranscriber(FakeLanguage):

@@ -3,17 +3,19 @@
 A supervisor thread reads the workers' messages, routes each result to the future of the task
 that asked for it, replaces dead workers (retrying their chunk once) and kills workers whose
 chunk exceeds the timeout (retrying that chunk once too). Each worker has its own inbox, so the
-supervisor always knows which chunk a dead worker was holding. Shared state is guarded by the
-Dispatcher's lock. Workers die with their server (see `worker.watch_parent`).
+supervisor always knows which chunk a dead worker was holding, and its own outbox pipe: a
+worker killed in the middle of a message (cancel, timeout, OOM) would leave a shared queue's
+write lock held forever, and every other worker blocked on its next message. Shared state is
+guarded by the Dispatcher's lock. Workers die with their server (see `worker.watch_parent`).
 """
 
 import logging
 import multiprocessing as mp
 import os
-import queue
 import signal
 import threading
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -39,6 +41,7 @@ log = logging.getLogger("whisper_api.pool")
 class _Process(WorkerSlot):
     process: BaseProcess | None = None
     inbox: Any = None
+    outbox: Connection | None = None  # the reading end; None once the worker closed it
 
     @property
     def pid(self) -> int | None:
@@ -58,8 +61,8 @@ class WorkerPool(Dispatcher):
         super().__init__(size, chunk_timeout_s)
         self._size, self._config, self._factory = size, config, factory
         self._ctx = mp.get_context("spawn")
-        self._outbox: Any = self._ctx.Queue()
         self._workers: dict[int, _Process] = {}
+        self._retired: list[Connection] = []  # replaced workers' outboxes, for the supervisor
         self._thread: threading.Thread | None = None
 
     def _slots(self) -> list[_Process]:  # type: ignore[override]
@@ -106,16 +109,34 @@ class WorkerPool(Dispatcher):
         while not self._stopping.is_set() or any(
             w.process and w.process.is_alive() for w in list(self._workers.values())
         ):
-            try:
-                self._handle(self._outbox.get(timeout=POLL_S))
-            except queue.Empty:
-                pass
-            except (EOFError, OSError):
-                break
+            for message in self._receive():
+                self._handle(message)
             with self._lock:
+                self._close_retired()
                 self._reap_dead()
                 self._kill_late()
                 self._dispatch()
+
+    def _receive(self) -> list[WorkerMessage]:
+        """Whatever the workers sent within POLL_S; a closed pipe means its worker is gone."""
+        with self._lock:
+            open_slots = {w.outbox: w for w in self._workers.values() if w.outbox is not None}
+        messages = []
+        for outbox in wait(list(open_slots), timeout=POLL_S):
+            assert isinstance(outbox, Connection)
+            try:
+                messages.append(outbox.recv())
+            except (EOFError, OSError):  # dead, or killed in the middle of a message
+                with self._lock:
+                    open_slots[outbox].outbox = None
+                    self._retired.append(outbox)
+        return messages
+
+    def _close_retired(self) -> None:
+        """Only the supervisor waits on outboxes, so only it closes them, between waits."""
+        for outbox in self._retired:
+            outbox.close()
+        self._retired.clear()
 
     def _handle(self, message: WorkerMessage) -> None:
         if isinstance(message, Decoding):
@@ -179,10 +200,13 @@ class WorkerPool(Dispatcher):
                 process.kill()
 
     def _spawn(self, worker_id: int) -> None:
+        if (old := self._workers.get(worker_id)) and old.outbox is not None:
+            self._retired.append(old.outbox)
         inbox = self._ctx.Queue()
+        outbox, sender = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=process_main,
-            args=(worker_id, self._config, self._factory, inbox, self._outbox, os.getpid()),
+            args=(worker_id, self._config, self._factory, inbox, sender, os.getpid()),
             name=f"whisper-worker-{worker_id}",
             daemon=True,
         )
@@ -193,4 +217,6 @@ class WorkerPool(Dispatcher):
             process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        self._workers[worker_id] = _Process(worker_id, process=process, inbox=inbox)
+        sender.close()  # the child holds its own copy: its death must read as EOF here
+        self._workers[worker_id] = _Process(worker_id, process=process, inbox=inbox,
+                                            outbox=outbox)

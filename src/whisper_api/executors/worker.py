@@ -15,6 +15,7 @@ import traceback
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -181,8 +182,8 @@ def watch_parent(parent_pid: int, interval_s: float = PARENT_CHECK_S) -> threadi
 
 
 def process_main(
-    worker_id: int, config: WorkerConfig, factory: TranscriberFactory, inbox: Any, outbox: Any,
-    parent_pid: int | None = None,
+    worker_id: int, config: WorkerConfig, factory: TranscriberFactory, inbox: Any,
+    outbox: Connection, parent_pid: int | None = None,
 ) -> None:
     """A local worker process: load once, report, then serve tasks from its inbox until None."""
     # Ctrl-C reaches the whole process group; the parent decides how workers stop, so a worker
@@ -193,7 +194,7 @@ def process_main(
     if parent_pid is not None:
         watch_parent(parent_pid)
     transcriber, loaded = load(worker_id, config, factory)
-    outbox.put(loaded)
+    outbox.send(loaded)
     if transcriber is None:
         return
     from whisper_api.audio import read_wav
@@ -201,11 +202,11 @@ def process_main(
     while (task := inbox.get()) is not None:
         path = Path(task.audio_path)
         report = _progress_reporter(worker_id, task.task_id, outbox)
-        outbox.put(decode(worker_id, transcriber, task, lambda: read_wav(path),  # noqa: B023
+        outbox.send(decode(worker_id, transcriber, task, lambda: read_wav(path),  # noqa: B023
                           report))
 
 
-def _progress_reporter(worker_id: int, task_id: str, outbox: Any) -> Callable[[float], None]:
+def _progress_reporter(worker_id: int, task_id: str, outbox: Connection) -> Callable[[float], None]:
     """Sends how much of the chunk is decoded, at most every PROGRESS_EVERY_S of wall time."""
     last_sent = -PROGRESS_EVERY_S
 
@@ -213,7 +214,7 @@ def _progress_reporter(worker_id: int, task_id: str, outbox: Any) -> Callable[[f
         nonlocal last_sent
         if time.monotonic() - last_sent >= PROGRESS_EVERY_S:
             last_sent = time.monotonic()
-            outbox.put(Decoding(worker_id, task_id, decoded_s))
+            outbox.send(Decoding(worker_id, task_id, decoded_s))
 
     return report
 
