@@ -162,7 +162,7 @@ def test_bad_media_leaves_no_session(pool: WorkerPool, tmp_path: Path) -> None:
     assert list((tmp_path / "temp").iterdir()) == []
 
 
-def test_regions_every_chunk_left_are_redone_in_one_pass_and_land_where_they_were_said(
+def test_regions_every_chunk_left_are_redone_on_all_lanes_and_land_where_they_were_said(
     tmp_path: Path,
 ) -> None:
     # Four 10 s stretches at distinct levels, a second of silence after each: four chunks.

@@ -3,10 +3,15 @@
 import asyncio
 from concurrent.futures import Future
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+
+from tests.support.chunks import write_silence
+from whisper_api.chunking import ChunkSpan
 from whisper_api.config import Settings
-from whisper_api.pipeline import PRESETS, Pipeline, preset_options
-from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions
+from whisper_api.pipeline import PRESETS, Pipeline, _Redo, preset_options
+from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Pending, Segment
 
 
 class RecordingExecutor:
@@ -31,9 +36,76 @@ def test_the_longest_chunks_are_handed_out_first_and_results_come_back_in_file_o
              for i, length in enumerate(lengths)]
     executor = RecordingExecutor()
     pipeline = Pipeline(Settings(), executor, 2)  # type: ignore[arg-type]
-    results = asyncio.run(pipeline._run(tasks, sum(lengths), lambda _: None))
+    redo = _Redo(Path("unused.wav"), [], tasks, None)  # type: ignore[arg-type]  # none pending
+    results = asyncio.run(pipeline._run(redo, sum(lengths), lambda _: None))
     assert executor.order == ["r:3", "r:1", "r:2", "r:0"]
     assert [r.task_id for r in results] == ["r:0", "r:1", "r:2", "r:3"]
+
+
+class LastChunkWaitsExecutor:
+    """Answers every chunk at once, each leaving its middle second pending, except the last one
+    handed out: that one answers only when a redo pass arrives. Redo passes answer with one
+    segment per pending region."""
+
+    def __init__(self) -> None:
+        self.last: Future[ChunkResult] = Future()
+        self.redos: list[ChunkTask] = []
+        self.chunks = 0
+
+    def submit(self, task: ChunkTask, on_progress: object = None) -> Future[ChunkResult]:
+        if task.redo:
+            self.redos.append(task)
+            if not self.last.done():
+                self.last.set_result(self.answer(self.held))
+            return self.done(ChunkResult(task.task_id, tuple(
+                Segment(p.start_s, p.end_s, f"redone {p.start_s:.1f}") for p in task.redo),
+                "en"))
+        self.chunks += 1
+        if self.chunks == 4:
+            self.held = task
+            return self.last
+        return self.done(self.answer(task))
+
+    @staticmethod
+    def answer(task: ChunkTask) -> ChunkResult:
+        middle = task.duration_s / 2
+        return ChunkResult(task.task_id, (Segment(0.0, 1.0, "first"),), "en",
+                           pending=(Pending(middle - 0.5, middle + 0.5),))
+
+    @staticmethod
+    def done(result: ChunkResult) -> Future[ChunkResult]:
+        future: Future[ChunkResult] = Future()
+        future.set_result(result)
+        return future
+
+    def cancel(self, request_id: str) -> int:
+        return 0
+
+
+def test_an_idle_worker_redoes_what_finished_chunks_left_while_the_last_chunk_runs(
+    tmp_path: Path,
+) -> None:
+    spans = [ChunkSpan(10.0 * i, 10.0 * (i + 1)) for i in range(4)]
+    tasks = [ChunkTask(f"r:{i}", "r", f"{i}.wav", s.start_s, 10.0, DecodeOptions(fan_out=True))
+             for i, s in enumerate(spans)]
+    wav = write_silence(tmp_path / "file.wav", 40 * 16000)
+    session = SimpleNamespace(chunks=tmp_path)
+    executor = LastChunkWaitsExecutor()
+    pipeline = Pipeline(Settings(), executor, 2)  # type: ignore[arg-type]
+
+    async def run() -> list[ChunkResult]:  # the old pipeline waited for the last chunk forever
+        return await asyncio.wait_for(pipeline._run(
+            _Redo(wav, spans, tasks, session), 40.0, lambda _: None), 10)  # type: ignore[arg-type]
+
+    results = asyncio.run(run())
+    # The first pass takes the three finished chunks' regions, the second the last chunk's.
+    assert [len(t.redo) for t in executor.redos] == [3, 1]
+    assert len({t.task_id for t in executor.redos}) == 2
+    for result in results:
+        first, redone = result.segments
+        assert first.text == "first" and redone.text.startswith("redone")
+        assert (redone.start, redone.end) == pytest.approx((4.5, 5.5), abs=0.01)
+        assert result.pending == ()
 
 
 def test_presets_are_picked_by_the_model_name_or_its_directory_name(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from whisper_api.audio import concat_wav_slices, convert_to_wav, copy_wav_slice
 from whisper_api.chunking import ChunkSpan, frame_energies_db, plan_chunks, spread_regions
@@ -122,19 +123,28 @@ class _ChunkTracker:
                                    min(decoded_s, self._duration_s), self._duration_s))
 
 
-def _put_back(
-    results: list[ChunkResult], owners: list[tuple[int, Pending]],
-    placed: list[tuple[float, float]], redone: tuple[Segment, ...],
-) -> list[ChunkResult]:
-    """Each redone segment into the result of the chunk that left its region, in that chunk's
-    time (`placed`: where each owner's region lies in the redo pass's audio)."""
-    segments: list[list[Segment]] = [list(r.segments) for r in results]
-    for segment in redone:
+Redone = list[tuple[int, Segment]]  # (chunk index, segment in that chunk's time)
+
+
+def _place(owners: list[tuple[int, Pending]], placed: list[tuple[float, float]],
+           segments: tuple[Segment, ...]) -> Redone:
+    """Each segment of a redo pass to the chunk that left its region, in that chunk's time
+    (`placed`: where each owner's region lies in the redo pass's audio)."""
+    redone = []
+    for segment in segments:
         middle = (segment.start + segment.end) / 2
         index = next((i for i, (_, end) in enumerate(placed) if middle < end + REDO_GAP_S),
                      len(placed) - 1)
         owner, region = owners[index]
-        segments[owner].append(segment.shifted(region.start_s - placed[index][0]))
+        redone.append((owner, segment.shifted(region.start_s - placed[index][0])))
+    return redone
+
+
+def _put_back(results: list[ChunkResult], redone: Redone) -> list[ChunkResult]:
+    """The redone segments into their chunks' results, which have nothing pending then."""
+    segments: list[list[Segment]] = [list(r.segments) for r in results]
+    for owner, segment in redone:
+        segments[owner].append(segment)
     return [replace(r, segments=tuple(sorted(s, key=lambda x: x.start)), pending=())
             for r, s in zip(results, segments, strict=True)]
 
@@ -177,10 +187,7 @@ class Pipeline:
         if len(tasks) > 1 and request.language is None:
             on_progress(Progress("detecting language", 0, len(tasks), 0.0, duration_s))
             tasks, probability = await self._detect_language(wav, duration_s, session, tasks)
-        results = await self._run(tasks, duration_s, on_progress)
-        if any(r.pending for r in results):
-            on_progress(Progress("redoing", len(tasks), len(tasks), duration_s, duration_s))
-            results = await self._redo(wav, spans, tasks, results, session)
+        results = await self._run(_Redo(wav, spans, tasks, session), duration_s, on_progress)
         on_progress(Progress("merging", len(tasks), len(tasks), duration_s, duration_s))
         segments = merge_results(
             [(span.start_s, r) for span, r in zip(spans, results, strict=True)],
@@ -214,29 +221,6 @@ class Pipeline:
         fixed = [replace(t, options=replace(t.options, language=result.language)) for t in tasks]
         return fixed, result.language_probability
 
-    async def _redo(
-        self, wav: Path, spans: list[ChunkSpan], tasks: list[ChunkTask],
-        results: list[ChunkResult], session: Session,
-    ) -> list[ChunkResult]:
-        """The file's redo pass: the regions every chunk left (`ChunkResult.pending`) decoded
-        again in one task, alone on the pool: full windows instead of a part-filled one per
-        chunk, and every lane, instead of one worker finishing its chunk's redo alone."""
-        owners = [(k, p) for k, r in enumerate(results) for p in r.pending]
-        path = session.chunks / "redo.wav"
-        regions = [(spans[k].start_s + p.start_s, spans[k].start_s + p.end_s) for k, p in owners]
-        placed = await asyncio.to_thread(concat_wav_slices, wav, path, regions, REDO_GAP_S)
-        pending = tuple(replace(p, start_s=a, end_s=b)
-                        for (_, p), (a, b) in zip(owners, placed, strict=True))
-        task = ChunkTask(f"{tasks[0].request_id}:redo", tasks[0].request_id, str(path), 0.0,
-                         placed[-1][1], replace(tasks[0].options, fan_out=False), pending)
-        future = self._executor.submit(task)
-        try:
-            redone = await asyncio.wrap_future(future)
-        finally:
-            if not future.done():
-                self._executor.cancel(task.request_id)
-        return _put_back(results, owners, placed, redone.segments)
-
     def _plan(self, wav: Path, duration_s: float, request: TranscribeRequest) -> list[ChunkSpan]:
         settings = self._settings
         if not settings.enable_parallel_transcription or self._workers < 2:
@@ -265,22 +249,71 @@ class Pipeline:
         return tasks
 
     async def _run(
-        self, tasks: list[ChunkTask], duration_s: float, on_progress: ProgressCallback
+        self, redo: "_Redo", duration_s: float, on_progress: ProgressCallback
     ) -> list[ChunkResult]:
+        """Every chunk, then the regions they left (`ChunkResult.pending`) decoded again. A
+        redo pass starts whenever a worker would otherwise idle (fewer chunks left than
+        workers): it takes what the finished chunks left, while the other workers finish."""
+        tasks = redo.tasks
         tracker = _ChunkTracker(tasks, duration_s, on_progress, asyncio.get_running_loop())
         # Longest chunk first: a long chunk left for last would keep one worker busy alone.
         order = sorted(range(len(tasks)), key=lambda i: -tasks[i].duration_s)
-        submitted = {i: asyncio.wrap_future(self._executor.submit(tasks[i], tracker.reporter(i)))
-                     for i in order}
-        futures = [submitted[i] for i in range(len(tasks))]
+        index_of = {asyncio.wrap_future(self._executor.submit(tasks[i], tracker.reporter(i))): i
+                    for i in order}
+        results: dict[int, ChunkResult] = {}
+        passes: list[asyncio.Task[Redone]] = []
+        untaken: list[int] = []  # finished chunks whose pending regions no redo pass has yet
         tracker.publish()
         try:
-            for finished in asyncio.as_completed(futures):
-                await finished
-                tracker.chunks_done([f.done() for f in futures])
-            return [f.result() for f in futures]
+            running = set(index_of)
+            while running:
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    results[index_of[future]] = future.result()
+                    untaken.append(index_of[future])
+                tracker.chunks_done([i in results for i in range(len(tasks))])
+                untaken = [i for i in untaken if results[i].pending]
+                if untaken and len(running) < self._workers:
+                    passes.append(asyncio.create_task(redo.run(self._executor, {
+                        i: results[i] for i in untaken}, len(passes))))
+                    untaken = []
+            if passes:
+                on_progress(Progress("redoing", len(tasks), len(tasks), duration_s, duration_s))
+            redone = [r for done_pass in await asyncio.gather(*passes) for r in done_pass]
         finally:
-            if any(not f.done() for f in futures):
-                self._executor.cancel(tasks[0].request_id)
-                for future in futures:
-                    future.cancel()
+            self._cancel_unfinished(tasks[0].request_id, [*index_of, *passes])
+        return _put_back([results[i] for i in range(len(tasks))], redone)
+
+    def _cancel_unfinished(self, request_id: str, futures: "list[asyncio.Future[Any]]") -> None:
+        """A chunk failed or the caller went away: nothing of this request runs on."""
+        if not all(f.done() for f in futures):
+            self._executor.cancel(request_id)
+            for future in futures:
+                future.cancel()
+
+
+@dataclass(frozen=True)
+class _Redo:
+    """A file's redo passes: pending regions of finished chunks, cut from the file's audio and
+    decoded again in one task, alone on the pool: full windows instead of a part-filled one per
+    chunk, and every lane, instead of one worker finishing its chunk's redo alone."""
+
+    wav: Path
+    spans: list[ChunkSpan]
+    tasks: list[ChunkTask]
+    session: Session
+
+    async def run(self, executor: ChunkExecutor, chunks: dict[int, ChunkResult],
+                  number: int) -> Redone:
+        owners = [(k, p) for k, r in chunks.items() for p in r.pending]
+        path = self.session.chunks / f"redo_{number}.wav"
+        regions = [(self.spans[k].start_s + p.start_s, self.spans[k].start_s + p.end_s)
+                   for k, p in owners]
+        placed = await asyncio.to_thread(concat_wav_slices, self.wav, path, regions, REDO_GAP_S)
+        pending = tuple(replace(p, start_s=a, end_s=b)
+                        for (_, p), (a, b) in zip(owners, placed, strict=True))
+        first = self.tasks[0]
+        task = ChunkTask(f"{first.request_id}:redo{number}", first.request_id, str(path), 0.0,
+                         placed[-1][1], replace(first.options, fan_out=False), pending)
+        redone = await asyncio.wrap_future(executor.submit(task))
+        return _place(owners, placed, redone.segments)
