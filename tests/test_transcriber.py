@@ -4,12 +4,15 @@ for it, and decoding a failing one again alone (fake decoders: the test is about
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.conftest import DATA, JFK_TEXT, heard, load_pcm
 from tests.support.signals import QUIET_ROOM, between_syllables
+from whisper_api.models import resolve_model
 from whisper_api.pipeline import PRESETS
 from whisper_api.regions import Region
 from whisper_api.transcriber import (
@@ -18,6 +21,7 @@ from whisper_api.transcriber import (
     Transcriber,
     compact,
     pack_windows,
+    token_cap,
     widen,
 )
 from whisper_api.transcript import DecodeOptions
@@ -499,3 +503,32 @@ def test_language_detection_stops_early_only_where_the_ends_agree_and_are_sure(
     language, probability = transcriber.detect_language(np.zeros(1, dtype=np.float32))
     assert (language, round(probability, 4)) == expected
     assert detector.heard == heard
+
+
+def test_the_sequential_redo_of_a_short_region_stops_a_loop_early() -> None:
+    # A decode looping on noise ran to the model's 448 tokens at each of six temperatures.
+    sequential = FakeSequential()
+    transcriber = Transcriber.with_decoders(sequential, FakeBatched({}))
+    audio = np.zeros(30 * SAMPLE_RATE_HZ, dtype=np.float32)
+    for region in ((1.0, 1.6), (2.0, 11.0), (2.0, 22.0)):
+        transcriber._decode_alone(audio, region, DEFAULTS)
+    short, nine, twenty = (kwargs["max_new_tokens"] for _, kwargs in sequential.calls)
+    assert short < 60 and 9 * 5 < nine <= 200  # English runs ~5 tokens/s
+    assert twenty is None  # the model's own limit: a user's prompt may take half of it
+
+
+@pytest.mark.model
+def test_a_capped_redo_leaves_room_for_the_longest_prompt_and_hears_the_whole_region(
+    tmp_path: Path,
+) -> None:
+    transcriber = Transcriber(resolve_model("tiny.en", tmp_path), "cpu", "int8", 1)
+    audio = load_pcm(DATA / "jfk.flac").astype(np.float32) / 32768
+    assert token_cap((0.0, 10.5)) == 200
+    said = transcriber._decode_alone(audio, (0.0, 10.5), replace(DEFAULTS, language="en"))
+    assert heard(JFK_TEXT, " ".join(s.text for s in said)) == 1
+    # Whisper keeps the prompt's last 223 tokens: 4 + 224 + 200 is inside its 448, no error.
+    # (Temperature 1 alone: such a prompt garbles the answer, and every fallback costs time.)
+    prompt = " ".join(["and so my fellow Americans"] * 80)
+    long = transcriber._decode_alone(audio, (0.0, 10.5), replace(
+        DEFAULTS, initial_prompt=prompt, language="en", temperature=1.0))
+    assert sum(len(s.tokens) for s in long) <= 200

@@ -59,6 +59,13 @@ LIMITS = RegionLimits()
 # The sequential decoder's own defaults for a region decoded again (faster-whisper transcribe).
 REDO_BEAM_SIZE = 5
 REDO_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# A sequential redo of a short region stops at this many tokens: far more than any language
+# speaks (English ~5 tokens/s), so only a loop reaches it, which otherwise runs to the model's
+# 448 tokens at each of six temperatures (base took 5.5 s on a 0.6 s region of noise). Longer
+# regions keep the model's own limit (a user's prompt takes up to 224 tokens of it).
+REDO_TOKENS_PER_S = 16.0
+REDO_MIN_TOKENS = 32
+REDO_MAX_CAPPED_TOKENS = 200
 LEAD_S = 1.0
 SPAN_REDO_S = DecodeOptions.redo_window_s  # `fast`'s last try: `accurate`'s redo windows
 QUIET_PAUSE_S = 0.3  # between quiet regions packed for their redo, as `fast` packs speech
@@ -375,6 +382,7 @@ class Transcriber:
             word_timestamps=options.word_timestamps,
             condition_on_previous_text=False,
             vad_filter=False,
+            max_new_tokens=token_cap(region),
         )
         return [_segment(s).shifted(region[0]) for s in raw if s.text.strip()]
 
@@ -411,6 +419,12 @@ class ModelSet:
             return self._models[name or self._default]
         except KeyError:  # the API checks names first; this guards a stale or foreign task
             raise ModelNotFoundError(f"this worker has no model {name!r}") from None
+
+
+def token_cap(region: Region) -> int | None:
+    """How many tokens the sequential decoder may write for a region (None: the model's limit)."""
+    cap = int(REDO_MIN_TOKENS + REDO_TOKENS_PER_S * (region[1] - region[0]))
+    return cap if cap <= REDO_MAX_CAPPED_TOKENS else None
 
 
 def pick_spread(items: list[np.ndarray], count: int) -> list[np.ndarray]:
