@@ -109,9 +109,12 @@ def test_an_idle_worker_redoes_what_finished_chunks_left_while_the_last_chunk_ru
 
 
 def test_presets_are_picked_by_the_model_name_or_its_directory_name(tmp_path: Path) -> None:
-    sentence_windows = preset_options("base", "accurate")
+    base = preset_options("base", "accurate")
+    sentence_windows = base.for_language("pt")
     assert (sentence_windows.window_s, sentence_windows.window_fill) == (20.0, 0.0)
-    assert preset_options(str(tmp_path / "models" / "base"), "accurate") == sentence_windows
+    english = base.for_language("en")
+    assert (english.window_s, english.window_fill) == (29.0, 0.5)
+    assert preset_options(str(tmp_path / "models" / "base"), "accurate") == base
     assert preset_options("tiny.en", "accurate") == PRESETS["accurate"]
     assert preset_options("/models/whisper-small-ct2", "accurate") == PRESETS["accurate"]
     assert preset_options("base", "fast") == PRESETS["fast"]

@@ -532,3 +532,16 @@ def test_a_capped_redo_leaves_room_for_the_longest_prompt_and_hears_the_whole_re
     long = transcriber._decode_alone(audio, (0.0, 10.5), replace(
         DEFAULTS, initial_prompt=prompt, language="en", temperature=1.0))
     assert sum(len(s.tokens) for s in long) <= 200
+
+
+def test_sentence_windows_are_for_every_language_but_english() -> None:
+    options = replace(DEFAULTS, window_s=29.0, sentence_window_s=5.0)
+    windows = {}
+    for language in ("en", "pt"):
+        batched = FakeBatched({r: (GOOD[r], -0.2) for r in REGIONS})
+        transcriber = Transcriber.with_decoders(FakeSequential(), batched)
+        transcriber.find_utterances = lambda audio: list(REGIONS)  # type: ignore[method-assign]
+        audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
+        transcriber.transcribe(audio, replace(options, language=language))
+        windows[language] = len(batched.calls[0])
+    assert windows == {"en": 1, "pt": 3}  # 16 s of regions: one window, or one per sentence

@@ -40,14 +40,15 @@ PRESETS: dict[str, DecodeOptions] = {
                           sequential_redo=False, pause_s=0.3, redo_window_s=29.0),
 }
 # Models whose measurements chose other settings than PRESETS (matched by model name). `base`
-# `accurate`: windows of at most 20 s, each cut at its longest pause, so that a window holds
-# about one sentence: on the pt/fr/de/es files several sentences in one window made `base`
-# garble the hard ones (WER 20.3 -> 18.5 % over 16 files, pt and fr within 1.10 x the per-clip
-# oracle); English as before (12.4 / 12.3 %) at ~30 % more encoder passes. The redo windows
-# are cut the same way, and quiet regions are packed into 20 s windows for their redo.
+# `accurate`, in every language but English: windows of at most 20 s, each cut at its longest
+# pause, so that a window holds about one sentence: on the pt/fr/de/es files several sentences
+# in one window made `base` garble the hard ones (WER 20.3 -> 18.5 % over 16 files, pt and fr
+# within 1.10 x the per-clip oracle). The redo windows are cut the same way, and quiet regions
+# are packed into 20 s windows for their redo. English keeps 29 s windows: the same WER
+# (10.6 / 10.0 / 10.8 % against 10.8 / 10.3 / 10.5 % on three files) in 25-35 % less time.
 MODEL_PRESETS: dict[str, dict[str, DecodeOptions]] = {
     "tiny.en": PRESETS,
-    "base": {**PRESETS, "accurate": replace(PRESETS["accurate"], window_s=20.0, window_fill=0.0)},
+    "base": {**PRESETS, "accurate": replace(PRESETS["accurate"], sentence_window_s=20.0)},
 }
 
 

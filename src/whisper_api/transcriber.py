@@ -113,6 +113,7 @@ class Transcriber:
         `on_progress` receives how many seconds of `audio` are decoded, once per decoded window.
         """
         report = on_progress or _ignore
+        options = options.for_language(options.language)
         speech = self.find_utterances(audio)
         self._vad_memo = None  # used at most once: detection, then this decode
         quiet = set(quiet_speech(audio, speech))
@@ -142,6 +143,7 @@ class Transcriber:
     ) -> Decoded:
         """The redo pass: `audio` holds the pending regions of a file's chunks, decoded again as
         their chunks would have (`_last_repair`), but all at once."""
+        options = options.for_language(options.language)
         regions = [(p.start_s, p.end_s) for p in pending]
         groups: list[list[Segment]] = [[] for _ in regions]
         quiet_at = {i for i, p in enumerate(pending) if p.quiet}
