@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import DATA, JFK_TEXT, heard, load_pcm
+from tests.conftest import DATA, load_pcm, spoken
 from tests.support.signals import QUIET_ROOM, between_syllables
+from whisper_api import transcriber as transcriber_module
 from whisper_api.models import resolve_model
 from whisper_api.pipeline import PRESETS
 from whisper_api.regions import Region
@@ -510,27 +511,37 @@ def test_the_sequential_redo_of_a_short_region_stops_a_loop_early() -> None:
     sequential = FakeSequential()
     transcriber = Transcriber.with_decoders(sequential, FakeBatched({}))
     audio = np.zeros(30 * SAMPLE_RATE_HZ, dtype=np.float32)
-    for region in ((1.0, 1.6), (2.0, 11.0), (2.0, 22.0)):
+    for region in ((1.0, 1.6), (2.0, 8.0), (2.0, 22.0)):
         transcriber._decode_alone(audio, region, DEFAULTS)
-    short, nine, twenty = (kwargs["max_new_tokens"] for _, kwargs in sequential.calls)
-    assert short < 60 and 9 * 5 < nine <= 200  # English runs ~5 tokens/s
+    short, six, twenty = (kwargs["max_new_tokens"] for _, kwargs in sequential.calls)
+    # Far under the model's 448, yet long enough for a loop to show in its compression ratio.
+    assert 96 <= short < 120 and 6 * 5 < six <= 200  # English runs ~5 tokens/s
     assert twenty is None  # the model's own limit: a user's prompt may take half of it
 
 
 @pytest.mark.model
-def test_a_capped_redo_leaves_room_for_the_longest_prompt_and_hears_the_whole_region(
-    tmp_path: Path,
+def test_a_capped_redo_hears_what_an_uncapped_one_does_and_leaves_room_for_a_prompt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     transcriber = Transcriber(resolve_model("tiny.en", tmp_path), "cpu", "int8", 1)
     audio = load_pcm(DATA / "jfk.flac").astype(np.float32) / 32768
-    assert token_cap((0.0, 10.5)) == 200
-    said = transcriber._decode_alone(audio, (0.0, 10.5), replace(DEFAULTS, language="en"))
-    assert heard(JFK_TEXT, " ".join(s.text for s in said)) == 1
+    english = replace(DEFAULTS, language="en")
+    assert token_cap((0.0, 6.5)) == 200
+
+    def words() -> str:
+        return spoken(" ".join(s.text for s in transcriber._decode_alone(
+            audio, (0.0, 6.5), english)))
+
+    capped = words()
+    monkeypatch.setattr(transcriber_module, "REDO_MAX_CAPPED_TOKENS", 0)
+    assert token_cap((0.0, 6.5)) is None
+    assert capped == words() and "fellow americans" in capped
+    monkeypatch.undo()
     # Whisper keeps the prompt's last 223 tokens: 4 + 224 + 200 is inside its 448, no error.
     # (Temperature 1 alone: such a prompt garbles the answer, and every fallback costs time.)
     prompt = " ".join(["and so my fellow Americans"] * 80)
-    long = transcriber._decode_alone(audio, (0.0, 10.5), replace(
-        DEFAULTS, initial_prompt=prompt, language="en", temperature=1.0))
+    long = transcriber._decode_alone(audio, (0.0, 6.5), replace(
+        english, initial_prompt=prompt, temperature=1.0))
     assert sum(len(s.tokens) for s in long) <= 200
 
 
