@@ -296,8 +296,8 @@ class Pipeline:
 @dataclass(frozen=True)
 class _Redo:
     """A file's redo passes: pending regions of finished chunks, cut from the file's audio and
-    decoded again in one task, alone on the pool: full windows instead of a part-filled one per
-    chunk, and every lane, instead of one worker finishing its chunk's redo alone."""
+    decoded again in one task on every lane of its worker: full windows instead of a
+    part-filled one per chunk, and no worker finishing its own chunk's redo alone."""
 
     wav: Path
     spans: list[ChunkSpan]
