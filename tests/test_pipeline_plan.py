@@ -14,6 +14,12 @@ from whisper_api.pipeline import PRESETS, Pipeline, _Redo, preset_options
 from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Pending, Segment
 
 
+def answered(result: ChunkResult) -> Future[ChunkResult]:
+    future: Future[ChunkResult] = Future()
+    future.set_result(result)
+    return future
+
+
 class RecordingExecutor:
     """Answers every chunk at once with no segments, noting the order it was given them in."""
 
@@ -22,9 +28,7 @@ class RecordingExecutor:
 
     def submit(self, task: ChunkTask, on_progress: object = None) -> Future[ChunkResult]:
         self.order.append(task.task_id)
-        future: Future[ChunkResult] = Future()
-        future.set_result(ChunkResult(task.task_id, (), "en"))
-        return future
+        return answered(ChunkResult(task.task_id, (), "en"))
 
     def cancel(self, request_id: str) -> int:
         return 0
@@ -57,26 +61,20 @@ class LastChunkWaitsExecutor:
             self.redos.append(task)
             if not self.last.done():
                 self.last.set_result(self.answer(self.held))
-            return self.done(ChunkResult(task.task_id, tuple(
+            return answered(ChunkResult(task.task_id, tuple(
                 Segment(p.start_s, p.end_s, f"redone {p.start_s:.1f}") for p in task.redo),
                 "en"))
         self.chunks += 1
         if self.chunks == 4:
             self.held = task
             return self.last
-        return self.done(self.answer(task))
+        return answered(self.answer(task))
 
     @staticmethod
     def answer(task: ChunkTask) -> ChunkResult:
         middle = task.duration_s / 2
         return ChunkResult(task.task_id, (Segment(0.0, 1.0, "first"),), "en",
                            pending=(Pending(middle - 0.5, middle + 0.5),))
-
-    @staticmethod
-    def done(result: ChunkResult) -> Future[ChunkResult]:
-        future: Future[ChunkResult] = Future()
-        future.set_result(result)
-        return future
 
     def cancel(self, request_id: str) -> int:
         return 0
