@@ -50,11 +50,11 @@ def ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *args], check=True)
 
 
-def write_wav(path: Path, samples: np.ndarray) -> Path:
+def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
-        out.setframerate(16000)
+        out.setframerate(rate)
         out.writeframes(samples.astype(np.int16).tobytes())
     return path
 

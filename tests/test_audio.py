@@ -1,3 +1,4 @@
+import wave
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,6 @@ def test_converts_any_container_to_16k_mono(
     seconds = convert_to_wav(source, target)
     assert seconds == pytest.approx(11.0, abs=0.1)
     assert wav_duration_s(target) == pytest.approx(seconds, abs=0.01)
-    import wave
-
     with wave.open(str(target)) as wav:
         assert (wav.getnchannels(), wav.getframerate()) == (1, SAMPLE_RATE_HZ)
 
@@ -91,3 +90,30 @@ def test_truncated_mp3_keeps_what_decodes(jfk: Path, tmp_path: Path) -> None:
     cut = tmp_path / "cut.mp3"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     assert 4.0 < convert_to_wav(cut, tmp_path / "o.wav") < 7.0
+
+
+def test_a_16k_mono_wav_comes_through_sample_for_sample(tmp_path: Path) -> None:
+    import numpy as np
+
+    from tests.conftest import write_wav
+
+    samples = np.random.default_rng(7).integers(-32768, 32767, 5 * SAMPLE_RATE_HZ,
+                                                dtype=np.int16)
+    source = write_wav(tmp_path / "in.wav", samples)
+    assert convert_to_wav(source, tmp_path / "out.wav") == 5.0
+    with wave.open(str(tmp_path / "out.wav")) as wav:
+        assert wav.getnframes() == len(samples)
+        assert np.array_equal(np.frombuffer(wav.readframes(len(samples)), np.int16), samples)
+
+
+def test_an_8k_wav_is_resampled(tmp_path: Path) -> None:
+    import numpy as np
+
+    from tests.conftest import write_wav
+
+    tone = (8000 * np.sin(np.arange(3 * 8000) * 2 * np.pi * 440 / 8000)).astype(np.int16)
+    source = write_wav(tmp_path / "in.wav", tone, rate=8000)
+    assert convert_to_wav(source, tmp_path / "out.wav") == pytest.approx(3.0, abs=0.01)
+    with wave.open(str(tmp_path / "out.wav")) as wav:
+        assert wav.getframerate() == SAMPLE_RATE_HZ
+        assert wav.getnframes() == pytest.approx(3 * SAMPLE_RATE_HZ, abs=64)

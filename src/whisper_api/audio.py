@@ -76,13 +76,33 @@ def _stream_to_wav(source: Path, target: Path, max_duration_s: float,
             out.setsampwidth(BYTES_PER_SAMPLE)
             out.setframerate(SAMPLE_RATE_HZ)
             for frame in chain(_decode(container, stream), [None]):  # None flushes
-                for chunk in resampler.resample(frame):
-                    data = chunk.to_ndarray().tobytes()
+                for chunk in _resampled(resampler, frame):
+                    data = _pcm(chunk)
                     samples += len(data) // BYTES_PER_SAMPLE
                     if samples > max_samples:
                         _check_duration(samples / SAMPLE_RATE_HZ, max_duration_s, "at least ")
-                    out.writeframes(data)
+                    # Raw: `writeframes` rewrites the header on every frame (three seeks each);
+                    # closing the file writes it once.
+                    out.writeframesraw(data)
     return samples
+
+
+def _resampled(resampler: av.AudioResampler, frame: "av.AudioFrame | None") -> list[
+    "av.AudioFrame"
+]:
+    """The frame as 16 kHz mono s16: as it is when it already is (a 16 kHz WAV: a third of
+    its conversion time went to resampling frames into themselves). A stream's frames share
+    one format, so the resampler never holds samples of an earlier frame then."""
+    if frame is not None and frame.format.name == "s16" and frame.layout.nb_channels == 1 \
+            and frame.sample_rate == SAMPLE_RATE_HZ:
+        return [frame]
+    return resampler.resample(frame)
+
+
+def _pcm(frame: "av.AudioFrame") -> bytes:
+    """A packed mono frame's samples (its plane may be padded past them). Read from the plane:
+    `to_ndarray().tobytes()` took 40 % of a WAV's conversion."""
+    return bytes(memoryview(frame.planes[0])[:frame.samples * BYTES_PER_SAMPLE])
 
 
 def declared_duration_s(container: "av.container.InputContainer",
