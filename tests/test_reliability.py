@@ -447,7 +447,7 @@ def test_disk_full_while_converting_is_507(tmp_path: Path,
     def full(self: wave.Wave_write, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(wave.Wave_write, "writeframes", full)
+    monkeypatch.setattr(wave.Wave_write, "writeframesraw", full)
     with pytest.raises(InsufficientStorageError, match="filled up"):
         convert_to_wav(JFK, tmp_path / "out.wav")
 
