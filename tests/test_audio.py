@@ -1,9 +1,10 @@
 import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.conftest import ffmpeg
+from tests.conftest import ffmpeg, write_wav
 from whisper_api.audio import SAMPLE_RATE_HZ, convert_to_wav, wav_duration_s
 from whisper_api.errors import InvalidAudioError
 
@@ -62,10 +63,6 @@ def _truncated_header(tmp: Path) -> Path:
 
 
 def _zero_seconds(tmp: Path) -> Path:
-    import numpy as np
-
-    from tests.conftest import write_wav
-
     return write_wav(tmp / "zero.wav", np.zeros(0, dtype=np.int16))
 
 
@@ -93,10 +90,6 @@ def test_truncated_mp3_keeps_what_decodes(jfk: Path, tmp_path: Path) -> None:
 
 
 def test_a_16k_mono_wav_comes_through_sample_for_sample(tmp_path: Path) -> None:
-    import numpy as np
-
-    from tests.conftest import write_wav
-
     samples = np.random.default_rng(7).integers(-32768, 32767, 5 * SAMPLE_RATE_HZ,
                                                 dtype=np.int16)
     source = write_wav(tmp_path / "in.wav", samples)
@@ -107,10 +100,6 @@ def test_a_16k_mono_wav_comes_through_sample_for_sample(tmp_path: Path) -> None:
 
 
 def test_an_8k_wav_is_resampled(tmp_path: Path) -> None:
-    import numpy as np
-
-    from tests.conftest import write_wav
-
     tone = (8000 * np.sin(np.arange(3 * 8000) * 2 * np.pi * 440 / 8000)).astype(np.int16)
     source = write_wav(tmp_path / "in.wav", tone, rate=8000)
     assert convert_to_wav(source, tmp_path / "out.wav") == pytest.approx(3.0, abs=0.01)
