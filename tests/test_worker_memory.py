@@ -1,10 +1,17 @@
 """Worker processes keep freed memory for reuse (glibc): big buffers come from the heap."""
 
+import multiprocessing
+import os
 import platform
+import queue
 import subprocess
 import sys
 
 import pytest
+
+from tests.support.fakes import echo_factory
+from whisper_api.config import Settings
+from whisper_api.executors import worker_config
 
 PROBE = """
 import sys
@@ -28,3 +35,23 @@ def test_big_buffers_come_from_the_reused_heap_only_when_tuned(mode: str, expect
     probe = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
                            timeout=60, check=True)
     assert probe.stdout.split()[-2:] == expected.split()
+
+
+def test_a_worker_tunes_malloc_before_it_starts_any_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tuned after the parent watchdog thread had started, a worker still took 1.2 M page
+    faults (3.4 s of kernel time) per 707 s file; tuned first, next to none."""
+    from whisper_api.executors import worker
+
+    calls: list[str] = []
+    monkeypatch.setattr(worker, "reuse_freed_memory", lambda: calls.append("malloc") or True)
+    monkeypatch.setattr(worker, "watch_parent", lambda pid: calls.append("watchdog"))
+    monkeypatch.setattr(worker, "_thread_lock_for_tqdm", lambda: calls.append("tqdm lock"))
+    monkeypatch.setattr(worker.signal, "signal", lambda *args: None)  # this is pytest's process
+    inbox: queue.Queue[None] = queue.Queue()
+    inbox.put(None)
+    receive, send = multiprocessing.Pipe(duplex=False)
+    worker.process_main(0, worker_config(Settings(), 1), echo_factory, inbox, send, os.getpid())
+    assert calls == ["malloc", "tqdm lock", "watchdog"]
+    assert isinstance(receive.recv(), worker.Ready)
+    receive.close()
+    send.close()
