@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.fakes import echo_factory
 from whisper_api.config import Settings
-from whisper_api.executors import worker_config
+from whisper_api.executors import worker, worker_config
 
 PROBE = """
 import sys
@@ -40,8 +40,6 @@ def test_big_buffers_come_from_the_reused_heap_only_when_tuned(mode: str, expect
 def test_a_worker_tunes_malloc_before_it_starts_any_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tuned after the parent watchdog thread had started, a worker still took 1.2 M page
     faults (3.4 s of kernel time) per 707 s file; tuned first, next to none."""
-    from whisper_api.executors import worker
-
     calls: list[str] = []
     monkeypatch.setattr(worker, "reuse_freed_memory", lambda: calls.append("malloc") or True)
     monkeypatch.setattr(worker, "watch_parent", lambda pid: calls.append("watchdog"))

@@ -38,6 +38,7 @@ from whisper_api.executors.worker import (
     decode,
     decode_wav_bytes,
     load_real_transcriber,
+    reuse_freed_memory,
 )
 from whisper_api.transcript import ChunkTask
 
@@ -51,6 +52,7 @@ class ChunkWorker:
     """The actor body. Ray runs the constructor again after a restart, so the model reloads."""
 
     def __init__(self, worker_id: int, config: WorkerConfig, factory: TranscriberFactory) -> None:
+        reuse_freed_memory()  # before the model loads: see there
         started = time.perf_counter()
         self._worker_id = worker_id
         self._transcriber: ChunkTranscriber = factory(config)

@@ -50,7 +50,6 @@ TranscriberFactory = Callable[[WorkerConfig], ChunkTranscriber]
 def load_real_transcriber(config: WorkerConfig) -> ChunkTranscriber:
     from whisper_api.transcriber import ModelSet
 
-    reuse_freed_memory()
     return ModelSet(config)
 
 
@@ -59,10 +58,11 @@ def reuse_freed_memory() -> bool:
     mmap, no trim. Each decoder batch allocates and frees buffers of up to hundreds of MB (a
     window's attention scores); by default glibc maps each one afresh and the kernel zeroes
     its pages, which took a fifth of a worker's time on an AMD EPYC (docs/benchmarks.md).
-    A local worker calls it before it starts any thread (`process_main`): called after the
-    parent watchdog had started, it still left 1.2 M page faults and 3.4 s of kernel time per
-    707 s file. The model loader calls it too (a Ray actor: as early as it gets). False where
-    the C library is not glibc (nothing changes there)."""
+    Each worker process calls it once, as it starts: a local worker before any thread of its
+    own (`process_main`; called after the parent watchdog had started, it still left 1.2 M
+    page faults and 3.4 s of kernel time per 707 s file), a Ray actor first thing in its
+    constructor (Ray's own threads already run there). False where the C library is not
+    glibc (nothing changes there)."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
