@@ -1,15 +1,16 @@
 """Long-form speed and accuracy: whisper-api against faster-whisper's own pipelines, same run.
 
 Usage: python bench/run.py [--model tiny.en|base|DIR] [--passes 1 3] [--seeds 7 11] [--fan-out]
-                          [--sweep] [--no-ray] [--overhead-chunks 40] [--shared ../shared]
-                          [--out bench/out]
+                          [--sweep] [--no-ray] [--reps 3] [--overhead-chunks 40]
+                          [--shared ../shared] [--out bench/out]
 For every (passes, seed) it builds a long file with shared/tools/make_long.py and times, in one
 process run (model load excluded everywhere): faster-whisper sequential `transcribe` (beam 5),
 `BatchedInferencePipeline` (batch 8), the per-clip oracle (each clip alone, beam 5), and
 whisper-api end to end (conversion included) per preset on the local worker pool (and, with
 --ray, on Ray actors); then what one chunk costs to dispatch on each executor (bench/executors.py).
 Every row: wall, x realtime, WER (references and hypotheses normalised alike: `normalise`) and,
-for ours, the speech regions the workers decoded again.
+for ours, the speech regions the workers decoded again. Batched and `fast`, whose walls are
+close, run `--reps` times in turn and show the median wall. Then each file's goals (issue 11).
 """
 
 import argparse
@@ -18,6 +19,7 @@ import csv
 import dataclasses
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +48,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"  # --shared overrides it (a git worktree has no sibling shared/)
 
 
+SEQUENTIAL = "faster-whisper sequential (beam 5)"
+BATCHED = "faster-whisper batched (bs 8)"
+ORACLE = "per-clip oracle (beam 5)"
+ACCURATE, FAST = "whisper-api accurate", "whisper-api fast"
+# (goal, our row, their row, compared on WER (else wall), the largest ratio that meets it)
+GOALS = (("accurate WER <= 1.10 x oracle", ACCURATE, ORACLE, True, 1.10),
+         ("accurate wall <= sequential", ACCURATE, SEQUENTIAL, False, 1.0),
+         ("fast WER <= sequential", FAST, SEQUENTIAL, True, 1.0),
+         ("fast wall <= batched", FAST, BATCHED, False, 1.0))
 FILLERS = {"uh", "um", "er", "ah", "hmm", "mm", "uhm", "erm"}
 
 
@@ -122,8 +133,7 @@ def baselines(wav: Path, reference: str, threads: int, model_name: str) -> "Rows
         return " ".join(s.text for s in segments), 0
 
     def batch() -> tuple[str, int]:
-        segments, _ = batched.transcribe(str(wav), language="en", batch_size=8)
-        return " ".join(s.text for s in segments), 0
+        return batched_text(batched, wav), 0
 
     clips = [decode_audio(str(p)) for p in clip_order(reference)]
 
@@ -132,11 +142,34 @@ def baselines(wav: Path, reference: str, threads: int, model_name: str) -> "Rows
             s.text for clip in clips for s in model.transcribe(clip, language="en", beam_size=5)[0]
         ), 0
 
-    return {
-        "faster-whisper sequential (beam 5)": timed(sequential),
-        "faster-whisper batched (bs 8)": timed(batch),
-        "per-clip oracle (beam 5)": timed(oracle),
-    }
+    return {SEQUENTIAL: timed(sequential), BATCHED: timed(batch), ORACLE: timed(oracle)}
+
+
+def batched_text(batched: BatchedInferencePipeline, wav: Path) -> str:
+    segments, _ = batched.transcribe(str(wav), language="en", batch_size=8)
+    return " ".join(s.text for s in segments)
+
+
+def repeat(wav: Path, args: argparse.Namespace, rows: "Rows") -> None:
+    """Batched and `fast` `--reps` - 1 times more, one after the other in turn, in one process;
+    each row's wall becomes the median of its runs. On a shared 2-vCPU VM the same row moved
+    by up to 15 % within minutes, more than the two rows differ."""
+    if args.reps < 2 or FAST not in rows:
+        return
+    model = WhisperModel(resolve_model(args.model), device="cpu", compute_type="int8",
+                         cpu_threads=os.cpu_count() or 1)
+    batched = BatchedInferencePipeline(model)
+    settings = Settings(temp_dir=args.out / "temp", whisper_model=args.model)
+    walls = {BATCHED: [rows[BATCHED][0]], FAST: [rows[FAST][0]]}
+    with local_pool(settings) as (pool, count):
+        for _ in range(args.reps - 1):
+            walls[BATCHED].append(timed(lambda: (batched_text(batched, wav), 0))[0])
+            walls[FAST].append(timed(lambda: asyncio.run(_run(settings, pool, count, wav,
+                                                               "fast")))[0])
+    for label, runs in walls.items():
+        median = statistics.median(runs)
+        print(f"{label}: {' / '.join(f'{w:.1f}' for w in runs)} s, median {median:.1f} s")
+        rows[label] = (median, *rows[label][1:])
 
 
 Variant = str | dict[str, float]
@@ -215,6 +248,20 @@ def report(rows: Rows, reference: str, duration_s: float, name: str, out: Path) 
     return markdown
 
 
+def goals(rows: Rows, reference: str, name: str) -> list[str]:
+    """Each goal of issue 11 this file's rows can judge: met or not, and the ratio."""
+    wer = {label: wer_percent(reference, text) for label, (_, text, _) in rows.items()}
+    wall = {label: row[0] for label, row in rows.items()}
+    verdicts = []
+    for goal, ours, theirs, on_wer, bound in GOALS:
+        measure = wer if on_wer else wall
+        if ours in measure and theirs in measure:
+            ratio = measure[ours] / max(measure[theirs], 1e-9)
+            verdicts.append(f"{name}: {goal}: {'met' if ratio <= bound else 'NOT met'} "
+                            f"({measure[ours]:.2f} / {measure[theirs]:.2f} = {ratio:.2f})")
+    return verdicts
+
+
 def plot(table: list[tuple[str, float, float, float]], path: Path) -> None:
     import matplotlib
 
@@ -243,6 +290,7 @@ def main() -> None:
     markdown = ["| file | pipeline | wall s | x realtime | WER % | redone regions |",
                 "| --- | --- | ---: | ---: | ---: | ---: |"]
     overheads: dict[str, Overhead] = {}
+    verdicts: list[str] = []
     for passes in args.passes:
         for seed in args.seeds:
             wav, reference = build_long(args.out, passes, seed)
@@ -250,9 +298,12 @@ def main() -> None:
             rows = baselines(wav, reference, os.cpu_count() or 1, args.model)
             our_rows, overheads = on_executors(wav, args, variants(args))
             rows.update(our_rows)
+            repeat(wav, args, rows)
             name = f"{model_label}_{passes}x_seed{seed}"
             markdown += report(rows, reference, duration_s, name, args.out)
+            verdicts += goals(rows, reference, name)
     print("\n" + "\n".join(markdown))
+    print("\n" + "\n".join(verdicts))
     report_overheads(overheads)
 
 
@@ -279,6 +330,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sweep", action="store_true", help="also try window sizes and beams")
     parser.add_argument("--ray", action=argparse.BooleanOptionalAction, default=ray_installed(),
                         help="also run on Ray actors (default: when Ray is installed)")
+    parser.add_argument("--reps", type=int, default=3,
+                        help="runs of batched and `fast` (in turn; the median wall is shown)")
     parser.add_argument("--overhead-chunks", type=int, default=40,
                         help="silent chunks per executor for the dispatch overhead")
     parser.add_argument("--shared", type=Path, default=SHARED,
