@@ -157,6 +157,43 @@ def test_a_failing_region_is_decoded_again_alone(middle: str, logprob: float) ->
     assert text == f"{GOOD[REGIONS[0]]} {REDONE_TEXT} {GOOD[REGIONS[2]]}"
 
 
+class Answers(FakeSequential):
+    """The sequential decoder's last resort (temperature 1.0) answering `text`."""
+
+    def __init__(self, text: str, logprob: float) -> None:
+        super().__init__()
+        self.text, self.logprob = text, logprob
+
+    def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[list[RawSegment], Info]:
+        self.calls.append((len(audio), kwargs))
+        return [RawSegment(0.0, len(audio) / SAMPLE_RATE_HZ, self.text, self.logprob,
+                           temperature=1.0)], Info()
+
+
+@pytest.mark.parametrize("middle, answer, logprob, kept", [
+    pytest.param((5.0, 12.0), "see you next time " * 5, -0.4, False, id="a loop"),
+    pytest.param((5.0, 5.5), "We'll see you next time.", -1.2, False,
+                 id="unsure words on 0.5 s of noise"),
+    pytest.param((5.0, 12.0), GOOD[REGIONS[1]], -1.2, True,
+                 id="an unsure sentence: better than none"),
+])
+def test_a_last_answer_worse_than_none_is_dropped(
+    middle: Region, answer: str, logprob: float, kept: bool
+) -> None:
+    regions = [REGIONS[0], middle, REGIONS[2]]
+    sequential = Answers(answer, logprob)
+    transcriber = Transcriber.with_decoders(sequential, FakeBatched(
+        {regions[0]: (GOOD[REGIONS[0]], -0.2), middle: ("", -0.2),
+         regions[2]: (GOOD[REGIONS[2]], -0.2)}))
+    transcriber.find_utterances = lambda audio: list(regions)  # type: ignore[method-assign]
+    audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
+    segments, _, redone, _ = transcriber.transcribe(audio, DEFAULTS)
+    assert redone == 1 and len(sequential.calls) == 1
+    outer = [GOOD[REGIONS[0]], GOOD[REGIONS[2]]]
+    assert [s.text for s in segments] == (outer[:1] + [answer.strip()] + outer[1:] if kept
+                                          else outer)
+
+
 def test_a_segment_shared_with_a_failing_region_takes_its_other_region_along() -> None:
     # One segment holds region 0's sentence but its times spill into region 1, which failed.
     answers = {(0.0, 6.0): (GOOD[REGIONS[0]], -0.2), (6.0, 12.0): ("show", -0.2),

@@ -103,6 +103,16 @@ def judge(region: Region, segments: list[Segment], limits: RegionLimits) -> str 
     return None
 
 
+def unusable(region: Region, segments: list[Segment], limits: RegionLimits) -> bool:
+    """Whether the decoder's last answer for a region is worse than none: a loop, more words
+    than the region holds or, in a region too short to judge by word rate, words the decoder
+    is unsure of. On 0.5 s of noise tiny.en's sequential fallback wrote "We'll see you next
+    time." at temperature 1.0 (log-probability -1.2), and in some runs 30 words."""
+    verdict = judge(region, segments, limits)
+    short = region[1] - region[0] - REGION_PAD_S < limits.judge_words_from_s
+    return verdict in ("many_words", "compression", "repeats") or (verdict == "logprob" and short)
+
+
 def compression_ratio(text: str) -> float:
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0

@@ -36,7 +36,15 @@ from whisper_api.errors import ModelNotFoundError
 from whisper_api.executors.base import WorkerConfig
 from whisper_api.models import resolve_model
 from whisper_api.quiet import quiet_speech
-from whisper_api.regions import Region, RegionLimits, assign, fit_to_region, judge, redo_set
+from whisper_api.regions import (
+    Region,
+    RegionLimits,
+    assign,
+    fit_to_region,
+    judge,
+    redo_set,
+    unusable,
+)
 from whisper_api.transcript import Decoded, DecodeOptions, Pending, Segment, Word
 
 __all__ = ["ModelSet", "Transcriber", "resolve_model"]
@@ -542,9 +550,10 @@ def _packed_redo(options: DecodeOptions) -> bool:
 
 def _kept(regions: list[Region], groups: list[list[Segment]], quiet: set[int],
           options: DecodeOptions) -> list[Segment]:
-    """What is kept of each region's answer, fitted inside it."""
+    """What is kept of each region's answer, fitted inside it: a quiet region's only where it
+    is `trusted`, a spoken one's unless it is `unusable` (every try, redo included, is over)."""
     kept = [s for index, (region, group) in enumerate(zip(regions, groups, strict=True))
-            if index not in quiet or trusted(region, group)
+            if (trusted(region, group) if index in quiet else not unusable(region, group, LIMITS))
             for s in fit_to_region(region, [s for s in group if not _hallucinated(s)])]
     return kept if options.word_timestamps else [replace(s, words=()) for s in kept]
 
