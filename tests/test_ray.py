@@ -29,6 +29,7 @@ from whisper_api.executors import build_executor, worker_config
 from whisper_api.executors.base import ChunkExecutor
 from whisper_api.executors.local import WorkerPool
 from whisper_api.executors.ray_actors import INSTALL_HINT, RayExecutor
+from whisper_api.executors.worker import MALLOC_TUNABLES
 from whisper_api.pipeline import Pipeline, TranscribeRequest
 from whisper_api.sessions import SessionManager
 from whisper_api.transcript import Transcript
@@ -117,6 +118,21 @@ def test_long_file_gives_the_same_transcript_as_the_local_pool(
     # Same chunks, same model; a Ray actor runs 1 CTranslate2 thread where a local worker runs
     # 2, and another thread count may pick another word now and then: compare words, loosely.
     assert jiwer.wer(spoken(expected.text), spoken(transcript.text)) < 0.1
+
+
+def test_actors_start_with_malloc_tuned_and_the_jobs_own_variables(fake_ray: RayExecutor) -> None:
+    """Ray's threads run before an actor's constructor, so its malloc settings come from the
+    environment its process starts with; the job's runtime_env variables stay."""
+    pids = [pid for pid in fake_ray.worker_pids().values() if pid]
+    assert len(pids) == 2
+    for pid in pids:
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        # glibc 2.36 cuts the variable at its first ':' in the process's own copy, as it
+        # parses it; later versions may not.
+        first = f"GLIBC_TUNABLES={MALLOC_TUNABLES.split(':')[0]}".encode()
+        assert any(v.startswith(first) for v in environment)
+        paths = [v for v in environment if v.startswith(b"PYTHONPATH=")]
+        assert str(REPO) in paths[0].decode()[len("PYTHONPATH="):].split(os.pathsep)
 
 
 def test_stop_leaves_no_ray_process_behind(fake_ray: RayExecutor, tmp_path: Path) -> None:

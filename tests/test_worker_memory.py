@@ -17,7 +17,7 @@ PROBE = """
 import sys
 import numpy as np
 from whisper_api.executors.worker import reuse_freed_memory
-applied = reuse_freed_memory() if sys.argv[1] == "tuned" else False
+applied = reuse_freed_memory() if sys.argv[1] == "tuned" else False  # "environment": not called
 buffer = np.ones(64 * 2**20 // 8)  # 64 MiB, as a decoder batch's attention scores
 where = buffer.ctypes.data
 with open("/proc/self/maps") as maps:
@@ -35,6 +35,14 @@ def test_big_buffers_come_from_the_reused_heap_only_when_tuned(mode: str, expect
     probe = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
                            timeout=60, check=True)
     assert probe.stdout.split()[-2:] == expected.split()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunables are glibc's")
+def test_the_tunables_a_ray_actor_starts_with_do_what_mallopt_does() -> None:
+    environment = {**os.environ, "GLIBC_TUNABLES": worker.MALLOC_TUNABLES}
+    probe = subprocess.run([sys.executable, "-c", PROBE, "environment"], capture_output=True,
+                           text=True, timeout=60, check=True, env=environment)
+    assert probe.stdout.split()[-2:] == ["False", "True"]
 
 
 def test_a_worker_tunes_malloc_before_it_starts_any_thread(monkeypatch: pytest.MonkeyPatch) -> None:

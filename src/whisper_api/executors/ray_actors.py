@@ -31,6 +31,7 @@ from typing import Any
 from whisper_api.errors import TranscriptionError, WhisperApiError
 from whisper_api.executors.base import POLL_S, Dispatcher, Pending, WorkerConfig, WorkerSlot
 from whisper_api.executors.worker import (
+    MALLOC_TUNABLES,
     ChunkTranscriber,
     Done,
     Failed,
@@ -38,7 +39,6 @@ from whisper_api.executors.worker import (
     decode,
     decode_wav_bytes,
     load_real_transcriber,
-    reuse_freed_memory,
 )
 from whisper_api.transcript import ChunkTask
 
@@ -52,7 +52,6 @@ class ChunkWorker:
     """The actor body. Ray runs the constructor again after a restart, so the model reloads."""
 
     def __init__(self, worker_id: int, config: WorkerConfig, factory: TranscriberFactory) -> None:
-        reuse_freed_memory()  # before the model loads: see there
         started = time.perf_counter()
         self._worker_id = worker_id
         self._transcriber: ChunkTranscriber = factory(config)
@@ -151,7 +150,11 @@ class RayExecutor(Dispatcher):
         # import Ray at import time): Ray Client refuses a group given per call.
         self._ray.method(concurrency_group=PROGRESS_GROUP)(ChunkWorker.progress)
         actor_class = self._ray.remote(concurrency_groups={PROGRESS_GROUP: 1})(ChunkWorker)
-        remote_class = actor_class.options(max_restarts=-1, max_task_retries=1, **self._resources)
+        # Malloc tuned from the actor process's start (see reuse_freed_memory); Ray merges
+        # these variables with the job's own runtime_env.
+        tuned = {"env_vars": {"GLIBC_TUNABLES": MALLOC_TUNABLES}}
+        remote_class = actor_class.options(max_restarts=-1, max_task_retries=1,
+                                           runtime_env=tuned, **self._resources)
         for worker_id in range(size):
             handle = remote_class.remote(worker_id, self._config, self._factory)
             self._actors.append(_Actor(worker_id, handle=handle, pings=[handle.ping.remote()]))

@@ -28,6 +28,10 @@ log = logging.getLogger("whisper_api.worker")
 PARENT_CHECK_S = 1.0
 # glibc's mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+# The same three settings as glibc reads them from the environment when a process starts: for a
+# process whose first code of ours runs after threads of its own (a Ray actor).
+MALLOC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                   "glibc.malloc.trim_threshold=2147483647")
 
 
 class ChunkTranscriber(Protocol):
@@ -58,11 +62,11 @@ def reuse_freed_memory() -> bool:
     mmap, no trim. Each decoder batch allocates and frees buffers of up to hundreds of MB (a
     window's attention scores); by default glibc maps each one afresh and the kernel zeroes
     its pages, which took a fifth of a worker's time on an AMD EPYC (docs/benchmarks.md).
-    Each worker process calls it once, as it starts: a local worker before any thread of its
-    own (`process_main`; called after the parent watchdog had started, it still left 1.2 M
-    page faults and 3.4 s of kernel time per 707 s file), a Ray actor first thing in its
-    constructor (Ray's own threads already run there). False where the C library is not
-    glibc (nothing changes there)."""
+    A local worker calls it once, before any thread of its own (`process_main`; called after
+    the parent watchdog had started, it still left 1.2 M page faults and 3.4 s of kernel time
+    per 707 s file). A Ray actor's process starts with Ray's threads, so it gets the same
+    settings from its environment instead (`MALLOC_TUNABLES`). False where the C library is
+    not glibc (nothing changes there)."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
