@@ -26,12 +26,12 @@ from whisper_api.transcript import ChunkResult, ChunkTask, Decoded, DecodeOption
 
 log = logging.getLogger("whisper_api.worker")
 PARENT_CHECK_S = 1.0
-# glibc's mallopt parameters (malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-# The same three settings as glibc reads them from the environment when a process starts: for a
+# What reuse_freed_memory sets: glibc tunable name -> (mallopt parameter (malloc.h), value).
+MALLOC_SETTINGS = {"arena_max": (-8, 1), "mmap_max": (-4, 0), "trim_threshold": (-1, 2**31 - 1)}
+# The same settings as glibc reads them from the environment when a process starts: for a
 # process whose first code of ours runs after threads of its own (a Ray actor).
-MALLOC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-                   "glibc.malloc.trim_threshold=2147483647")
+MALLOC_TUNABLES = ":".join(f"glibc.malloc.{name}={value}"
+                           for name, (_, value) in MALLOC_SETTINGS.items())
 
 
 class ChunkTranscriber(Protocol):
@@ -71,8 +71,7 @@ def reuse_freed_memory() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
-    return all(mallopt(param, value) == 1 for param, value in settings)
+    return all(mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS.values())
 
 
 @dataclass(frozen=True)
