@@ -58,23 +58,39 @@ GOALS = (("accurate WER <= 1.10 x oracle", ACCURATE, ORACLE, True, 1.10),
          ("fast WER <= sequential", FAST, SEQUENTIAL, True, 1.0),
          ("fast wall <= batched", FAST, BATCHED, False, 1.0))
 FILLERS = {"uh", "um", "er", "ah", "hmm", "mm", "uhm", "erm"}
+SPELLED_OUT = (("mr", "mister"), ("mrs", "missus"), ("dr", "doctor"), ("gonna", "going to"),
+               ("wanna", "want to"), ("gotta", "got to"), ("etc", "et cetera"))
 
 
 def normalise(text: str) -> str:
     """English WER normalisation, applied to references and hypotheses alike.
 
     Lower case; "mr"/"mrs"/"dr" spelled out; "%" as "percent"; numbers spelled out (num2words:
-    the corpus writes "1961" in one source and "nineteen sixty one" in another); hyphens as
-    spaces; other punctuation dropped; hesitations (uh, um, ...) dropped, since some references
-    keep them and others do not.
+    the corpus writes "1961" in one source and "nineteen sixty one" in another), ordinals and
+    decades too ("20th" as "twentieth", "90s" as "nineties"); "gonna", "wanna", "gotta", "etc"
+    written out, as Whisper's own English normaliser does; hyphens as spaces; other punctuation
+    dropped; hesitations (uh, um, ...) dropped, since some references keep them and others not.
     """
     text = text.lower().replace("%", " percent").replace("-", " ")
-    for short, long in (("mr", "mister"), ("mrs", "missus"), ("dr", "doctor")):
+    for short, long in SPELLED_OUT:
         text = re.sub(rf"\b{short}\b\.?", long, text)
     text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
+    text = re.sub(r"\b(\d+)(st|nd|rd|th)\b", lambda m: f" {_ordinal(m.group(1))} ", text)
+    text = re.sub(r"\b(\d+)'?s\b", lambda m: f" {_plural(_spell(m.group(1)))} ", text)
     text = re.sub(r"\d+(\.\d+)?", lambda m: " " + _spell(m.group()) + " ", text)
     words = re.sub(r"[^a-z0-9' ]+", " ", text.replace("-", " ")).split()
     return " ".join(w.strip("'") for w in words if w.strip("'") not in FILLERS)
+
+
+def _ordinal(number: str) -> str:
+    from num2words import num2words
+
+    return str(num2words(int(number), to="ordinal")).replace(",", "")
+
+
+def _plural(spoken: str) -> str:
+    """"nineteen sixty" -> "nineteen sixties" (a decade)."""
+    return spoken[:-1] + "ies" if spoken.endswith("y") else spoken + "s"
 
 
 def _spell(number: str) -> str:
