@@ -28,6 +28,7 @@ from pathlib import Path
 
 import jiwer
 from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
+from num2words import num2words
 
 from executors import (
     RAY_LABEL,
@@ -83,19 +84,15 @@ def normalise(text: str) -> str:
 
 
 def _ordinal(number: str) -> str:
-    from num2words import num2words
-
     return str(num2words(int(number), to="ordinal")).replace(",", "")
 
 
 def _plural(spoken: str) -> str:
-    """"nineteen sixty" -> "nineteen sixties" (a decade)."""
+    """A decade: "nineteen sixty" -> "nineteen sixties"."""
     return spoken[:-1] + "ies" if spoken.endswith("y") else spoken + "s"
 
 
 def _spell(number: str) -> str:
-    from num2words import num2words
-
     if "." in number:
         return str(num2words(float(number)))
     value = int(number)
