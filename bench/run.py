@@ -79,12 +79,12 @@ def normalise(text: str) -> str:
     text = re.sub(r"\b(\d+)(st|nd|rd|th)\b", lambda m: f" {_ordinal(m.group(1))} ", text)
     text = re.sub(r"\b(\d+)'?s\b", lambda m: f" {_plural(_spell(m.group(1)))} ", text)
     text = re.sub(r"\d+(\.\d+)?", lambda m: " " + _spell(m.group()) + " ", text)
-    words = re.sub(r"[^a-z0-9' ]+", " ", text.replace("-", " ")).split()
+    words = re.sub(r"[^a-z0-9' ]+", " ", text).split()  # num2words' hyphens too
     return " ".join(w.strip("'") for w in words if w.strip("'") not in FILLERS)
 
 
 def _ordinal(number: str) -> str:
-    return str(num2words(int(number), to="ordinal")).replace(",", "")
+    return str(num2words(int(number), to="ordinal"))
 
 
 def _plural(spoken: str) -> str:
