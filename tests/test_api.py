@@ -17,7 +17,8 @@ pytestmark = pytest.mark.model
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with run_server(tmp_path_factory.mktemp("api"), ALLOW_PRIVATE_URLS="true") as running:
+    with run_server(tmp_path_factory.mktemp("api"), ALLOW_PRIVATE_URLS="true",
+                    TRANSCRIBE_PRESET="accurate") as running:
         yield running
 
 
@@ -34,6 +35,7 @@ def test_seed_upload_json_shape(server: Server, jfk: Path) -> None:
     assert heard(JFK_TEXT, body["text"]) == 1
     assert body["language"] == "en" and body["duration"] == pytest.approx(11.0, abs=0.1)
     assert body["mode"] == "single" and body["model"] == "tiny.en"
+    assert body["preset"] == "accurate"  # the server's TRANSCRIBE_PRESET
     assert body["processing_time"] > 0
     assert [s["id"] for s in body["segments"]] == list(range(len(body["segments"])))
     assert server.temp_is_empty()
@@ -99,10 +101,13 @@ def test_bad_uploads_are_4xx_and_leave_nothing(server: Server, tmp_path: Path) -
     ("body", "status", "message"),
     [
         (b"{not json", 400, "not valid JSON"),
-        (b'{"url": "http://x/a.mp3", "format": "docx"}', 400, "format"),
-        (b'{"url": "http://x/a.mp3", "language": "klingon"}', 400, "unknown language"),
+        (b'{"url": "http://127.0.0.1:9/a.mp3", "format": "docx"}', 400, "format"),
+        (b'{"url": "http://127.0.0.1:9/a.mp3", "language": "klingon"}', 400, "unknown language"),
         (b"{}", 400, "youtube_url"),
         (b'{"url": "file:///etc/passwd"}', 400, "scheme"),
+        (b'{"url": "http://127.0.0.1:9/a.mp3", "response_format": "srt"}', 400,
+         "calls it 'format'"),
+        (b'{"url": "http://127.0.0.1:9/a.mp3", "preset": "turbo"}', 400, "preset"),
     ],
 )
 def test_bad_json_requests(server: Server, body: bytes, status: int, message: str) -> None:
@@ -124,6 +129,23 @@ def test_unknown_upload_format_field(server: Server, jfk: Path) -> None:
     response = post_file(server, jfk, format="docx")
     assert response.status_code == 400
     assert "unknown format" in response.json()["error"]["message"]
+
+
+def test_unknown_upload_fields_are_refused(server: Server, jfk: Path) -> None:
+    for fields, message in (({"response_format": "srt"}, "calls it 'format'"),
+                            ({"callback_url": "http://127.0.0.1:9/"}, "'callback_url'"),
+                            ({"preset": "turbo"}, "unknown preset")):
+        response = post_file(server, jfk, **fields)
+        assert response.status_code == 400, (fields, response.text)
+        assert message in response.json()["error"]["message"], fields
+        assert server.temp_is_empty()
+
+
+@pytest.mark.parametrize("preset", ["fast", "accurate"])
+def test_upload_chooses_its_preset(server: Server, jfk: Path, preset: str) -> None:
+    body = post_file(server, jfk, preset=preset).json()
+    assert body["preset"] == preset
+    assert heard(JFK_TEXT, body["text"]) == 1
 
 
 def test_api_keys_and_ssrf_guard(tmp_path: Path, media_host: str) -> None:

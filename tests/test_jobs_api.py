@@ -204,12 +204,14 @@ def test_bad_job_requests(server: Server) -> None:
     assert not any((server.temp_dir.parent / "data" / "jobs").glob("*/input*"))
     bad = httpx.post(f"{server.url}/api/v1/jobs", json={"url": "file:///etc/passwd"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "url_not_allowed"
-    unknown = httpx.post(f"{server.url}/api/v1/jobs", json={"url": "http://x/a", "format": "doc"})
-    assert unknown.status_code == 400
+    for fields in ({"format": "doc"}, {"response_format": "srt"}, {"preset": "turbo"}):
+        unknown = httpx.post(f"{server.url}/api/v1/jobs",
+                             json={"url": "http://127.0.0.1:9/a.mp3", **fields})
+        assert unknown.status_code == 400, fields
     no_input = httpx.post(f"{server.url}/api/v1/jobs", json={"format": "srt"})
     assert no_input.status_code == 400
     callback = httpx.post(f"{server.url}/api/v1/jobs", json={
-        "url": "http://example.com/a.mp3", "callback_url": "ftp://example.com/hook"})
+        "url": "http://127.0.0.1:9/a.mp3", "callback_url": "ftp://127.0.0.1:9/hook"})
     assert callback.status_code == 400 and callback.json()["error"]["code"] == "url_not_allowed"
 
 
@@ -242,10 +244,12 @@ def test_url_job_posts_its_callback(
 ) -> None:
     host, received = media_and_hook
     response = httpx.post(f"{server.url}/api/v1/jobs", json={
-        "url": f"{host}/jfk.flac", "format": "text", "callback_url": f"{host}/hook"})
+        "url": f"{host}/jfk.flac", "format": "text", "callback_url": f"{host}/hook",
+        "preset": "fast"})
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
-    assert wait_for_status(server, job_id)["status"] == "succeeded"
+    finished = wait_for_status(server, job_id)
+    assert finished["status"] == "succeeded" and finished["request"]["preset"] == "fast"
     deadline = time.monotonic() + 10
     while not received and time.monotonic() < deadline:
         time.sleep(0.1)

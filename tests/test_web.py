@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -103,8 +104,11 @@ def test_upload_progress_transcript_download_and_seek(
 
 def test_search_filters_segments(page: Page, server: Server, jfk: Path) -> None:
     page.set_input_files("#file", str(jfk))
+    page.select_option("#preset", "fast")
     page.click("#submit")
     expect(page.locator("#result-box")).to_be_visible(timeout=60_000)
+    newest = httpx.get(f"{server.url}/api/v1/jobs", params={"limit": 1}).json()["jobs"][0]
+    assert newest["request"]["preset"] == "fast"
     # A word the model printed (never a word it is expected to print).
     word = max(re.findall(r"[A-Za-z]+", page.locator("#segments li").first.inner_text()), key=len)
     page.fill("#search", word)

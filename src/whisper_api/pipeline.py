@@ -200,7 +200,7 @@ class Pipeline:
                  language)
         elapsed = time.perf_counter() - started
         extra = {"processing_time": round(elapsed, 3), "mode": mode, "chunks": len(spans),
-                 "task": request.task,
+                 "task": request.task, "preset": self._preset(request),
                  "redone_regions": sum(r.redone_utterances for r in results)}
         return Transcript(join_text(segments), tuple(segments), language, duration_s, extra,
                           round(probability, 4))

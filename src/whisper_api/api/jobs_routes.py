@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 
 from whisper_api.api.auth import AuthDep, Caller, CallerDep, get_service
 from whisper_api.api.routes import (
+    MULTIPART_OPTIONS,
     SUBTITLE_FIELDS,
     TASKS,
     JobBody,
@@ -50,8 +51,7 @@ JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#
         "file": {"type": "string", "format": "binary"}, "language": {"type": "string"},
         "format": {"type": "string", "enum": list(FORMATS)},
         "model": {"type": "string"}, "task": {"type": "string", "enum": list(TASKS)},
-        "word_timestamps": {"type": "boolean"}, "callback_url": {"type": "string"},
-        **SUBTITLE_FIELDS}}}}}})
+        "callback_url": {"type": "string"}, **MULTIPART_OPTIONS, **SUBTITLE_FIELDS}}}}}})
 async def create_job(request: Request, runner: JobsDep, caller: CallerDep) -> JSONResponse:
     form = await read_media_form(request, JobBody)
     checked = get_service(request).check(form.request)  # a 400 now, not a failed job later

@@ -3,7 +3,7 @@
 import asyncio
 import json
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError, model_validator
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from whisper_api.api.auth import AuthDep, ServiceDep
+from whisper_api.config import Preset
 from whisper_api.errors import (
     ClientDisconnectedError,
     InvalidRequestError,
@@ -52,6 +53,9 @@ async def ready(service: ServiceDep) -> JSONResponse:
 Format = Literal["json", "verbose_json", "text", "srt", "vtt", "tsv"]
 Task = Literal["transcribe", "translate"]
 TASKS = ("transcribe", "translate")
+PRESETS: dict[str, Preset] = {"accurate": "accurate", "fast": "fast"}
+# Fields other APIs name differently: a caller who sends one learns this endpoint's name.
+OTHER_NAMES = {"response_format": "format", "audio_url": "url"}
 
 
 class TranscribeBody(BaseModel):
@@ -64,6 +68,7 @@ class TranscribeBody(BaseModel):
     word_timestamps: bool = False
     max_line_width: int = 42  # srt/vtt: characters per line (openai-whisper's name)
     max_line_count: int = 2  # srt/vtt: lines per cue
+    preset: Preset | None = None  # None: the server's TRANSCRIBE_PRESET
 
     @model_validator(mode="after")
     def _one_url(self) -> "TranscribeBody":
@@ -96,12 +101,19 @@ SUBTITLE_FIELDS = {
 }
 
 
+MULTIPART_OPTIONS = {
+    "word_timestamps": {"type": "boolean"},
+    "preset": {"type": "string", "enum": list(PRESETS),
+               "description": "decoding preset (default: the server's TRANSCRIBE_PRESET)"},
+}
+
+
 @seed_router.post("/api/v1/transcribe", openapi_extra={"requestBody": {"content": {
     "application/json": {"schema": TranscribeBody.model_json_schema()},
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary"}, "language": {"type": "string"},
         "model": {"type": "string"}, "task": {"type": "string", "enum": list(TASKS)},
-        "format": {"type": "string", "enum": list(FORMATS)},
+        "format": {"type": "string", "enum": list(FORMATS)}, **MULTIPART_OPTIONS,
         **SUBTITLE_FIELDS}}}}}})
 async def transcribe(request: Request, service: ServiceDep) -> Response:
     form = await read_media_form(request)
@@ -119,36 +131,53 @@ async def read_media_form(
     """A multipart upload, or a JSON body naming a URL (validated with `model`)."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form()
+        check_fields(form.keys(), {"file", *model.model_fields} - {"youtube_url", "url"})
         upload = single_file(form.getlist("file"))
         fmt = check_format(str(form.get("format") or "json"))
         return MediaForm(
             UploadSource(upload.file, upload.filename or ""),
             form_request(fmt, str(form.get("language") or "auto"), str(form.get("model") or ""),
                          str(form.get("task") or ""),
-                         str(form.get("word_timestamps", "false")).lower() == "true"),
+                         str(form.get("word_timestamps", "false")).lower() == "true",
+                         check_preset(str(form.get("preset") or ""))),
             fmt, subtitle_options(form.get("max_line_width"), form.get("max_line_count")),
             str(form.get("callback_url") or "") or None,
         )
+    parsed = parse_json(await read_small_body(request))
+    if isinstance(parsed, dict):
+        check_fields(parsed, model.model_fields)
     try:
-        body = model.model_validate(parse_json(await read_small_body(request)))
+        body = model.model_validate(parsed)
     except ValidationError as exc:
         raise InvalidRequestError(_first_error(exc)) from exc
     return MediaForm(
         UrlSource(body.youtube_url or body.url or ""),
         form_request(body.format, body.language, body.model or "", body.task,
-                     body.word_timestamps),
+                     body.word_timestamps, body.preset),
         body.format, SubtitleOptions(body.max_line_width, body.max_line_count),
         body.callback_url if isinstance(body, JobBody) else None,
     )
 
 
-def form_request(fmt: str, language: str, model: str, task: str,
-                 word_timestamps: bool) -> TranscribeRequest:
+def check_fields(given: Iterable[str], known: Iterable[str]) -> None:
+    """A field this endpoint does not read is a 400: ignored, `response_format=srt` (the
+    OpenAI route's name for `format`) answered json with a 200."""
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return
+    name = unknown[0]
+    hint = f" (this endpoint calls it {OTHER_NAMES[name]!r})" if name in OTHER_NAMES else ""
+    raise InvalidRequestError(f"unknown field {name[:64]!r}{hint}; this endpoint reads "
+                              f"{', '.join(sorted(known))}")
+
+
+def form_request(fmt: str, language: str, model: str, task: str, word_timestamps: bool,
+                 preset: Preset | None = None) -> TranscribeRequest:
     """Subtitle formats are shaped from word timestamps: asked for whether or not the caller
     did."""
     return TranscribeRequest(language=parse_language(language), model=model or None,
                              task=check_task(task),
-                             word_timestamps=word_timestamps or needs_words(fmt))
+                             word_timestamps=word_timestamps or needs_words(fmt), preset=preset)
 
 
 def single_file(parts: list[Any]) -> StarletteUpload:
@@ -228,6 +257,14 @@ def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise InvalidRequestError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     return fmt
+
+
+def check_preset(preset: str) -> Preset | None:
+    if preset == "":
+        return None
+    if preset in PRESETS:
+        return PRESETS[preset]
+    raise InvalidRequestError(f"unknown preset {preset[:64]!r}; use one of {', '.join(PRESETS)}")
 
 
 def check_task(task: str) -> str:

@@ -89,7 +89,8 @@ class Job:
                         "language": self.input.request.language,
                         "model": self.input.request.model, "task": self.input.request.task,
                         "format": self.input.format,
-                        "word_timestamps": self.input.request.word_timestamps},
+                        "word_timestamps": self.input.request.word_timestamps,
+                        "preset": self.input.request.preset},
         }
 
 

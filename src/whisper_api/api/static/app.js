@@ -41,6 +41,7 @@ async function submitJob(event) {
   const fields = { language: $("language").value, format: $("format").value,
     word_timestamps: $("words").checked, task: $("task").value, ...subtitleOptions() };
   if ($("model").value) fields.model = $("model").value;
+  if ($("preset").value) fields.preset = $("preset").value;
   let request;
   if (file) {
     const form = new FormData();
