@@ -105,6 +105,16 @@ def test_lines_are_balanced_and_break_after_punctuation() -> None:
     assert any(c.lines[-1].endswith("done,") for c in cues)
 
 
+def test_a_cue_too_long_in_time_breaks_at_its_comma_not_before_its_last_word() -> None:
+    # JFK's timing: 7.5 s from "ask" to "country.", over the 7 s a cue may last.
+    out = render(transcript(with_words("ask not what your country can do for you, ask what "
+                                       "you can do for your country.", 3.18, 0.44)), "srt")
+    assert isinstance(out, str)
+    check_rules(out)
+    assert [" ".join(c.lines) for c in parse(out)] == [
+        "ask not what your country can do for you,", "ask what you can do for your country."]
+
+
 def test_options_change_the_shape() -> None:
     seg = with_words(LONG_SENTENCE, 0.0, seconds_per_word=0.1)
     narrow = render(transcript(seg), "srt", SubtitleOptions(max_line_width=20, max_line_count=1))
