@@ -143,7 +143,7 @@ def test_unknown_upload_fields_are_refused(server: Server, jfk: Path) -> None:
 
 @pytest.mark.parametrize("preset", ["fast", "accurate"])
 def test_upload_chooses_its_preset(server: Server, jfk: Path, preset: str) -> None:
-    body = post_file(server, jfk, preset=preset).json()
+    body = post_file(server, jfk, preset=preset, prompt="Fellow Americans.").json()
     assert body["preset"] == preset
     assert heard(JFK_TEXT, body["text"]) == 1
 

@@ -39,7 +39,7 @@ def test_transcribe_prints_srt_and_cleans_up(jfk: Path, tmp_path: Path) -> None:
 def test_output_file_with_words(jfk: Path, tmp_path: Path) -> None:
     out = tmp_path / "t.json"
     done = cli("transcribe", str(jfk), "--format", "verbose_json", "--word-timestamps",
-               "--output", str(out), tmp=tmp_path)
+               "--prompt", "Fellow Americans.", "--output", str(out), tmp=tmp_path)
     assert done.returncode == 0, done.stderr
     import json
 
@@ -117,6 +117,16 @@ def test_version() -> None:
 
     done = subprocess.run([*CLI, "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == f"whisper-api {__version__}"
+
+
+def test_prompt_and_preset_reach_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    from whisper_api.cli import build_parser, checked_request
+
+    monkeypatch.setenv("WHISPER_MODEL", "tiny.en")
+    args = build_parser().parse_args(["transcribe", "talk.wav", "--prompt", "Kubernetes, gRPC",
+                                      "--preset", "fast"])
+    request = checked_request(load_settings(), args)
+    assert (request.initial_prompt, request.preset) == ("Kubernetes, gRPC", "fast")
 
 
 def test_help_describes_every_option() -> None:

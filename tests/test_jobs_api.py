@@ -245,11 +245,13 @@ def test_url_job_posts_its_callback(
     host, received = media_and_hook
     response = httpx.post(f"{server.url}/api/v1/jobs", json={
         "url": f"{host}/jfk.flac", "format": "text", "callback_url": f"{host}/hook",
-        "preset": "fast"})
+        "preset": "fast", "prompt": " Fellow Americans. "})
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
     finished = wait_for_status(server, job_id)
-    assert finished["status"] == "succeeded" and finished["request"]["preset"] == "fast"
+    assert finished["status"] == "succeeded"
+    assert finished["request"]["preset"] == "fast"
+    assert finished["request"]["prompt"] == "Fellow Americans."
     deadline = time.monotonic() + 10
     while not received and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "chunk uses one)")
     tr.add_argument("--word-timestamps", action="store_true",
                     help="include word timings (verbose_json)")
+    tr.add_argument("--prompt", metavar="TEXT",
+                    help="text the speech is likely to contain (names, terms, spelling)")
     tr.add_argument("--preset", choices=("accurate", "fast"),
                     help="decoding preset (default: TRANSCRIBE_PRESET)")
     tr.add_argument("--max-line-width", "--max_line_width", type=int, default=42, metavar="N",
@@ -143,6 +145,7 @@ def checked_request(settings: Settings, args: argparse.Namespace) -> TranscribeR
     request = TranscribeRequest(
         language=parse_language(args.language), model=args.model, task=args.task,
         word_timestamps=args.word_timestamps or needs_words(args.format), preset=args.preset,
+        initial_prompt=args.prompt or None,
     )
     return check_request(ModelCatalog(settings.model_names, settings.whisper_model), request)
 

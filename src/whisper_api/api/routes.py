@@ -69,6 +69,7 @@ class TranscribeBody(BaseModel):
     max_line_width: int = 42  # srt/vtt: characters per line (openai-whisper's name)
     max_line_count: int = 2  # srt/vtt: lines per cue
     preset: Preset | None = None  # None: the server's TRANSCRIBE_PRESET
+    prompt: str | None = None  # names, terms, spelling (Whisper's initial prompt)
 
     @model_validator(mode="after")
     def _one_url(self) -> "TranscribeBody":
@@ -105,6 +106,7 @@ MULTIPART_OPTIONS = {
     "word_timestamps": {"type": "boolean"},
     "preset": {"type": "string", "enum": list(PRESETS),
                "description": "decoding preset (default: the server's TRANSCRIBE_PRESET)"},
+    "prompt": {"type": "string", "description": "names, terms, spelling the speech may hold"},
 }
 
 
@@ -139,7 +141,8 @@ async def read_media_form(
             form_request(fmt, str(form.get("language") or "auto"), str(form.get("model") or ""),
                          str(form.get("task") or ""),
                          str(form.get("word_timestamps", "false")).lower() == "true",
-                         check_preset(str(form.get("preset") or ""))),
+                         check_preset(str(form.get("preset") or "")),
+                         str(form.get("prompt") or "")),
             fmt, subtitle_options(form.get("max_line_width"), form.get("max_line_count")),
             str(form.get("callback_url") or "") or None,
         )
@@ -153,7 +156,7 @@ async def read_media_form(
     return MediaForm(
         UrlSource(body.youtube_url or body.url or ""),
         form_request(body.format, body.language, body.model or "", body.task,
-                     body.word_timestamps, body.preset),
+                     body.word_timestamps, body.preset, body.prompt or ""),
         body.format, SubtitleOptions(body.max_line_width, body.max_line_count),
         body.callback_url if isinstance(body, JobBody) else None,
     )
@@ -172,12 +175,13 @@ def check_fields(given: Iterable[str], known: Iterable[str]) -> None:
 
 
 def form_request(fmt: str, language: str, model: str, task: str, word_timestamps: bool,
-                 preset: Preset | None = None) -> TranscribeRequest:
+                 preset: Preset | None = None, prompt: str = "") -> TranscribeRequest:
     """Subtitle formats are shaped from word timestamps: asked for whether or not the caller
     did."""
     return TranscribeRequest(language=parse_language(language), model=model or None,
                              task=check_task(task),
-                             word_timestamps=word_timestamps or needs_words(fmt), preset=preset)
+                             word_timestamps=word_timestamps or needs_words(fmt), preset=preset,
+                             initial_prompt=prompt.strip() or None)
 
 
 def single_file(parts: list[Any]) -> StarletteUpload:

@@ -90,7 +90,8 @@ class Job:
                         "model": self.input.request.model, "task": self.input.request.task,
                         "format": self.input.format,
                         "word_timestamps": self.input.request.word_timestamps,
-                        "preset": self.input.request.preset},
+                        "preset": self.input.request.preset,
+                        "prompt": self.input.request.initial_prompt},
         }
 
 
