@@ -105,10 +105,12 @@ def test_upload_progress_transcript_download_and_seek(
 def test_search_filters_segments(page: Page, server: Server, jfk: Path) -> None:
     page.set_input_files("#file", str(jfk))
     page.select_option("#preset", "fast")
+    page.fill("#prompt", "  Fellow Americans. ")
     page.click("#submit")
     expect(page.locator("#result-box")).to_be_visible(timeout=60_000)
     newest = httpx.get(f"{server.url}/api/v1/jobs", params={"limit": 1}).json()["jobs"][0]
     assert newest["request"]["preset"] == "fast"
+    assert newest["request"]["prompt"] == "Fellow Americans."
     # A word the model printed (never a word it is expected to print).
     word = max(re.findall(r"[A-Za-z]+", page.locator("#segments li").first.inner_text()), key=len)
     page.fill("#search", word)

@@ -42,6 +42,7 @@ async function submitJob(event) {
     word_timestamps: $("words").checked, task: $("task").value, ...subtitleOptions() };
   if ($("model").value) fields.model = $("model").value;
   if ($("preset").value) fields.preset = $("preset").value;
+  if ($("prompt").value.trim()) fields.prompt = $("prompt").value.trim();
   let request;
   if (file) {
     const form = new FormData();
