@@ -108,6 +108,8 @@ def test_bad_uploads_are_4xx_and_leave_nothing(server: Server, tmp_path: Path) -
         (b'{"url": "http://127.0.0.1:9/a.mp3", "response_format": "srt"}', 400,
          "calls it 'format'"),
         (b'{"url": "http://127.0.0.1:9/a.mp3", "preset": "turbo"}', 400, "preset"),
+        (b'{"url": "http://127.0.0.1:9/a.mp3", "prompt": "%s"}' % (b"x" * 2001), 400,
+         "prompt may be at most"),
     ],
 )
 def test_bad_json_requests(server: Server, body: bytes, status: int, message: str) -> None:

@@ -31,6 +31,7 @@ from whisper_api.transcript import Transcript
 
 MAX_JSON_BYTES = 64 * 1024  # a URL and a few options; anything bigger is not a real request
 MAX_JSON_DEPTH = 16
+MAX_PROMPT_CHARS = 2000
 health_router = APIRouter()
 seed_router = APIRouter(dependencies=[AuthDep])
 openai_router = APIRouter(dependencies=[AuthDep])
@@ -178,6 +179,9 @@ def form_request(fmt: str, language: str, model: str, task: str, word_timestamps
                  preset: Preset | None = None, prompt: str = "") -> TranscribeRequest:
     """Subtitle formats are shaped from word timestamps: asked for whether or not the caller
     did."""
+    if len(prompt) > MAX_PROMPT_CHARS:  # kept with a job and sent with each of its events
+        raise InvalidRequestError(f"prompt may be at most {MAX_PROMPT_CHARS} characters; Whisper "
+                                  "hears only its last 223 tokens (~150 words)")
     return TranscribeRequest(language=parse_language(language), model=model or None,
                              task=check_task(task),
                              word_timestamps=word_timestamps or needs_words(fmt), preset=preset,
