@@ -22,7 +22,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield running
 
 
-def post_file(server: Server, path: Path, name: str | None = None, **fields: str) -> httpx.Response:
+def post_file(server: Server, path: Path, name: str | None = None,
+              **fields: str | list[str]) -> httpx.Response:
     with path.open("rb") as handle:
         return httpx.post(f"{server.url}/api/v1/transcribe", timeout=120,
                           files={"file": (name or path.name, handle)}, data=fields)
@@ -136,11 +137,28 @@ def test_unknown_upload_format_field(server: Server, jfk: Path) -> None:
 def test_unknown_upload_fields_are_refused(server: Server, jfk: Path) -> None:
     for fields, message in (({"response_format": "srt"}, "calls it 'format'"),
                             ({"callback_url": "http://127.0.0.1:9/"}, "'callback_url'"),
-                            ({"preset": "turbo"}, "unknown preset")):
+                            ({"preset": "turbo"}, "unknown preset"),
+                            ({"preset": ["fast", "accurate"]}, "more than once")):
         response = post_file(server, jfk, **fields)
         assert response.status_code == 400, (fields, response.text)
         assert message in response.json()["error"]["message"], fields
         assert server.temp_is_empty()
+    with jfk.open("rb") as handle:  # a prompt sent as a file part
+        response = httpx.post(f"{server.url}/api/v1/transcribe", timeout=60,
+                              files={"file": ("jfk.flac", handle), "prompt": ("p.txt", b"x")})
+    assert response.status_code == 400 and "must be text" in response.json()["error"]["message"]
+
+
+def test_prompt_length_is_checked_once_stripped() -> None:
+    from whisper_api.api.routes import MAX_PROMPT_CHARS, form_request
+    from whisper_api.errors import InvalidRequestError
+
+    longest = "x" * MAX_PROMPT_CHARS
+    assert form_request("json", "auto", "", "", False, None, f"  {longest} ").initial_prompt \
+        == longest
+    assert form_request("json", "auto", "", "", False, None, " " * 3000).initial_prompt is None
+    with pytest.raises(InvalidRequestError, match="at most"):
+        form_request("json", "auto", "", "", False, None, longest + "x")
 
 
 @pytest.mark.parametrize("preset", ["fast", "accurate"])

@@ -78,6 +78,7 @@ def test_upload_job_streams_progress_and_matches_sync(server: Server, jfk: Path)
     assert all(name == "progress" for name, _ in stream[:-1])
     percents = [data["progress"]["percent"] for _, data in stream]
     assert percents == sorted(percents) and percents[-1] == 100.0
+    assert stream[-1][1]["request"]["preset"] in ("accurate", "fast")  # named when submitted
     timings = stream[-1][1]["timings"]
     assert timings["started_at"] and timings["finished_at"] and timings["processing_time"] > 0
 

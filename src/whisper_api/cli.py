@@ -145,7 +145,7 @@ def checked_request(settings: Settings, args: argparse.Namespace) -> TranscribeR
     request = TranscribeRequest(
         language=parse_language(args.language), model=args.model, task=args.task,
         word_timestamps=args.word_timestamps or needs_words(args.format), preset=args.preset,
-        initial_prompt=args.prompt or None,
+        initial_prompt=(args.prompt or "").strip() or None,
     )
     return check_request(ModelCatalog(settings.model_names, settings.whisper_model), request)
 

@@ -80,7 +80,9 @@ class Service:
         self.models = ModelCatalog(settings.model_names, settings.whisper_model)
 
     def check(self, request: TranscribeRequest) -> TranscribeRequest:
-        return check_request(self.models, request)
+        """The request checked, its preset named (a job shows the one it runs with)."""
+        checked = check_request(self.models, request)
+        return replace(checked, preset=checked.preset or self.settings.transcribe_preset)
 
     async def transcribe(
         self,

@@ -77,7 +77,7 @@ def timed_words(segment: Segment) -> list[TimedWord]:
 
 def group_words(words: list[TimedWord], options: SubtitleOptions) -> list[list[TimedWord]]:
     """Greedy: fill a cue until the next word would not fit; then break at its last clause end
-    when that leaves the cue at least half full, else right before that word."""
+    when that leaves the cue at least PUNCTUATION_FILL full, else right before that word."""
     groups: list[list[TimedWord]] = []
     current: list[TimedWord] = []
     for word in words:

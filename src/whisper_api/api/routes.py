@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from whisper_api.api.auth import AuthDep, ServiceDep
@@ -70,7 +70,8 @@ class TranscribeBody(BaseModel):
     max_line_width: int = 42  # srt/vtt: characters per line (openai-whisper's name)
     max_line_count: int = 2  # srt/vtt: lines per cue
     preset: Preset | None = None  # None: the server's TRANSCRIBE_PRESET
-    prompt: str | None = None  # names, terms, spelling (Whisper's initial prompt)
+    # Names, terms, spelling (Whisper's initial prompt); its length is checked once stripped.
+    prompt: str | None = Field(None, json_schema_extra={"maxLength": MAX_PROMPT_CHARS})
 
     @model_validator(mode="after")
     def _one_url(self) -> "TranscribeBody":
@@ -107,7 +108,8 @@ MULTIPART_OPTIONS = {
     "word_timestamps": {"type": "boolean"},
     "preset": {"type": "string", "enum": list(PRESETS),
                "description": "decoding preset (default: the server's TRANSCRIBE_PRESET)"},
-    "prompt": {"type": "string", "description": "names, terms, spelling the speech may hold"},
+    "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS,
+               "description": "names, terms, spelling the speech may hold"},
 }
 
 
@@ -135,6 +137,7 @@ async def read_media_form(
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         form = await request.form()
         check_fields(form.keys(), {"file", *model.model_fields} - {"youtube_url", "url"})
+        check_text_fields(form.multi_items())
         upload = single_file(form.getlist("file"))
         fmt = check_format(str(form.get("format") or "json"))
         return MediaForm(
@@ -175,17 +178,29 @@ def check_fields(given: Iterable[str], known: Iterable[str]) -> None:
                               f"{', '.join(sorted(known))}")
 
 
+def check_text_fields(items: list[tuple[str, Any]]) -> None:
+    """Every field but 'file' once, as text: a second `preset` or a `prompt` sent as a file
+    would otherwise be quietly dropped or read as the upload's description."""
+    names = [name for name, _ in items if name != "file"]
+    for name, value in items:
+        if name != "file" and names.count(name) > 1:
+            raise InvalidRequestError(f"field {name!r} is given more than once")
+        if name != "file" and not isinstance(value, str):
+            raise InvalidRequestError(f"field {name!r} must be text, not a file")
+
+
 def form_request(fmt: str, language: str, model: str, task: str, word_timestamps: bool,
                  preset: Preset | None = None, prompt: str = "") -> TranscribeRequest:
     """Subtitle formats are shaped from word timestamps: asked for whether or not the caller
     did."""
+    prompt = prompt.strip()
     if len(prompt) > MAX_PROMPT_CHARS:  # kept with a job and sent with each of its events
         raise InvalidRequestError(f"prompt may be at most {MAX_PROMPT_CHARS} characters; Whisper "
                                   "hears only its last 223 tokens (~150 words)")
     return TranscribeRequest(language=parse_language(language), model=model or None,
                              task=check_task(task),
                              word_timestamps=word_timestamps or needs_words(fmt), preset=preset,
-                             initial_prompt=prompt.strip() or None)
+                             initial_prompt=prompt or None)
 
 
 def single_file(parts: list[Any]) -> StarletteUpload:
