@@ -49,6 +49,24 @@ def test_judge_trusts_plausible_speech_and_names_what_fails() -> None:
     assert judge((0.0, 1.0), [seg(0.0, 1.0, "yes")], LIMITS) is None  # short answers are fine
 
 
+def timed(*words: tuple[float, float, str]) -> Segment:
+    return Segment(words[0][0], words[-1][1], " ".join(w for _, _, w in words),
+                   tuple(Word(a, b, " " + w, 0.9) for a, b, w in words), avg_logprob=-0.2)
+
+
+def test_words_timed_outside_their_region_do_not_count_as_its_speech() -> None:
+    # Real cases (tiny.en): the previous sentence's last word, timed 0.2 s before a 1.6 s
+    # region whose own sentence was skipped; the next sentence's first two words over a 2.8 s
+    # region, "at" mostly after it.
+    assert judge((288.0, 289.6), [timed((287.8, 287.8, "left."))], LIMITS) == "outside"
+    skipped = timed((492.1, 492.9, "Not"), (492.9, 495.2, "at"))
+    assert judge((491.0, 493.85), [skipped], LIMITS) == "few_words"
+    # A word straddling the region's edge counts where its middle is: inside here.
+    edge = timed((68.2, 69.4, "for"), (69.4, 69.8, "African"), (69.8, 70.4, "elephants."))
+    assert judge((68.7, 70.8), [edge], LIMITS) is None
+    assert judge((0.0, 1.0), [timed((0.2, 0.5, "yes"))], LIMITS) is None
+
+
 def test_a_wordless_segment_takes_every_region_it_touched_into_the_redo() -> None:
     regions = [(0.0, 4.0), (4.5, 8.0), (8.5, 12.0), (13.0, 15.0)]
     spanning = seg(0.0, 8.6, "A B")
