@@ -18,7 +18,7 @@ import uvicorn
 
 from whisper_api import __version__
 from whisper_api.audio import probe_duration_s
-from whisper_api.config import Settings, load_settings
+from whisper_api.config import PRESET_NAMES, Settings, load_settings
 from whisper_api.errors import ConfigError, InvalidRequestError, WhisperApiError
 from whisper_api.executors.ray_actors import INSTALL_HINT
 from whisper_api.formats import FORMATS, needs_words, render
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="include word timings (verbose_json)")
     tr.add_argument("--prompt", metavar="TEXT",
                     help="text the speech is likely to contain (names, terms, spelling)")
-    tr.add_argument("--preset", choices=("accurate", "fast"),
+    tr.add_argument("--preset", choices=PRESET_NAMES,
                     help="decoding preset (default: TRANSCRIBE_PRESET)")
     tr.add_argument("--max-line-width", "--max_line_width", type=int, default=42, metavar="N",
                     help="srt/vtt: at most N characters per line (default: 42)")

@@ -8,6 +8,7 @@ from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Preset = Literal["accurate", "fast"]
+PRESET_NAMES: tuple[Preset, ...] = ("accurate", "fast")
 
 
 class Settings(BaseSettings):

@@ -90,7 +90,7 @@ def judge(region: Region, segments: list[Segment], limits: RegionLimits) -> str 
     speech_s = max(0.0, region[1] - region[0] - REGION_PAD_S)
     if not words:
         return "empty"
-    heard = heard_words(region, segments)
+    heard = heard_words(region, segments) if all(s.words for s in segments) else len(words)
     if heard == 0:
         return "outside"
     if speech_s >= limits.judge_words_from_s and heard < limits.min_words_per_s * speech_s:
@@ -107,13 +107,11 @@ def judge(region: Region, segments: list[Segment], limits: RegionLimits) -> str 
 
 
 def heard_words(region: Region, segments: list[Segment]) -> int:
-    """How many words the region holds: those whose middle lies in it, where every segment has
-    word times (else all of them). A word the aligner put outside the region was heard in a
-    neighbour's speech: tiny.en's answer for a 1.2 s sentence was "left.", the last word of the
-    sentence before, timed 0.2 s before the region; another region's two words were the next
-    sentence's first two, one of them timed past the region's end (0.8 words/s passed)."""
-    if not all(s.words for s in segments):
-        return len(" ".join(s.text for s in segments).split())
+    """How many of the segments' timed words the region holds: those whose middle lies in it.
+    A word the aligner put outside the region was heard in a neighbour's speech: tiny.en's
+    answer for a 1.2 s sentence was "left.", the last word of the sentence before, timed 0.2 s
+    before the region; another region's two words were the next sentence's first two, one of
+    them timed past the region's end (0.8 words/s passed)."""
     middles = [(w.start + w.end) / 2 for s in segments for w in s.words]
     return sum(1 for middle in middles if region[0] <= middle <= region[1])
 

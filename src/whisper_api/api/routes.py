@@ -3,6 +3,7 @@
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -13,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from whisper_api.api.auth import AuthDep, ServiceDep
-from whisper_api.config import Preset
+from whisper_api.config import PRESET_NAMES, Preset
 from whisper_api.errors import (
     ClientDisconnectedError,
     InvalidRequestError,
@@ -54,7 +55,6 @@ async def ready(service: ServiceDep) -> JSONResponse:
 Format = Literal["json", "verbose_json", "text", "srt", "vtt", "tsv"]
 Task = Literal["transcribe", "translate"]
 TASKS = ("transcribe", "translate")
-PRESETS: dict[str, Preset] = {"accurate": "accurate", "fast": "fast"}
 # Fields other APIs name differently: a caller who sends one learns this endpoint's name.
 OTHER_NAMES = {"response_format": "format", "audio_url": "url"}
 
@@ -106,7 +106,7 @@ SUBTITLE_FIELDS = {
 
 MULTIPART_OPTIONS = {
     "word_timestamps": {"type": "boolean"},
-    "preset": {"type": "string", "enum": list(PRESETS),
+    "preset": {"type": "string", "enum": list(PRESET_NAMES),
                "description": "decoding preset (default: the server's TRANSCRIBE_PRESET)"},
     "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS,
                "description": "names, terms, spelling the speech may hold"},
@@ -181,11 +181,12 @@ def check_fields(given: Iterable[str], known: Iterable[str]) -> None:
 def check_text_fields(items: list[tuple[str, Any]]) -> None:
     """Every field but 'file' once, as text: a second `preset` or a `prompt` sent as a file
     would otherwise be quietly dropped or read as the upload's description."""
-    names = [name for name, _ in items if name != "file"]
-    for name, value in items:
-        if name != "file" and names.count(name) > 1:
+    fields = [(name, value) for name, value in items if name != "file"]
+    counts = Counter(name for name, _ in fields)
+    for name, value in fields:
+        if counts[name] > 1:
             raise InvalidRequestError(f"field {name!r} is given more than once")
-        if name != "file" and not isinstance(value, str):
+        if not isinstance(value, str):
             raise InvalidRequestError(f"field {name!r} must be text, not a file")
 
 
@@ -285,9 +286,11 @@ def check_format(fmt: str) -> str:
 def check_preset(preset: str) -> Preset | None:
     if preset == "":
         return None
-    if preset in PRESETS:
-        return PRESETS[preset]
-    raise InvalidRequestError(f"unknown preset {preset[:64]!r}; use one of {', '.join(PRESETS)}")
+    for name in PRESET_NAMES:
+        if preset == name:
+            return name
+    raise InvalidRequestError(
+        f"unknown preset {preset[:64]!r}; use one of {', '.join(PRESET_NAMES)}")
 
 
 def check_task(task: str) -> str:
