@@ -7,6 +7,7 @@ from whisper_api.regions import (
     fit_to_region,
     judge,
     redo_set,
+    spoken,
 )
 from whisper_api.transcript import Segment, Word
 
@@ -65,6 +66,15 @@ def test_words_timed_outside_their_region_do_not_count_as_its_speech() -> None:
     edge = timed((68.2, 69.4, "for"), (69.4, 69.8, "African"), (69.8, 70.4, "elephants."))
     assert judge((68.7, 70.8), [edge], LIMITS) is None
     assert judge((0.0, 1.0), [timed((0.2, 0.5, "yes"))], LIMITS) is None
+
+
+def test_a_number_written_in_digits_counts_as_the_words_it_stands_for() -> None:
+    # base wrote "2012" for "twenty twelve" over 1.8 s of speech: one written word, under the
+    # 0.8 words/s floor, but not a skip. A lone short word over as long a region still is.
+    assert judge((36.7, 38.9), [timed((37.0, 38.5, "2012"))], LIMITS) is None
+    assert judge((36.7, 38.9), [seg(36.7, 38.9, "2012")], LIMITS) is None  # no word times
+    assert judge((36.7, 38.9), [timed((37.0, 38.5, "so"))], LIMITS) == "few_words"
+    assert spoken("2002") == 4 and spoken("1.5%") == 2 and spoken("Eurowetz") == 1
 
 
 def test_a_wordless_segment_takes_every_region_it_touched_into_the_redo() -> None:

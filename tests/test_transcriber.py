@@ -215,6 +215,42 @@ def test_batched_redo_decodes_failing_regions_alone_in_one_batch() -> None:
     assert text == f"{GOOD[REGIONS[0]]} {BATCHED_AGAIN} {GOOD[REGIONS[2]]}"
 
 
+class AnswersAgain(FakeBatched):
+    """Later calls answer every window with `again` (text, logprob)."""
+
+    def __init__(self, answers: dict[Region, tuple[str, float]], again: tuple[str, float]):
+        super().__init__(answers)
+        self.again = again
+
+    def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
+        if not self.calls:
+            return super().transcribe(audio, **kwargs)
+        self.calls.append(kwargs["clip_timestamps"])
+        return iter([RawSegment(c["start"], c["end"], *self.again)
+                     for c in kwargs["clip_timestamps"]]), Info()
+
+
+@pytest.mark.parametrize(("again", "to_sequential"), [
+    # The same words, as unsure (punctuation aside): kept.
+    (("Eurowetz ist da, sagte er, und alle wussten es.", -1.5), False),
+    # Other words: the sequential decoder decides.
+    (("Urabes ist da, sagte er, und alle wussten es.", -1.5), True),
+    (("", -0.2), True),  # skipped again
+])
+def test_a_region_decoded_twice_to_the_same_unsure_words_is_not_decoded_a_third_time(
+    again: tuple[str, float], to_sequential: bool,
+) -> None:
+    answers = answers_with("Eurowetz ist da sagte er und alle wussten es", logprob=-1.5)
+    sequential = FakeSequential()
+    transcriber = Transcriber.with_decoders(sequential, AnswersAgain(answers, again))
+    transcriber.find_utterances = lambda audio: list(REGIONS)  # type: ignore[method-assign]
+    audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
+    segments, _, redone, _ = transcriber.transcribe(audio, PRESETS["accurate"])
+    assert redone == 1 and len(sequential.calls) == (1 if to_sequential else 0)
+    middle = REDONE_TEXT if to_sequential else again[0]
+    assert [s.text for s in segments] == [GOOD[REGIONS[0]], middle, GOOD[REGIONS[2]]]
+
+
 class DropsTwice(FakeBatched):
     """The first pass and the packed redo drop the failing region; a later window hears it."""
 
