@@ -12,7 +12,8 @@ seconds and decoded in batches with word timestamps. Each region is then judged 
 back for it (regions.judge: word rate, compression, log-probability, repeated n-grams):
 tiny.en sometimes skips or garbles a whole sentence inside a window while its timestamps still
 cover it. A failing region is decoded again (in a batch, then alone by the sequential decoder:
-beam 5, temperature fallback), and every segment's times are fitted inside its region. The
+beam 5, temperature fallback, unless the batch wrote the same words, as unsure of them: `agreed`),
+and every segment's times are fitted inside its region. The
 `fast` preset's windows hold the regions' speech packed without their pauses (`compact`), as
 faster-whisper's batched pipeline packs them. Loud stretches between the VAD's regions (the
 VAD hears no whispered or falsetto speech: `quiet.quiet_speech`) are decoded as regions too,
@@ -447,7 +448,9 @@ def agreed(region: Region, first: list[Segment], again: list[Segment]) -> bool:
     """Whether two decodes of a region, in two windows, wrote the same words and are merely
     unsure of them: a name ("Eurowetz") or a number the model rarely sees. The sequential
     decoder's temperature fallback made such words worse ("U-Rabbitz", "2000 zwei") at up to six
-    decodes each: 3 s of a German file's 11 s of sequential redo."""
+    decodes each: 3 s of a German file's 11 s of sequential redo. A short region's unsure answer
+    is still dropped at the end (`regions.unusable`), as the sequential decoder's is where it
+    stays unsure."""
     return judge(region, again, LIMITS) == "logprob" and _words(first) == _words(again)
 
 
