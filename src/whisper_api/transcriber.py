@@ -12,8 +12,8 @@ seconds and decoded in batches with word timestamps. Each region is then judged 
 back for it (regions.judge: word rate, compression, log-probability, repeated n-grams):
 tiny.en sometimes skips or garbles a whole sentence inside a window while its timestamps still
 cover it. A failing region is decoded again (in a batch, then alone by the sequential decoder:
-beam 5, temperature fallback, unless the batch wrote the same words, as unsure of them: `agreed`),
-and every segment's times are fitted inside its region. The
+beam 5, temperature fallback, unless the batch wrote the same words, as unsure of them:
+`regions.agreed`), and every segment's times are fitted inside its region. The
 `fast` preset's windows hold the regions' speech packed without their pauses (`compact`), as
 faster-whisper's batched pipeline packs them. Loud stretches between the VAD's regions (the
 VAD hears no whispered or falsetto speech: `quiet.quiet_speech`) are decoded as regions too,
@@ -40,6 +40,7 @@ from whisper_api.quiet import quiet_speech
 from whisper_api.regions import (
     Region,
     RegionLimits,
+    agreed,
     assign,
     fit_to_region,
     judge,
@@ -175,7 +176,7 @@ class Transcriber:
         if options.batched_redo:
             first = {i: groups[i] for i in spoken}
             left = self._redo_batched(audio, regions, groups, spoken, options)
-            left = {i for i in left if not agreed(regions[i], first[i], groups[i])}
+            left = {i for i in left if not agreed(regions[i], first[i], groups[i], LIMITS)}
         return (left if options.sequential_redo else set()) | (redo & quiet)
 
     def _last_repair(self, audio: np.ndarray, regions: list[Region],
@@ -442,20 +443,6 @@ def token_cap(region: Region) -> int | None:
     """How many tokens the sequential decoder may write for a region (None: the model's limit)."""
     cap = int(REDO_MIN_TOKENS + REDO_TOKENS_PER_S * (region[1] - region[0]))
     return cap if cap <= REDO_MAX_CAPPED_TOKENS else None
-
-
-def agreed(region: Region, first: list[Segment], again: list[Segment]) -> bool:
-    """Whether two decodes of a region, in two windows, wrote the same words and are merely
-    unsure of them: a name ("Eurowetz") or a number the model rarely sees. The sequential
-    decoder's temperature fallback made such words worse ("U-Rabbitz", "2000 zwei") at up to six
-    decodes each: 3 s of a German file's 11 s of sequential redo. A short region's unsure answer
-    is still dropped at the end (`regions.unusable`), as the sequential decoder's is where it
-    stays unsure."""
-    return judge(region, again, LIMITS) == "logprob" and _words(first) == _words(again)
-
-
-def _words(segments: list[Segment]) -> list[str]:
-    return [w.strip(".,!?;:\"'()-").casefold() for s in segments for w in s.text.split()]
 
 
 def pick_spread(items: list[np.ndarray], count: int) -> list[np.ndarray]:
