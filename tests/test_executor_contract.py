@@ -24,7 +24,7 @@ from tests.support.chunks import (
 )
 from tests.support.fakes import broken_factory, echo_factory
 from tests.support.processes import alive, wait_for
-from whisper_api.errors import ChunkTimeoutError, TranscriptionError
+from whisper_api.errors import ChunkTimeoutError, ModelUnavailableError, TranscriptionError
 from whisper_api.executors.base import ChunkExecutor
 from whisper_api.executors.worker import TranscriberFactory
 
@@ -188,6 +188,21 @@ def test_wait_ready_raises_when_the_model_cannot_load(make_executor: MakeExecuto
     with pytest.raises(TranscriptionError, match="cannot load"):
         executor.wait_ready(timeout_s=60)
     assert not executor.ready
+
+
+def test_chunks_fail_at_once_when_no_worker_can_load_the_model(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
+    """Queued before the failure is known, or submitted after: a 503 now, not a wait for a
+    worker that will never come."""
+    executor = make_executor(size=1, factory=broken_factory, ready=False)
+    early = executor.submit(make_task(tmp_path, "req", 0, 1000))
+    with pytest.raises(ModelUnavailableError, match="cannot load"):
+        early.result(timeout=RESULT_TIMEOUT_S)
+
+    late = executor.submit(make_task(tmp_path, "req", 1, 1000))
+    assert late.done()
+    assert isinstance(late.exception(), ModelUnavailableError)
 
 
 def test_progress_inside_a_chunk_reaches_the_submitter(

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from tests.support.fakes import echo_factory
 from tests.support.processes import alive, wait_for
 from whisper_api.errors import TranscriptionError
 from whisper_api.executors import local as pool_module
+from whisper_api.executors.base import settle
 from whisper_api.executors.local import WorkerPool
 from whisper_api.executors.worker import TranscriberFactory
+from whisper_api.transcript import ChunkResult
 
 MakePool = Callable[..., WorkerPool]
 
@@ -152,3 +155,37 @@ def test_a_worker_killed_in_the_middle_of_a_message_stops_no_other_worker(
     assert big_future.result(timeout=RESULT_TIMEOUT_S).segments[0].text.endswith("." * 100)
     pool.wait_ready(timeout_s=60)
     assert pool.stats().restarts == 1
+
+
+def test_the_supervisor_survives_a_failed_spawn(
+    make_pool: MakePool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replacement that cannot start (EAGAIN: too many processes) is tried again on the next
+    turn; before, the exception ended the supervisor thread and every chunk waited forever."""
+    pool = make_pool(size=1)
+    real_spawn, failures = pool._spawn, [OSError(11, "Resource temporarily unavailable")]
+
+    def spawn_once_failing(worker_id: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_spawn(worker_id)
+
+    monkeypatch.setattr(pool, "_spawn", spawn_once_failing)
+    victim = pool.worker_pids()[0]
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: not failures)
+
+    task = make_task(tmp_path, "req", 0, 1234)
+    assert_belongs(pool.submit(task).result(timeout=RESULT_TIMEOUT_S), task)
+    assert pool._thread is not None and pool._thread.is_alive()
+
+
+def test_a_result_for_a_future_cancelled_meanwhile_is_dropped_quietly() -> None:
+    """The caller's thread may cancel a future between the executor's done() check and its
+    set_result: settle must not raise there (it would stop the executor's thread)."""
+    future: Future[ChunkResult] = Future()
+    assert future.cancel()
+    settle(future, ChunkResult("t", (), "en"))
+    settle(future, TranscriptionError("late"))
+    assert future.cancelled()

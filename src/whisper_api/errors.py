@@ -98,6 +98,14 @@ class TranscriptionError(WhisperApiError):
     code = "transcription_failed"
 
 
+class ModelUnavailableError(TranscriptionError):
+    """No worker has loaded the model and none will: a 503 at once, not a wait until the
+    request's timeout."""
+
+    status_code = 503
+    code = "model_unavailable"
+
+
 class ChunkTimeoutError(TranscriptionError):
     status_code = 504
     code = "chunk_timeout"

@@ -14,11 +14,11 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from whisper_api.errors import ChunkTimeoutError, TranscriptionError
+from whisper_api.errors import ChunkTimeoutError, ModelUnavailableError, TranscriptionError
 from whisper_api.transcript import ChunkResult, ChunkTask
 
 POLL_S = 0.05
@@ -168,10 +168,23 @@ def wait_until_ready(
     deadline = time.monotonic() + timeout_s
     while not is_ready():
         if failure := load_failure():
-            raise TranscriptionError(f"workers cannot load the model: {failure}")
+            raise ModelUnavailableError(f"workers cannot load the model: {failure}")
         if time.monotonic() > deadline:
             raise TranscriptionError("workers did not load the model in time")
         time.sleep(POLL_S)
+
+
+def settle(future: "Future[ChunkResult]", outcome: ChunkResult | BaseException) -> None:
+    """Complete a chunk's future unless it is done already. Its caller may cancel it at any
+    moment from another thread (the event loop's), so a check of done() first is not enough:
+    set_result would raise InvalidStateError on the executor's thread and stop it."""
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except InvalidStateError:
+        pass
 
 
 def log_chunk_done(result: ChunkResult, task: ChunkTask) -> None:
@@ -258,9 +271,27 @@ class Dispatcher:
             future.set_exception(TranscriptionError("the service is shutting down"))
             return future
         with self._lock:
+            if self._unloadable():
+                future.set_exception(self._unavailable())
+                return future
             self._queues.push(Pending(task, future, on_progress=on_progress))
             self._on_queued()
         return future
+
+    def _cannot_load(self, reason: str) -> None:
+        """A worker cannot load its model (lock held). Where no worker has, none will take a
+        chunk: the queued ones fail now, and later ones at submit (a misspelt WHISPER_MODEL
+        once left every request waiting out its whole timeout)."""
+        self._load_failure = reason
+        if self._unloadable():
+            for pending in self._queues.clear():
+                settle(pending.future, self._unavailable())
+
+    def _unloadable(self) -> bool:
+        return self._load_failure is not None and not any(s.ready for s in self._slots())
+
+    def _unavailable(self) -> ModelUnavailableError:
+        return ModelUnavailableError(f"workers cannot load the model: {self._load_failure}")
 
     def _report_progress(self, task_id: str, decoded_s: float) -> None:
         with self._lock:
@@ -328,18 +359,18 @@ class Dispatcher:
             self._queues.push(pending, retry=True)
         else:
             retried = " (after a retry)" if pending.attempts >= MAX_ATTEMPTS else ""
-            pending.future.set_exception(error(f"{reason}{retried}"))
+            settle(pending.future, error(f"{reason}{retried}"))
 
     def _deliver(self, pending: Pending, outcome: ChunkResult | Exception) -> None:
         """Complete a chunk's future, unless its caller cancelled it meanwhile."""
         if pending.future.done():
             return
         if isinstance(outcome, Exception):
-            pending.future.set_exception(outcome)
+            settle(pending.future, outcome)
             return
         self._stats.chunk_seconds.observe(outcome.elapsed_s)
         log_chunk_done(outcome, pending.task)
-        pending.future.set_result(outcome)
+        settle(pending.future, outcome)
 
     def _drain(self, timeout_s: float) -> None:
         """Stage one of stopping: take no more work and let running chunks finish."""
@@ -359,5 +390,4 @@ class Dispatcher:
                 slot.running = None
             queued = self._queues.clear()
         for pending in [*running, *queued]:
-            if not pending.future.done():
-                pending.future.set_exception(TranscriptionError(reason))
+            settle(pending.future, TranscriptionError(reason))

@@ -14,6 +14,7 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -63,6 +64,7 @@ class WorkerPool(Dispatcher):
         self._ctx = mp.get_context("spawn")
         self._workers: dict[int, _Process] = {}
         self._retired: list[Connection] = []  # replaced workers' outboxes, for the supervisor
+        self._replacing: set[int] = set()  # workers stopped on purpose (a cancelled chunk)
         self._thread: threading.Thread | None = None
 
     def _slots(self) -> list[_Process]:  # type: ignore[override]
@@ -94,12 +96,12 @@ class WorkerPool(Dispatcher):
         self._fail_all("the service is shutting down")
 
     def _stop_worker(self, slot: WorkerSlot) -> None:
+        """Kill only: `cancel` runs on the caller's thread (the event loop's), so waiting for
+        the process and starting its replacement is left to the supervisor (`_reap_dead`)."""
         process = self._workers[slot.worker_id].process
         if process is not None:
             process.kill()
-            process.join(timeout=5)
-        if not self._stopping.is_set():
-            self._spawn(slot.worker_id)  # not a restart: nothing went wrong
+        self._replacing.add(slot.worker_id)
 
     def _on_queued(self) -> None:
         self._dispatch()  # an idle worker starts now, not at the supervisor's next poll
@@ -109,13 +111,20 @@ class WorkerPool(Dispatcher):
         while not self._stopping.is_set() or any(
             w.process and w.process.is_alive() for w in list(self._workers.values())
         ):
-            for message in self._receive():
-                self._handle(message)
-            with self._lock:
-                self._close_retired()
-                self._reap_dead()
-                self._kill_late()
-                self._dispatch()
+            try:
+                self._supervise_once()
+            except Exception:  # a failed spawn (EAGAIN, EMFILE) must not end supervision:
+                log.exception("pool supervisor")  # every running chunk would wait forever
+                time.sleep(POLL_S)
+
+    def _supervise_once(self) -> None:
+        for message in self._receive():
+            self._handle(message)
+        with self._lock:
+            self._close_retired()
+            self._reap_dead()
+            self._kill_late()
+            self._dispatch()
 
     def _receive(self) -> list[WorkerMessage]:
         """Whatever the workers sent within POLL_S; a closed pipe means its worker is gone."""
@@ -148,7 +157,7 @@ class WorkerPool(Dispatcher):
                 worker.ready = True
                 log.info("[WORKER %d] Model loaded in %.2fs", message.worker_id, message.load_s)
             elif isinstance(message, LoadFailed):
-                self._load_failure = message.reason
+                self._cannot_load(message.reason)
                 log.error("[WORKER %d] cannot load the model: %s", message.worker_id,
                           message.reason)
             elif isinstance(message, Done):
@@ -179,6 +188,11 @@ class WorkerPool(Dispatcher):
             if worker.process.is_alive():
                 continue
             pending, worker.running = worker.running, None
+            if worker_id in self._replacing:
+                self._replacing.discard(worker_id)
+                if not self._stopping.is_set():
+                    self._spawn(worker_id)  # not a restart: nothing went wrong
+                continue
             if self._stopping.is_set() or self._load_failure:
                 # Stopping, or the model cannot load: a replacement would die the same way.
                 if pending is not None:

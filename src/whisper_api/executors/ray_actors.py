@@ -192,24 +192,31 @@ class RayExecutor(Dispatcher):
 
     # --- dispatcher ------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
-        ray = self._ray
         while not (self._stopping.is_set() and not self._busy()):
-            with self._lock:
-                self._ask_progress()
-                waiting = {ref: a for a in self._actors
-                           for ref in (a.task_ref, a.progress_ref, *a.pings) if ref}
-            # Short waits while a submitted chunk may find an idle actor; POLL_S otherwise.
-            timeout = 0.005 if self._wake.is_set() else POLL_S
-            self._wake.clear()
-            if waiting:
-                done, _ = ray.wait(list(waiting), num_returns=1, timeout=timeout)
-                for ref in done:
-                    self._collect(waiting[ref], ref)
-            else:
-                self._wake.wait(POLL_S)
-            with self._lock:
-                self._restart_late()
-            self._dispatch()
+            try:
+                self._dispatch_once()
+            except Exception:  # as the local pool's supervisor: one bad turn must not end it
+                log.exception("Ray dispatcher")
+                time.sleep(POLL_S)
+
+    def _dispatch_once(self) -> None:
+        ray = self._ray
+        with self._lock:
+            self._ask_progress()
+            waiting = {ref: a for a in self._actors
+                       for ref in (a.task_ref, a.progress_ref, *a.pings) if ref}
+        # Short waits while a submitted chunk may find an idle actor; POLL_S otherwise.
+        timeout = 0.005 if self._wake.is_set() else POLL_S
+        self._wake.clear()
+        if waiting:
+            done, _ = ray.wait(list(waiting), num_returns=1, timeout=timeout)
+            for ref in done:
+                self._collect(waiting[ref], ref)
+        else:
+            self._wake.wait(POLL_S)
+        with self._lock:
+            self._restart_late()
+        self._dispatch()
 
     def _collect(self, actor: _Actor, ref: Any) -> None:
         ray = self._ray
@@ -254,7 +261,7 @@ class RayExecutor(Dispatcher):
 
     def _on_ping(self, actor: _Actor, value: Any, error: Exception | None) -> None:
         if error is not None:
-            self._load_failure = _describe(error)
+            self._cannot_load(_describe(error))
             log.error("[WORKER %d] cannot load the model: %s", actor.worker_id, error)
             return
         pid, load_s = value
