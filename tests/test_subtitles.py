@@ -58,11 +58,9 @@ def check_rules(subtitles: str, width: int = 42, count: int = 2, duration_s: flo
         if index + 1 < len(cues):
             following = cues[index + 1]
             assert cue.end <= following.start + EPSILON_S, where
-            # Shorter than 0.7 s only where the next cue (or the audio's end) leaves no room.
-            if cue.end - cue.start < 0.7 - EPSILON_S:
-                assert following.start - cue.end < 0.7, where
-        elif cue.end - cue.start < 0.7 - EPSILON_S:
-            assert cue.end >= duration_s - EPSILON_S, where
+        # Shorter than 0.7 s only where the audio ends first.
+        if cue.end - cue.start < 0.7 - EPSILON_S:
+            assert cue.start > duration_s - 0.7, where
 
 
 def transcript(*segments: Segment, duration_s: float = 600.0) -> Transcript:
@@ -141,6 +139,19 @@ def test_zero_length_and_overlapping_decoder_times_give_valid_cues() -> None:
     assert isinstance(out, str)
     check_rules(out)
     assert len(parse(out)) >= 2
+
+
+def test_words_squeezed_into_one_instant_still_get_readable_cues() -> None:
+    """A chunk's last words timed past its end are clamped to one instant when merged: they
+    made cues of two full lines for 1 ms each."""
+    squeezed = tuple(Word(9.98, 9.98, " " + t, 0.9) for t in LONG_SENTENCE.split())
+    t = transcript(with_words("Before that.", 8.0, 0.5),
+                   Segment(8.0, 9.98, LONG_SENTENCE, squeezed), with_words("Next.", 12.0),
+                   duration_s=60.0)
+    out = render(t, "srt")
+    assert isinstance(out, str)
+    check_rules(out, duration_s=60.0)
+    assert len(parse(out)) >= 4
 
 
 def test_a_pause_starts_a_new_cue() -> None:

@@ -153,14 +153,16 @@ def _balanced(words: list[str], width: int) -> tuple[str, ...] | None:
 def retime(
     raw: list[tuple[float, float, tuple[str, ...]]], options: SubtitleOptions, duration_s: float
 ) -> list[Cue]:
-    """Monotonic, never overlapping, at most `max_cue_s`, and stretched towards `min_cue_s`
-    into the silence before the next cue (decoders give words of zero length)."""
+    """Monotonic, never overlapping, at most `max_cue_s`, and at least `min_cue_s` unless the
+    audio ends first: stretched into the silence before the next cue (decoders give words of
+    zero length) or, where the next cue starts at once, pushing it on. Words squeezed into one
+    instant (timed past their chunk's end) otherwise made cues of full lines for 1 ms each."""
     cues: list[Cue] = []
     end_limit = duration_s if duration_s > 0 else float("inf")
     for index, (raw_start, raw_end, lines) in enumerate(raw):
         start = max(raw_start, cues[-1].end if cues else 0.0)
         next_start = raw[index + 1][0] if index + 1 < len(raw) else end_limit
-        room = max(next_start, start + 0.001)  # the next cue moves on if it must
+        room = max(next_start, min(start + options.min_cue_s, end_limit), start + 0.001)
         end = min(max(raw_end, start + options.min_cue_s), room, start + options.max_cue_s)
         end = max(end, min(raw_end, start + options.max_cue_s), start + 0.001)
         cues.append(Cue(start, end, lines))
