@@ -210,6 +210,14 @@ def test_url_without_host_or_with_bad_port_refused() -> None:
         check_url("http://example.com:99999/x", allow_private=True)
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1/a\x01.mp3", "http://127.0.0.1/a\n.mp3",
+                                 "http://127.0.0.1/\x7f"])
+def test_url_with_a_control_character_refused(url: str) -> None:
+    """httpx's InvalidURL is no HTTPError: such a URL was a 500, now a 400 before any fetch."""
+    with pytest.raises(UrlNotAllowedError, match="control character"):
+        check_url(url, allow_private=True)
+
+
 def test_any_private_answer_among_public_ones_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
     answers = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, 80))
                for ip in (PUBLIC_IP, "10.1.2.3")]

@@ -186,6 +186,8 @@ def _shutdown(sock: socket.socket) -> None:
 
 def check_url(url: str, allow_private: bool) -> None:
     """Refuse non-http(s) URLs and, unless allow_private, hosts with any non-public address."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url.strip()):
+        raise UrlNotAllowedError("URL contains a control character")
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
@@ -428,6 +430,8 @@ def _httpx_errors(url: str, control: FetchControl) -> Iterator[None]:
     except httpx.HTTPError as exc:
         control.check()  # a cancelled download's sockets were shut: say so, not "reset"
         raise DownloadError(f"could not fetch from {host}: {_short(str(exc))}") from exc
+    except httpx.InvalidURL as exc:  # not an HTTPError: a redirect to a malformed Location
+        raise DownloadError(f"{host} sent an invalid URL: {_short(str(exc))}") from exc
 
 
 def _host(url: str) -> str:
