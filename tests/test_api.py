@@ -138,6 +138,7 @@ def test_unknown_upload_fields_are_refused(server: Server, jfk: Path) -> None:
     for fields, message in (({"response_format": "srt"}, "calls it 'format'"),
                             ({"callback_url": "http://127.0.0.1:9/"}, "'callback_url'"),
                             ({"preset": "turbo"}, "unknown preset"),
+                            ({"word_timestamps": "yes please"}, "true or false"),
                             ({"preset": ["fast", "accurate"]}, "more than once")):
         response = post_file(server, jfk, **fields)
         assert response.status_code == 400, (fields, response.text)
@@ -147,6 +148,15 @@ def test_unknown_upload_fields_are_refused(server: Server, jfk: Path) -> None:
         response = httpx.post(f"{server.url}/api/v1/transcribe", timeout=60,
                               files={"file": ("jfk.flac", handle), "prompt": ("p.txt", b"x")})
     assert response.status_code == 400 and "must be text" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", True), ("Yes", True), ("1", True),
+                                               ("on", True), ("false", False), ("0", False),
+                                               ("", False), (None, False)])
+def test_form_booleans_read_as_json_bodies_read_them(value: str | None, expected: bool) -> None:
+    from whisper_api.api.routes import form_bool
+
+    assert form_bool("word_timestamps", value) is expected
 
 
 def test_prompt_length_is_checked_once_stripped() -> None:
@@ -218,9 +228,11 @@ def test_huge_uploads_are_refused_before_they_hit_the_disk(tmp_path: Path) -> No
             yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.mp3"\r\n\r\n'
             for _ in range(40):
                 yield b"\0" * 65536
-        response = httpx.post(f"{small.url}/api/v1/transcribe", content=chunks(),
-                              headers={"content-type": "multipart/form-data; boundary=b"})
-        assert response.status_code == 413 and "MAX_UPLOAD_MB" in response.text
+        for route in ("/api/v1/transcribe", "/v1/audio/transcriptions"):
+            response = httpx.post(f"{small.url}{route}", content=chunks(),
+                                  headers={"content-type": "multipart/form-data; boundary=b"})
+            assert response.status_code == 413 and "MAX_UPLOAD_MB" in response.text, route
+            assert response.json()["error"]["code"] == "media_too_large"
         assert small.temp_is_empty()
         assert httpx.get(f"{small.url}/health").status_code == 200
 

@@ -5,6 +5,7 @@ Starlette spools a multipart upload to a temporary file before the route runs, s
 the limit is answered 413 at once; a chunked body is counted as it streams and cut off.
 """
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from whisper_api.api.errors import error_body
@@ -37,8 +38,10 @@ class BodyLimitMiddleware:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:  # the route's error handler turns this into a 413
-                raise MediaTooLargeError(self.message)
+            # An HTTPException, so that FastAPI's own form parsing (the OpenAI routes) passes
+            # it on as the 413 it is: any other exception there becomes a 400.
+            if received > self.limit:
+                raise HTTPException(413, self.message)
             return message
 
         return counted

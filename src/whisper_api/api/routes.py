@@ -144,7 +144,7 @@ async def read_media_form(
             UploadSource(upload.file, upload.filename or ""),
             form_request(fmt, str(form.get("language") or "auto"), str(form.get("model") or ""),
                          str(form.get("task") or ""),
-                         str(form.get("word_timestamps", "false")).lower() == "true",
+                         form_bool("word_timestamps", form.get("word_timestamps")),
                          check_preset(str(form.get("preset") or "")),
                          str(form.get("prompt") or "")),
             fmt, subtitle_options(form.get("max_line_width"), form.get("max_line_count")),
@@ -188,6 +188,17 @@ def check_text_fields(items: list[tuple[str, Any]]) -> None:
             raise InvalidRequestError(f"field {name!r} is given more than once")
         if not isinstance(value, str):
             raise InvalidRequestError(f"field {name!r} must be text, not a file")
+
+
+TRUE_WORDS, FALSE_WORDS = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
+
+
+def form_bool(name: str, value: object) -> bool:
+    """A form field read as JSON bodies read it (pydantic's words): "yes" was silently false."""
+    word = str(value or "").strip().lower()
+    if word not in TRUE_WORDS | FALSE_WORDS:
+        raise InvalidRequestError(f"{name} must be true or false, got {str(value)[:40]!r}")
+    return word in TRUE_WORDS
 
 
 def form_request(fmt: str, language: str, model: str, task: str, word_timestamps: bool,
