@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from whisper_api.errors import InvalidRequestError
-from whisper_api.sessions import SESSION_ID, SUBFOLDERS, SessionManager, new_session_id
+from whisper_api.errors import InvalidRequestError, SessionClosedError
+from whisper_api.sessions import (
+    SESSION_ID,
+    SUBFOLDERS,
+    Session,
+    SessionManager,
+    new_session_id,
+)
 
 GOOD_ID = "session_20240102_030405_0123abcd_89abcdef"
 
@@ -143,3 +149,52 @@ def test_async_session_is_removed_on_success_error_and_cancel(manager: SessionMa
         asyncio.run(use(RuntimeError("boom")))
     asyncio.run(cancelled())
     assert not any(manager.temp_dir.iterdir())
+
+
+def test_a_cancelled_requests_thread_work_stops_before_its_folder_goes(
+    manager: SessionManager,
+) -> None:
+    """asyncio cannot stop a thread: a chunk writer of a cancelled request went on filling the
+    folder while rmtree ran, and the folder stayed. Removal now waits for the session's thread
+    work, which stops at its next check."""
+    import asyncio
+    import threading
+
+    written: list[int] = []
+    started = threading.Event()
+
+    def write_chunks(folder: Path, session: Session) -> None:
+        for index in range(2000):  # bounded: ~20 s if nothing stopped it
+            session.check_open()
+            (folder / f"chunk_{index:03d}.wav").write_bytes(b"\0" * 1024)
+            written.append(index)
+            started.set()
+            time.sleep(0.01)
+
+    async def request() -> None:
+        async with manager.open() as session:
+            await session.run(write_chunks, session.chunks, session)
+
+    async def cancel_midway() -> Path:
+        task = asyncio.create_task(request())
+        await asyncio.to_thread(started.wait, 10)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return manager.temp_dir
+
+    temp = asyncio.run(cancel_midway())
+    count = len(written)
+    time.sleep(0.1)
+    assert len(written) == count < 2000  # the writer stopped, and before its end
+    assert not any(temp.iterdir())
+
+
+def test_no_thread_work_starts_in_a_closed_session(manager: SessionManager) -> None:
+    import asyncio
+
+    session = manager.create()
+    assert session.close(timeout_s=1)
+    calls: list[int] = []
+    with pytest.raises(SessionClosedError):
+        asyncio.run(session.run(calls.append, 1))
+    assert calls == []

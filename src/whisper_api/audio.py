@@ -12,7 +12,7 @@ free space the WAV will need is checked before the first byte is written.
 import math
 import shutil
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import chain
 from pathlib import Path
 
@@ -33,18 +33,23 @@ WAV_BYTES_PER_S = SAMPLE_RATE_HZ * BYTES_PER_SAMPLE
 MIN_FREE_BYTES = 64 * 1024 * 1024  # left free besides the WAV: logs, the job database
 
 
+def _go_on() -> None:
+    return None
+
+
 def convert_to_wav(source: Path, target: Path, max_duration_s: float = math.inf,
-                   space_factor: float = 1.0) -> float:
+                   space_factor: float = 1.0, check: Callable[[], None] = _go_on) -> float:
     """Decode any media's first audio stream into a 16 kHz mono s16 WAV; returns its seconds.
 
     Refused before decoding when the container declares more than `max_duration_s` or the disk
     lacks `space_factor` times the WAV's size; stopped the moment the decoded audio passes
-    `max_duration_s` when the container declared less (or nothing).
+    `max_duration_s` when the container declared less (or nothing). `check` is called per
+    decoded frame; what it raises stops the conversion (a cancelled request's).
     """
     if not source.is_file() or source.stat().st_size == 0:
         raise InvalidAudioError("the file is empty")
     try:
-        samples = _stream_to_wav(source, target, max_duration_s, space_factor)
+        samples = _stream_to_wav(source, target, max_duration_s, space_factor, check)
     except WhisperApiError:
         raise
     except OSError as exc:
@@ -59,7 +64,7 @@ def convert_to_wav(source: Path, target: Path, max_duration_s: float = math.inf,
 
 
 def _stream_to_wav(source: Path, target: Path, max_duration_s: float,
-                   space_factor: float) -> int:
+                   space_factor: float, check: Callable[[], None]) -> int:
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE_HZ)
     max_samples = max_duration_s * SAMPLE_RATE_HZ
     samples = 0
@@ -76,6 +81,7 @@ def _stream_to_wav(source: Path, target: Path, max_duration_s: float,
             out.setsampwidth(BYTES_PER_SAMPLE)
             out.setframerate(SAMPLE_RATE_HZ)
             for frame in chain(_decode(container, stream), [None]):  # None flushes
+                check()
                 for chunk in _resampled(resampler, frame):
                     data = _pcm(chunk)
                     samples += len(data) // BYTES_PER_SAMPLE

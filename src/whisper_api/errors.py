@@ -76,6 +76,13 @@ class ClientDisconnectedError(WhisperApiError):
     code = "client_disconnected"
 
 
+class SessionClosedError(WhisperApiError):
+    """Thread work of a request that has ended (cancelled, failed): its folder is going."""
+
+    status_code = 499
+    code = "request_ended"
+
+
 class InputLostError(WhisperApiError):
     code = "input_lost"
 

@@ -5,6 +5,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -177,13 +178,14 @@ class Pipeline:
         on_progress(Progress("converting"))
         wav = session.download / CONVERTED_NAME
         # Refuses media over MAX_AUDIO_DURATION_S itself, from metadata or while decoding.
-        duration_s = await asyncio.to_thread(convert_to_wav, media, wav,
-                                             self._settings.max_audio_duration_s, SPACE_FACTOR)
-        spans = await asyncio.to_thread(self._plan, wav, duration_s, request)
+        duration_s = await session.run(convert_to_wav, media, wav,
+                                       self._settings.max_audio_duration_s, SPACE_FACTOR,
+                                       session.check_open)
+        spans = await session.run(self._plan, wav, duration_s, request)
         mode = "parallel" if len(spans) > 1 else "single"
-        await asyncio.to_thread(session.update_metadata, duration_s=duration_s,
-                                chunks=len(spans), mode=mode)
-        tasks = await asyncio.to_thread(self._write_chunks, wav, spans, session, request)
+        await session.run(partial(session.update_metadata, duration_s=duration_s,
+                                  chunks=len(spans), mode=mode))
+        tasks = await session.run(self._write_chunks, wav, spans, session, request)
         probability = 0.0
         if len(tasks) > 1 and request.language is None:
             on_progress(Progress("detecting language", 0, len(tasks), 0.0, duration_s))
@@ -212,7 +214,7 @@ class Pipeline:
         chunk deciding alone gave one 45-minute video three languages."""
         probe = session.chunks / "language_probe.wav"
         regions = spread_regions(duration_s)
-        await asyncio.to_thread(concat_wav_slices, wav, probe, regions)
+        await session.run(concat_wav_slices, wav, probe, regions)
         options = replace(tasks[0].options, detect_only=True, fan_out=False)  # alone on the pool
         task = ChunkTask(f"{tasks[0].request_id}:language", tasks[0].request_id, str(probe), 0.0,
                          sum(b - a for a, b in regions), options)
@@ -243,6 +245,7 @@ class Pipeline:
                               spans[0].duration_s, options)]
         tasks = []
         for index, span in enumerate(spans):
+            session.check_open()  # a cancelled request's writer must not outlive its folder
             path = session.chunks / f"chunk_{index:03d}.wav"
             copy_wav_slice(wav, path, span.start_s, span.duration_s)
             tasks.append(ChunkTask(f"{session.session_id}:{index}", session.session_id,
@@ -310,7 +313,7 @@ class _Redo:
         path = self.session.chunks / f"redo_{number}.wav"
         regions = [(self.spans[k].start_s + p.start_s, self.spans[k].start_s + p.end_s)
                    for k, p in owners]
-        placed = await asyncio.to_thread(concat_wav_slices, self.wav, path, regions, REDO_GAP_S)
+        placed = await self.session.run(concat_wav_slices, self.wav, path, regions, REDO_GAP_S)
         pending = tuple(replace(p, start_s=a, end_s=b)
                         for (_, p), (a, b) in zip(owners, placed, strict=True))
         first = self.tasks[0]

@@ -102,7 +102,7 @@ class Service:
             started = time.perf_counter()
             transcript = await self.pipeline.transcribe(media, session, request, on_progress)
             if keep_audio is not None:
-                await asyncio.to_thread(keep_copy, session.download / CONVERTED_NAME, keep_audio)
+                await session.run(keep_copy, session.download / CONVERTED_NAME, keep_audio)
         if self.observer:
             self.observer.transcribed(transcript.duration_s, time.perf_counter() - started)
         return transcript
@@ -114,8 +114,7 @@ class Service:
             return source.path
         if isinstance(source, UploadSource):
             target = session.download / f"upload{safe_suffix(source.filename)}"
-            await asyncio.to_thread(save_stream, source.stream, target,
-                                    self.settings.max_upload_bytes)
+            await session.run(save_stream, source.stream, target, self.settings.max_upload_bytes)
             return target
         on_progress(Progress("downloading"))
         return await self.download(source.url, session.download)

@@ -7,25 +7,66 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
-from whisper_api.errors import InvalidRequestError
+from whisper_api.errors import InvalidRequestError, SessionClosedError
 
 log = logging.getLogger(__name__)
 SESSION_ID = re.compile(r"session_\d{8}_\d{6}_[0-9a-f]{8}_[0-9a-f]{8}")
 SUBFOLDERS = ("download", "chunks", "results")
+# How long removal waits for a session's thread work to stop: its loops check `closing` per
+# chunk or decoded frame, so this only bounds a stuck disk.
+CLOSE_WAIT_S = 60.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Session:
+    """A request's folder. Its thread work (`run`) is counted, so that removal waits for it:
+    a cancelled request's threads run on (asyncio cannot stop them), and a chunk writer still
+    going made `rmtree` fail on a folder it kept filling. Long loops stop at `closing`."""
+
     session_id: str
     root: Path
+    closing: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+    _idle: threading.Condition = field(default_factory=threading.Condition, compare=False,
+                                       repr=False)
+    _running: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)
+
+    async def run(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)` in a thread, counted from now (not from when a thread takes it)."""
+        with self._idle:
+            self._running[0] += 1
+        return await asyncio.to_thread(self._counted, work, *args)
+
+    def _counted(self, work: Callable[..., T], *args: Any) -> T:
+        try:
+            if self.closing.is_set():
+                raise SessionClosedError(f"session {self.session_id} has ended")
+            return work(*args)
+        finally:
+            with self._idle:
+                self._running[0] -= 1
+                self._idle.notify_all()
+
+    def check_open(self) -> None:
+        """For loops in thread work: stop once the request has ended."""
+        if self.closing.is_set():
+            raise SessionClosedError(f"session {self.session_id} has ended")
+
+    def close(self, timeout_s: float) -> bool:
+        """Ask its thread work to stop; True once none runs (False: still running at timeout)."""
+        self.closing.set()
+        with self._idle:
+            return self._idle.wait_for(lambda: self._running[0] == 0, timeout_s)
 
     @property
     def download(self) -> Path:
@@ -80,6 +121,9 @@ class SessionManager:
         return session
 
     def remove(self, session: Session) -> None:
+        if not session.close(CLOSE_WAIT_S):
+            log.warning("session %s: thread work still running after %.0fs; removing anyway",
+                        session.session_id, CLOSE_WAIT_S)
         shutil.rmtree(self.path_for(session.session_id), ignore_errors=True)
 
     @contextmanager
