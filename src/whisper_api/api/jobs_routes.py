@@ -99,8 +99,9 @@ async def get_result(
     subtitles = subtitle_options(max_line_width or job.input.subtitles.max_line_width,
                                  max_line_count or job.input.subtitles.max_line_count)
     name = download_name(job.input.filename or job.input.url, fmt)
-    return respond(transcript, fmt, {"job_id": job.id, "processing_time": job.processing_time_s},
-                   subtitles, {"Content-Disposition": content_disposition(name)})
+    return await respond(transcript, fmt,
+                         {"job_id": job.id, "processing_time": job.processing_time_s},
+                         subtitles, {"Content-Disposition": content_disposition(name)})
 
 
 @jobs_router.get("/{job_id}/audio", response_class=FileResponse, operation_id="get_audio")

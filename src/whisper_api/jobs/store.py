@@ -106,11 +106,12 @@ class JobStore:
     async def save(self, job: Job, result: Transcript | None = None) -> None:
         row = (job.id, str(job.status), job.created_at, job.started_at, job.finished_at,
                job.processing_time_s, job.error, job.input.to_json(),
-               json.dumps(asdict(job.progress)), job.tenant,
-               transcript_to_json(result) if result is not None else None)
-        await self._call(self._save, row)
+               json.dumps(asdict(job.progress)), job.tenant)
+        await self._call(self._save, row, result)
 
-    def _save(self, row: tuple[Any, ...]) -> None:
+    def _save(self, row: tuple[Any, ...], result: Transcript | None) -> None:
+        # Serialised here, on the store's thread: a 4-hour transcript takes 0.7 s.
+        row = (*row, transcript_to_json(result) if result is not None else None)
         self.db.execute(
             f"INSERT INTO jobs ({COLUMNS}, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at,"
@@ -138,11 +139,10 @@ class JobStore:
         return [_job_from_row(row) for row in rows]
 
     async def result(self, job_id: str) -> Transcript | None:
-        def load() -> str | None:
+        def load() -> Transcript | None:
             row = self.db.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            return row[0] if row else None
-        text = await self._call(load)
-        return transcript_from_json(text) if text else None
+            return transcript_from_json(row[0]) if row and row[0] else None
+        return await self._call(load)
 
     async def delete_finished_before(self, cutoff: float) -> list[str]:
         """Remove finished jobs older than `cutoff` (epoch seconds); returns their ids."""
