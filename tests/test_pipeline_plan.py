@@ -3,7 +3,6 @@
 import asyncio
 from concurrent.futures import Future
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -11,6 +10,7 @@ from tests.support.chunks import write_silence
 from whisper_api.chunking import ChunkSpan
 from whisper_api.config import Settings
 from whisper_api.pipeline import PRESETS, Pipeline, _Redo, preset_options
+from whisper_api.sessions import Session
 from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Pending, Segment
 
 
@@ -87,13 +87,14 @@ def test_an_idle_worker_redoes_what_finished_chunks_left_while_the_last_chunk_ru
     tasks = [ChunkTask(f"r:{i}", "r", f"{i}.wav", s.start_s, 10.0, DecodeOptions(fan_out=True))
              for i, s in enumerate(spans)]
     wav = write_silence(tmp_path / "file.wav", 40 * 16000)
-    session = SimpleNamespace(chunks=tmp_path)
+    session = Session("r", tmp_path)
+    session.chunks.mkdir()
     executor = LastChunkWaitsExecutor()
     pipeline = Pipeline(Settings(), executor, 2)  # type: ignore[arg-type]
 
     async def run() -> list[ChunkResult]:  # the old pipeline waited for the last chunk forever
         return await asyncio.wait_for(pipeline._run(
-            _Redo(wav, spans, tasks, session), 40.0, lambda _: None), 10)  # type: ignore[arg-type]
+            _Redo(wav, spans, tasks, session), 40.0, lambda _: None), 10)
 
     results = asyncio.run(run())
     # The first pass takes the three finished chunks' regions, the second the last chunk's.
