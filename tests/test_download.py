@@ -8,11 +8,13 @@ refusal is shown to happen before any lookup or connection. Tests that need a "p
 
 import ipaddress
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from functools import partial
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import pytest
 from tests.conftest import DATA
 from tests.support.network import PUBLIC_IP, guard_sockets
 from whisper_api import download
+from whisper_api.audio import convert_to_wav
 from whisper_api.download import (
     DownloadLimits,
     FetchControl,
@@ -448,3 +451,74 @@ def test_known_sites_are_recognised_offline() -> None:
     assert is_known_site("https://www.youtube.com/watch?v=dQw4w9WgXcQ")
     assert is_known_site("https://youtu.be/dQw4w9WgXcQ")
     assert not is_known_site("http://127.0.0.1:8000/jfk.flac")
+
+
+@pytest.fixture
+def hls(tmp_path: Path) -> Iterator[tuple[Path, Callable[[str], str]]]:
+    """A folder served on 127.0.0.1, and the URL of a file in it."""
+    folder = tmp_path / "hls"
+    folder.mkdir()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    httpd = QuietServer(("127.0.0.1", 0), partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield folder, lambda name: f"http://127.0.0.1:{httpd.server_port}/{name}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+def _hls(folder: Path, *options: str) -> None:
+    """6 s of tone as HLS segments, written by ffmpeg (a test fixture tool, as elsewhere)."""
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "sine=frequency=440:duration=6", "-ar", "16000", "-ac", "1", "-c:a", "aac",
+                    "-f", "hls", "-hls_time", "2", *options, str(folder / "media.m3u8")],
+                   check=True, timeout=60)
+
+
+def test_a_live_stream_is_refused_before_any_segment(
+    hls: tuple[Path, Callable[[str], str]], tmp_path: Path
+) -> None:
+    """yt-dlp gives live HLS to the ffmpeg program, past every limit: it polled the playlist
+    until killed, whatever the deadline."""
+    folder, url = hls
+    _hls(folder, "-hls_playlist_type", "event")
+    playlist = folder / "media.m3u8"
+    playlist.write_text(playlist.read_text().replace("#EXT-X-ENDLIST\n", ""))  # still going
+    (tmp_path / "out").mkdir()
+    with pytest.raises(InvalidRequestError, match="live streams are not supported"):
+        fetch_with_ytdlp(url("media.m3u8"), tmp_path / "out", LIMITS, extractors=GENERIC)
+
+
+def test_ytdlp_cannot_reach_the_ffmpeg_program(
+    hls: tuple[Path, Callable[[str], str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second guard: a stream yt-dlp would hand to ffmpeg (here a live one the first guard
+    is told to let through) fails at once instead of running unguarded."""
+    folder, url = hls
+    _hls(folder, "-hls_playlist_type", "event")
+    playlist = folder / "media.m3u8"
+    playlist.write_text(playlist.read_text().replace("#EXT-X-ENDLIST\n", ""))
+    real = download._check_info
+    monkeypatch.setattr(download, "_check_info", lambda info, limits: real(
+        {**info, "is_live": False, "live_status": "not_live"}, limits))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DownloadError, match="ffmpeg could not be found"):
+        fetch_with_ytdlp(url("media.m3u8"), tmp_path / "out", LIMITS, extractors=GENERIC)
+
+
+def test_encrypted_hls_is_decrypted_by_ytdlp_itself(
+    hls: tuple[Path, Callable[[str], str]], tmp_path: Path
+) -> None:
+    folder, url = hls
+    (folder / "k.key").write_bytes(bytes(range(16)))
+    (tmp_path / "k.info").write_text(f"k.key\n{folder / 'k.key'}\n")
+    _hls(folder, "-hls_playlist_type", "vod", "-hls_key_info_file", str(tmp_path / "k.info"))
+    assert "METHOD=AES-128" in (folder / "media.m3u8").read_text()
+    (tmp_path / "out").mkdir()
+    media = fetch_with_ytdlp(url("media.m3u8"), tmp_path / "out", LIMITS, extractors=GENERIC)
+    assert convert_to_wav(media, tmp_path / "media.wav") == pytest.approx(6.0, abs=0.3)

@@ -621,6 +621,10 @@ def _ytdlp_params(scratch: Path, control: FetchControl, ytdlp_log: _YtdlpLog,
         "max_filesize": limits.max_bytes,  # checked against Content-Length only
         "progress_hooks": [lambda _: control.check()],
         "external_downloader": {"default": "native"},  # ffmpeg would fetch past the guard
+        # yt-dlp still hands a live stream, or HLS it cannot decode natively, to the ffmpeg
+        # program, which obeys no budget, deadline, cancel or guard (a live stream ran until
+        # killed): an ffmpeg it cannot find makes those fail instead.
+        "ffmpeg_location": str(scratch / "no-ffmpeg"),
         "retries": 1,
         "fragment_retries": 1,
         "extractor_retries": 1,
@@ -635,6 +639,9 @@ def _ytdlp_params(scratch: Path, control: FetchControl, ytdlp_log: _YtdlpLog,
 def _check_info(info: dict[str, Any], limits: DownloadLimits) -> None:
     if info.get("_type") == "playlist" or "entries" in info:
         raise InvalidRequestError("playlist URLs are not supported; pass a single item's URL")
+    if info.get("is_live") or info.get("live_status") in ("is_live", "is_upcoming"):
+        raise InvalidRequestError("live streams are not supported; pass a recording's URL "
+                                  "once the stream has ended")
     duration = info.get("duration")
     if isinstance(duration, int | float) and duration > limits.max_duration_s:
         raise MediaTooLargeError(
