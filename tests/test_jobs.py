@@ -2,9 +2,12 @@
 
 import asyncio
 import io
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -257,3 +260,88 @@ def test_a_record_written_before_the_request_was_nested_still_reads() -> None:
     assert job_input.request == TranscribeRequest(language="de")
     assert job_input.subtitles == SubtitleOptions(30, 1)
     assert (job_input.url, job_input.format) == ("http://media.test/a.mp3", "vtt")
+
+
+class SlowToRecordSuccess(JobStore):
+    """Takes a while to write a succeeded job's record, as a 4-hour transcript does."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.recording = asyncio.Event()
+
+    async def save(self, job: Job, result: Transcript | None = None) -> None:
+        if job.status == JobStatus.succeeded:
+            self.recording.set()
+            await asyncio.sleep(0.3)
+        await super().save(job, result)
+
+
+def test_a_shutdown_while_a_finished_job_is_recorded_keeps_it_finished(tmp_path: Path) -> None:
+    """Cancelled half-way through its record, a succeeded job was saved back as queued, and
+    ran again at the next start."""
+    settings = make_settings(tmp_path)
+
+    async def scenario() -> str:
+        store = SlowToRecordSuccess(database_path(settings))
+        runner = JobRunner(settings, store, FakeTranscribe(), 1)
+        await runner.start()
+        job = await runner.submit(upload(), JobInput())
+        await asyncio.wait_for(store.recording.wait(), 10)
+        await runner.stop()
+        return job.id
+
+    job_id = asyncio.run(scenario())
+
+    async def read() -> Job | None:
+        store = JobStore(database_path(settings))
+        await store.open()
+        try:
+            return await store.get(job_id)
+        finally:
+            await store.close()
+
+    job = asyncio.run(read())
+    assert job is not None and job.status == JobStatus.succeeded
+
+
+def test_a_failed_callback_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receiver that answers 500 once (restarting, overloaded) still gets the job."""
+    from whisper_api.jobs import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "CALLBACK_RETRY_S", (0.05, 0.05))
+    received: list[int] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(len(received))
+            self.send_response(500 if len(received) == 1 else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    hook = f"http://127.0.0.1:{httpd.server_port}/hook"
+
+    async def scenario() -> None:
+        runner = make_runner(make_settings(tmp_path, allow_private_urls=True), FakeTranscribe())
+        await runner.start()
+        job = await runner.submit(upload(), JobInput(callback_url=hook))
+        await wait_status(runner, job.id, JobStatus.succeeded)
+        for _ in range(200):
+            if len(received) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        await runner.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+    assert received == [0, 1]

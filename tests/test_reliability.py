@@ -87,6 +87,8 @@ class Listener:
                     with listener._lock:
                         listener.open -= 1
 
+            do_POST = do_GET  # noqa: N815 - job callbacks
+
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
 
@@ -111,6 +113,16 @@ def trickle(handler: BaseHTTPRequestHandler, content_type: str = "audio/flac",
     handler.send_response(200)
     handler.send_header("Content-Type", content_type)
     handler.end_headers()
+    for _ in range(bytes_max):
+        handler.wfile.write(b"x")
+        handler.wfile.flush()
+        time.sleep(interval_s)
+
+
+def trickle_headers(handler: BaseHTTPRequestHandler, bytes_max: int = 300,
+                    interval_s: float = 0.1) -> None:
+    """A status line, then one header byte per interval (at most 30 s): an answer never done."""
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
     for _ in range(bytes_max):
         handler.wfile.write(b"x")
         handler.wfile.flush()
@@ -369,6 +381,21 @@ def test_job_callbacks_are_vetted_where_they_connect(
                            allow_private=False, timeout_s=5)
     assert answers == [PUBLIC_IP, PUBLIC_IP, "127.0.0.1"]  # refused at the connection
     assert watched_sockets == [] and listener.requests == []
+
+
+def test_a_callback_receiver_trickling_its_answer_is_cut_off_at_the_deadline(
+    listener: Listener,
+) -> None:
+    """httpx's timeout bounds each read: a byte every 0.1 s held the callback's thread for as
+    long as the receiver liked (and the job's DELETE and the shutdown waited on it)."""
+    listener.routes["/hook"] = trickle_headers
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="did not answer within 1s"):
+        download.post_json(listener.url("/hook"), {"id": "x"}, allow_private=True,
+                           timeout_s=1.0)
+    elapsed = time.monotonic() - started
+    print(f"FIGURE trickling callback receiver cut off after {elapsed:.2f} s (deadline 1 s)")
+    assert elapsed < 10.0  # the receiver would have gone on for 30 s
 
 
 @pytest.mark.parametrize("through", ["httpx", "yt-dlp"])

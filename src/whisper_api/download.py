@@ -307,12 +307,21 @@ def post_json(url: str, body: object, allow_private: bool, timeout_s: float) -> 
     and the answer's body is never read. Blocking; raises DownloadError on failure."""
     control = FetchControl(DownloadLimits(0, 0.0, timeout_s, allow_private))
     check_url(url, allow_private)
-    with make_client(control) as client, _httpx_errors(url, control):
-        request = client.build_request("POST", url, json=body, timeout=control.remaining_s())
-        response = client.send(request, stream=True)
-        response.close()
-        if response.status_code >= 300:
-            raise DownloadError(f"{_host(url)} answered HTTP {response.status_code}")
+    # httpx's timeout bounds each read, not the whole answer: a receiver trickling its headers
+    # a byte at a time held the thread for hours. At the deadline its socket is shut.
+    deadline = threading.Timer(timeout_s, control.cancel, (
+        f"{_host(url)} did not answer within {timeout_s:g}s",))
+    deadline.daemon = True
+    deadline.start()
+    try:
+        with make_client(control) as client, _httpx_errors(url, control):
+            request = client.build_request("POST", url, json=body, timeout=control.remaining_s())
+            response = client.send(request, stream=True)
+            response.close()
+            if response.status_code >= 300:
+                raise DownloadError(f"{_host(url)} answered HTTP {response.status_code}")
+    finally:
+        deadline.cancel()
 
 
 # --- direct fetch with httpx ------------------------------------------------------------------

@@ -17,6 +17,7 @@ import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -38,7 +39,9 @@ from whisper_api.transcript import Transcript
 log = logging.getLogger("whisper_api.jobs")
 SWEEP_INTERVAL_S = 600.0
 HEARTBEAT_S = 15.0
-CALLBACK_TIMEOUT_S = 10.0
+CALLBACK_TIMEOUT_S = 10.0  # per try, in all: connect, send, and the answer's headers
+CALLBACK_RETRY_S = (2.0, 10.0)  # pauses before the second and third tries
+CALLBACK_THREADS = 4
 INPUT_NAME = "input"
 AUDIO_NAME = "audio.wav"  # the converted audio, kept for the web page's player
 RECORD_RETRY_S = 5.0  # how often records that could not be written are tried again
@@ -76,6 +79,7 @@ class JobRunner:
         self._sweeper: asyncio.Task[None] | None = None
         self._unrecorded: dict[str, Job] = {}  # finished, but the store refused the record
         self._recorder: asyncio.Task[None] | None = None
+        self._callbacks = ThreadPoolExecutor(CALLBACK_THREADS, thread_name_prefix="callback")
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -96,6 +100,7 @@ class JobRunner:
         await asyncio.gather(*tasks, *background, return_exceptions=True)
         await self._record_unrecorded()  # a last chance before the store closes
         await self.store.close()
+        self._callbacks.shutdown(wait=False, cancel_futures=True)
 
     async def _recover(self, job: Job) -> None:
         if job.input.upload_name and not await asyncio.to_thread(self._input_path(job).is_file):
@@ -217,25 +222,34 @@ class JobRunner:
 
     async def _run(self, job: Job) -> None:
         try:
-            async with self._slots:
-                await self._start_running(job)
-                transcript = await self._execute(job)
-            await self._finish(job, JobStatus.succeeded, result=transcript)
-        except asyncio.CancelledError:
-            if job.id in self._cancel_requested:
-                await self._finish(job, JobStatus.cancelled, error="cancelled by the client")
-            else:  # shutdown: leave it resumable
-                await self.store.save(_requeued(job))
+            outcome = await self._outcome(job)
+            if outcome is None:  # shutdown: left resumable
                 return
-        except WhisperApiError as exc:
-            await self._finish(job, JobStatus.failed, error=str(exc))
-        except Exception as exc:
-            log.exception("job %s failed", job.id)
-            await self._finish(job, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
+            await _to_the_end(self._finish(job, *outcome))
         finally:
             self._forget(job.id)
         if job.input.callback_url:
             await self._post_callback(job)
+
+    async def _outcome(
+        self, job: Job
+    ) -> tuple[JobStatus, str | None, Transcript | None] | None:
+        """How the job ended (status, error, result); None when a shutdown stopped it."""
+        try:
+            async with self._slots:
+                await self._start_running(job)
+                transcript = await self._execute(job)
+            return JobStatus.succeeded, None, transcript
+        except asyncio.CancelledError:
+            if job.id in self._cancel_requested:
+                return JobStatus.cancelled, "cancelled by the client", None
+            await self.store.save(_requeued(job))
+            return None
+        except WhisperApiError as exc:
+            return JobStatus.failed, str(exc), None
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            return JobStatus.failed, f"{type(exc).__name__}: {exc}", None
 
     def _forget(self, job_id: str) -> None:
         self._cancel_requested.discard(job_id)
@@ -312,16 +326,26 @@ class JobRunner:
             await self._record_unrecorded()
 
     async def _post_callback(self, job: Job) -> None:
+        """POST the job to its callback URL: a few tries, each bounded in total time, on
+        threads of their own (a receiver trickling its answer held a shared thread for as long
+        as it liked, and the conversions and uploads queued behind it)."""
         from whisper_api.download import post_json
 
-        url = job.input.callback_url or ""
-        try:
-            await asyncio.to_thread(self._check_url, url)
-            # Through the guard's pinned connection: the host is vetted where it is connected.
-            await asyncio.to_thread(post_json, url, job.to_dict(),
-                                    self.settings.allow_private_urls, CALLBACK_TIMEOUT_S)
-        except Exception as exc:  # a broken callback must not affect the job
-            log.warning("callback for job %s to %s failed: %s", job.id, url, exc)
+        url, body = job.input.callback_url or "", job.to_dict()
+        loop = asyncio.get_running_loop()
+        for attempt, pause_s in enumerate((*CALLBACK_RETRY_S, None), start=1):
+            try:
+                await loop.run_in_executor(self._callbacks, self._check_url, url)
+                # Through the guard's pinned connection: the host is vetted where it connects.
+                await loop.run_in_executor(self._callbacks, post_json, url, body,
+                                           self.settings.allow_private_urls, CALLBACK_TIMEOUT_S)
+                return
+            except Exception as exc:  # a broken callback must not affect the job
+                log.warning("callback for job %s to %s failed (try %d): %s", job.id, url,
+                            attempt, exc)
+                if pause_s is None or isinstance(exc, InvalidRequestError):
+                    return
+                await asyncio.sleep(pause_s)
 
     # --- files and sweeping -------------------------------------------------------------------
     def _folder(self, job_id: str) -> Path:
@@ -371,3 +395,18 @@ def _requeued(job: Job) -> Job:
     job.status, job.started_at, job.progress = JobStatus.queued, None, Progress("queued")
     return job
 
+
+async def _to_the_end(work: Awaitable[None]) -> None:
+    """Await `work` to its end even when this task is cancelled meanwhile, then pass the cancel
+    on: a shutdown while a finished job was being recorded saved it back as queued (and it ran
+    again), and a second DELETE left it "running" until the next start."""
+    finishing = asyncio.ensure_future(work)
+    cancelled = False
+    while not finishing.done():
+        try:
+            await asyncio.shield(finishing)
+        except asyncio.CancelledError:  # this task's (or, re-raised below, the work's own)
+            cancelled = True
+    finishing.result()
+    if cancelled:
+        raise asyncio.CancelledError
