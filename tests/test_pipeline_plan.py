@@ -117,3 +117,26 @@ def test_presets_are_picked_by_the_model_name_or_its_directory_name(tmp_path: Pa
     assert preset_options("tiny.en", "accurate") == PRESETS["accurate"]
     assert preset_options("/models/whisper-small-ct2", "accurate") == PRESETS["accurate"]
     assert preset_options("base", "fast") == PRESETS["fast"]
+
+
+def test_progress_never_goes_backwards_nor_moves_after_the_run() -> None:
+    """A chunk retried on a fresh worker reports from 0 again; a report still in flight when
+    the run ends must not overwrite the stage that follows."""
+    from whisper_api.pipeline import Progress, _ChunkTracker
+
+    tasks = [ChunkTask(f"r:{i}", "r", f"{i}.wav", 10.0 * i, 10.0, DecodeOptions())
+             for i in range(2)]
+    seen: list[Progress] = []
+
+    async def scenario() -> None:
+        tracker = _ChunkTracker(tasks, 20.0, seen.append, asyncio.get_running_loop())
+        report = tracker.reporter(0)
+        for done_s in (6.0, 1.0):  # the worker died at 6 s; its replacement starts over
+            report(done_s)
+            await asyncio.sleep(0)
+        tracker.close()
+        report(8.0)
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert [p.audio_done_s for p in seen] == [6.0, 6.0]

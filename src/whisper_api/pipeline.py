@@ -98,6 +98,7 @@ class _ChunkTracker:
         self._loop = loop
         self._decoded_s = [0.0] * len(tasks)
         self._done = [False] * len(tasks)
+        self._closed = False
 
     def reporter(self, index: int) -> Callable[[float], None]:
         """Called on the executor's thread: hop to the event loop before touching state."""
@@ -108,9 +109,15 @@ class _ChunkTracker:
         return report
 
     def _decoded(self, index: int, done_s: float) -> None:
-        if not self._done[index]:
-            self._decoded_s[index] = min(max(done_s, 0.0), self._tasks[index].duration_s)
+        # Never backwards: a chunk retried on a fresh worker (after a crash) reports from 0
+        # again. Never after the run: a report still in flight would undo "merging".
+        if not self._done[index] and not self._closed:
+            done_s = min(max(done_s, 0.0), self._tasks[index].duration_s)
+            self._decoded_s[index] = max(self._decoded_s[index], done_s)
             self.publish()
+
+    def close(self) -> None:
+        self._closed = True
 
     def chunks_done(self, done: list[bool]) -> None:
         self._done = done
@@ -285,6 +292,7 @@ class Pipeline:
                 on_progress(Progress("redoing", len(tasks), len(tasks), duration_s, duration_s))
             redone = [r for done_pass in await asyncio.gather(*passes) for r in done_pass]
         finally:
+            tracker.close()
             self._cancel_unfinished(tasks[0].request_id, [*index_of, *passes])
         return _put_back([results[i] for i in range(len(tasks))], redone)
 

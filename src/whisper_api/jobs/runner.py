@@ -265,6 +265,8 @@ class JobRunner:
 
     async def _execute(self, job: Job) -> Transcript:
         def on_progress(progress: Progress) -> None:
+            if job.status.finished:  # a report still in flight must not undo the final stage
+                return
             job.progress = progress
             self._notify(job.id)
 
