@@ -131,6 +131,7 @@ def test_cancel(page: Page, long_speech: Path) -> None:
     page.click("#submit")
     expect(page.locator("#cancel")).to_be_enabled()
     page.click("#cancel")
+    expect(page.locator("#cancel")).to_be_disabled()  # one DELETE: no second click
     expect(page.locator("#stage")).to_contain_text("cancelled", timeout=30_000)
 
 

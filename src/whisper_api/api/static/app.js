@@ -241,9 +241,11 @@ async function download(format) {
 
 async function cancelJob() {
   if (!state.jobId) return;
+  $("cancel").disabled = true; // one DELETE per job: a second click would only wait on the first
   try {
     await api(`/api/v1/jobs/${state.jobId}`, { method: "DELETE" });
   } catch (error) {
+    $("cancel").disabled = false;
     showError(error.message);
   }
 }
