@@ -164,6 +164,29 @@ def test_a_missing_file_exits_2(tmp_path: Path) -> None:
     assert done.returncode == 2 and done.stderr == f"error: no such file: {tmp_path}/nope.wav\n"
 
 
+@pytest.mark.parametrize(("output", "message"), [
+    ("missing/t.srt", "does not exist"), (".", "is a folder")])
+def test_an_output_that_cannot_be_written_exits_2_before_any_work(
+    jfk: Path, tmp_path: Path, output: str, message: str
+) -> None:
+    """Checked first: it was written only after the whole run, and a traceback lost the run."""
+    started = time.monotonic()
+    done = cli("transcribe", str(jfk), "--output", str(tmp_path / output), tmp=tmp_path)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    print(f"FIGURE bad --output refused after {time.monotonic() - started:.1f} s")
+
+
+def test_output_is_written_whole_in_utf8(tmp_path: Path) -> None:
+    from whisper_api.cli import write_atomically
+
+    out = tmp_path / "t.txt"
+    out.write_text("old")
+    write_atomically(out, "São Paulo, 東京\n")
+    assert out.read_bytes() == "São Paulo, 東京\n".encode()
+    assert [p.name for p in tmp_path.iterdir()] == ["t.txt"]  # no temporary left behind
+
+
 def test_workers_for_a_one_chunk_file() -> None:
     from whisper_api.cli import workers_for
     from whisper_api.config import Settings

@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import math
+import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -117,6 +118,8 @@ def transcribe_command(args: argparse.Namespace, bar: ProgressBar) -> int:
     source = _source(args.input)
     request = checked_request(settings, args)  # refused (exit 2) before any model loads
     subtitles = SubtitleOptions(args.max_line_width, args.max_line_count)
+    if args.output:
+        check_writable(args.output)  # before the work, not after it: a finished run was lost
     try:
         transcript = asyncio.run(_transcribe(settings, source, request, args.workers, bar))
     finally:
@@ -124,7 +127,7 @@ def transcribe_command(args: argparse.Namespace, bar: ProgressBar) -> int:
     body = render(transcript, args.format, subtitles)
     text = json.dumps(body, indent=2, ensure_ascii=False) if isinstance(body, dict) else body
     if args.output:
-        args.output.write_text(text)
+        write_atomically(args.output, text)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
@@ -137,7 +140,34 @@ def _source(given: str) -> Path | UrlSource:
     path = Path(given)
     if not path.is_file():
         raise InvalidRequestError(f"no such file: {given}")
+    if not os.access(path, os.R_OK):
+        raise InvalidRequestError(f"cannot read {given}: permission denied")
     return path
+
+
+def check_writable(output: Path) -> None:
+    folder = output.parent
+    if output.is_dir():
+        raise InvalidRequestError(f"--output {output} is a folder; name a file")
+    if not folder.is_dir():
+        raise InvalidRequestError(f"--output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InvalidRequestError(f"--output folder {folder} is not writable")
+
+
+def write_atomically(output: Path, text: str) -> None:
+    """UTF-8 whatever the locale, and whole or not at all: a full disk or Ctrl-C while
+    writing leaves the file as it was, not a truncated transcript."""
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.part")  # the umask's mode
+    try:
+        with temporary.open("w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temporary, output)
+    except BaseException as exc:
+        temporary.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise InvalidRequestError(f"cannot write {output}: {exc.strerror or exc}") from exc
+        raise
 
 
 def checked_request(settings: Settings, args: argparse.Namespace) -> TranscribeRequest:
