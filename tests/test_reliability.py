@@ -535,6 +535,16 @@ def test_sweep_keeps_live_servers_folders(tmp_path: Path) -> None:
     assert sessions.sweep() == 1
     assert mine.root.exists() and not dead.root.exists()
 
+    # A server killed while building a folder leaves it under its staging name, owner written.
+    building = sessions.create()
+    staged = building.root.with_name(f".creating_{building.session_id}")
+    building.root.rename(staged)
+    metadata = staged / "metadata.json"
+    metadata.write_text(metadata.read_text().replace(f'"owner_pid": {os.getpid()}',
+                                                     f'"owner_pid": {child.pid}'))
+    assert sessions.sweep() == 1
+    assert not staged.exists() and mine.root.exists()
+
 
 # --- 6. the transcript first; a record that cannot be written ---------------------------------
 

@@ -25,6 +25,7 @@ SUBFOLDERS = ("download", "chunks", "results")
 # How long removal waits for a session's thread work to stop: its loops check `closing` per
 # chunk or decoded frame, so this only bounds a stuck disk.
 CLOSE_WAIT_S = 60.0
+STAGING_PREFIX = ".creating_"  # a session folder being built, renamed once its owner is written
 T = TypeVar("T")
 
 
@@ -85,7 +86,10 @@ class Session:
         data = json.loads(path.read_text()) if path.exists() else {}
         data.update(fields)
         data["size_bytes"] = folder_size(self.root)
-        path.write_text(json.dumps(data, indent=2, default=str))
+        # Whole or not at all: a server killed mid-write left JSON the sweep could not read.
+        partial = path.with_name(".metadata.json.part")
+        partial.write_text(json.dumps(data, indent=2, default=str))
+        partial.replace(path)
 
 
 def new_session_id(client_ip: str = "local") -> str:
@@ -110,15 +114,20 @@ class SessionManager:
         return path
 
     def create(self, client_ip: str = "local", **metadata: object) -> Session:
+        """The folder appears with its owner recorded: it is built under a staging name and
+        renamed. Before, a server killed between the mkdir and the metadata left a folder
+        whose owner the sweep could not tell (kept until MAX_TEMP_AGE_HOURS)."""
         session_id = new_session_id(client_ip)
         root = self.path_for(session_id)
+        staging = root.with_name(f"{STAGING_PREFIX}{session_id}")
         for name in SUBFOLDERS:
-            (root / name).mkdir(parents=True, exist_ok=True)
-        session = Session(session_id, root)
+            (staging / name).mkdir(parents=True, exist_ok=True)
         pid = os.getpid()
-        session.update_metadata(session_id=session_id, created_at=time.time(), owner_pid=pid,
-                                owner_started=process_started(pid), **metadata)
-        return session
+        Session(session_id, staging).update_metadata(
+            session_id=session_id, created_at=time.time(), owner_pid=pid,
+            owner_started=process_started(pid), **metadata)
+        staging.rename(root)
+        return Session(session_id, root)
 
     def remove(self, session: Session) -> None:
         if not session.close(CLOSE_WAIT_S):
@@ -153,7 +162,8 @@ class SessionManager:
         cutoff = time.time() - self.max_age_s
         removed = 0
         for entry in self.temp_dir.iterdir():
-            if not (entry.is_dir() and SESSION_ID.fullmatch(entry.name)):
+            name = entry.name.removeprefix(STAGING_PREFIX)
+            if not (entry.is_dir() and SESSION_ID.fullmatch(name)):
                 continue
             if _touched(entry) < cutoff or _orphaned(entry):
                 shutil.rmtree(entry, ignore_errors=True)
