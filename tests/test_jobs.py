@@ -345,3 +345,55 @@ def test_a_failed_callback_is_tried_again(tmp_path: Path, monkeypatch: pytest.Mo
         httpd.server_close()
         thread.join(timeout=5)
     assert received == [0, 1]
+
+
+def test_a_job_running_whenever_the_server_died_stops_being_resumed(tmp_path: Path) -> None:
+    """Found `running` at a start, a job was running when the server died (a clean stop saves
+    it `queued`). Resumed every time, a job that kills the server would kill it at every start."""
+    settings = make_settings(tmp_path)
+    (settings.data_dir / "jobs").mkdir(parents=True)
+
+    async def died_while_running(crashes: int) -> str:
+        store = JobStore(database_path(settings))
+        await store.open()
+        job = Job(f"job{crashes}", JobInput(url="http://127.0.0.1:9/a.mp3"),
+                  JobStatus.running, started_at=time.time(), crashes=crashes)
+        await store.save(job)
+        await store.close()
+        return job.id
+
+    async def scenario() -> None:
+        resumed, given_up = await died_while_running(0), await died_while_running(2)
+        runner = make_runner(settings, FakeTranscribe())
+        await runner.start()
+        failed = await wait_status(runner, given_up, JobStatus.failed)
+        assert failed.error and "stopped unexpectedly 3 times" in failed.error
+        done = await wait_status(runner, resumed, JobStatus.succeeded)
+        assert done.crashes == 1
+        await runner.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_database_from_before_crash_counting_opens(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, created_at REAL"
+                   " NOT NULL, started_at REAL, finished_at REAL, processing_time_s REAL, error "
+                   "TEXT, input TEXT NOT NULL, progress TEXT NOT NULL, result TEXT, tenant TEXT)")
+        db.execute("INSERT INTO jobs VALUES ('old', 'queued', 1.0, NULL, NULL, NULL, NULL, ?, ?, "
+                   "NULL, NULL)", ('{"url": "http://127.0.0.1:9/a.mp3"}', '{"stage": "queued"}'))
+    db.close()
+
+    async def scenario() -> Job | None:
+        store = JobStore(path)
+        await store.open()
+        try:
+            return await store.get("old")
+        finally:
+            await store.close()
+
+    job = asyncio.run(scenario())
+    assert job is not None and job.crashes == 0 and job.status == JobStatus.queued

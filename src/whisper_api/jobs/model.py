@@ -68,6 +68,7 @@ class Job:
     error: str | None = None
     progress: Progress = field(default_factory=lambda: Progress("queued"))
     tenant: str | None = None  # a hash of the API key that made it (API_KEYS), never the key
+    crashes: int = 0  # starts that found it running: the server died while it ran
 
     def to_dict(self) -> dict[str, Any]:
         """The status body of GET /api/v1/jobs/{id}, the SSE events and the callback."""

@@ -44,6 +44,9 @@ CALLBACK_RETRY_S = (2.0, 10.0)  # pauses before the second and third tries
 CALLBACK_THREADS = 4
 INPUT_NAME = "input"
 AUDIO_NAME = "audio.wav"  # the converted audio, kept for the web page's player
+# A job that was running whenever the server died this many times (it may be what kills it:
+# memory) fails instead of taking the server down at every start.
+MAX_CRASHES = 3
 RECORD_RETRY_S = 5.0  # how often records that could not be written are tried again
 
 
@@ -103,15 +106,24 @@ class JobRunner:
         self._callbacks.shutdown(wait=False, cancel_futures=True)
 
     async def _recover(self, job: Job) -> None:
+        if job.status == JobStatus.running:  # a clean stop saves it queued: the server died
+            job.crashes += 1
+        if job.crashes >= MAX_CRASHES:
+            await self._fail_on_restart(job, f"the server stopped unexpectedly {job.crashes} "
+                                        "times while running this job; it is not resumed again")
+            return
         if job.input.upload_name and not await asyncio.to_thread(self._input_path(job).is_file):
-            job.status, job.finished_at = JobStatus.failed, time.time()
-            job.error = "the job's input was lost when the server restarted; submit it again"
-            await self.store.save(job)
-            log.warning("job %s failed on restart: its input is missing", job.id)
+            await self._fail_on_restart(
+                job, "the job's input was lost when the server restarted; submit it again")
             return
         log.info("resuming job %s (was %s)", job.id, job.status)
         self._enqueue(_requeued(job))
         await self.store.save(self._active[job.id])
+
+    async def _fail_on_restart(self, job: Job, reason: str) -> None:
+        job.status, job.finished_at, job.error = JobStatus.failed, time.time(), reason
+        await self.store.save(job)
+        log.warning("job %s failed on restart: %s", job.id, reason)
 
     # --- submission ---------------------------------------------------------------------------
     @property

@@ -47,12 +47,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     input TEXT NOT NULL,
     progress TEXT NOT NULL,
     result TEXT,
-    tenant TEXT
+    tenant TEXT,
+    crashes INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 """
 COLUMNS = ("id, status, created_at, started_at, finished_at, processing_time_s, error, input, "
-           "progress, tenant")
+           "progress, tenant, crashes")
 
 
 def database_path(settings: Settings) -> Path:
@@ -88,6 +89,8 @@ class JobStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
         if "tenant" not in columns:  # a database from before tenants
             self._db.execute("ALTER TABLE jobs ADD COLUMN tenant TEXT")
+        if "crashes" not in columns:  # a database from before crash counting
+            self._db.execute("ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0")
 
     async def close(self) -> None:
         def close() -> None:
@@ -106,17 +109,17 @@ class JobStore:
     async def save(self, job: Job, result: Transcript | None = None) -> None:
         row = (job.id, str(job.status), job.created_at, job.started_at, job.finished_at,
                job.processing_time_s, job.error, job.input.to_json(),
-               json.dumps(asdict(job.progress)), job.tenant)
+               json.dumps(asdict(job.progress)), job.tenant, job.crashes)
         await self._call(self._save, row, result)
 
     def _save(self, row: tuple[Any, ...], result: Transcript | None) -> None:
         # Serialised here, on the store's thread: a 4-hour transcript takes 0.7 s.
         row = (*row, transcript_to_json(result) if result is not None else None)
         self.db.execute(
-            f"INSERT INTO jobs ({COLUMNS}, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO jobs ({COLUMNS}, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET status=excluded.status, started_at=excluded.started_at,"
             " finished_at=excluded.finished_at, processing_time_s=excluded.processing_time_s,"
-            " error=excluded.error, progress=excluded.progress,"
+            " error=excluded.error, progress=excluded.progress, crashes=excluded.crashes,"
             " result=COALESCE(excluded.result, jobs.result)", row)
 
     async def get(self, job_id: str) -> Job | None:
@@ -161,6 +164,7 @@ class JobStore:
 
 
 def _job_from_row(row: tuple[Any, ...]) -> Job:
-    job_id, status, created, started, finished, processing, error, inp, progress, tenant = row
+    job_id, status, created, started, finished, processing, error, inp, progress, tenant, \
+        crashes = row
     return Job(job_id, JobInput.from_json(inp), JobStatus(status), created, started,
-               finished, processing, error, Progress(**json.loads(progress)), tenant)
+               finished, processing, error, Progress(**json.loads(progress)), tenant, crashes)
