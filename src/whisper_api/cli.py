@@ -163,11 +163,10 @@ def write_atomically(output: Path, text: str) -> None:
         with temporary.open("w", encoding="utf-8") as out:
             out.write(text)
         os.replace(temporary, output)
-    except BaseException as exc:
-        temporary.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise InvalidRequestError(f"cannot write {output}: {exc.strerror or exc}") from exc
-        raise
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    finally:
+        temporary.unlink(missing_ok=True)  # a no-op after the rename
 
 
 def checked_request(settings: Settings, args: argparse.Namespace) -> TranscribeRequest:

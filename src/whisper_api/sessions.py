@@ -50,8 +50,7 @@ class Session:
 
     def _counted(self, work: Callable[..., T], *args: Any) -> T:
         try:
-            if self.closing.is_set():
-                raise SessionClosedError(f"session {self.session_id} has ended")
+            self.check_open()
             return work(*args)
         finally:
             with self._idle:

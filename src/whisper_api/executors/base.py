@@ -278,6 +278,15 @@ class Dispatcher:
             self._on_queued()
         return future
 
+    def _survive(self, turn: Callable[[], None], name: str) -> None:
+        """One turn of the executor's own thread. An exception (a failed spawn: EAGAIN,
+        EMFILE) must not end that thread: every running chunk would then wait forever."""
+        try:
+            turn()
+        except Exception:
+            log.exception("%s", name)
+            time.sleep(POLL_S)
+
     def _cannot_load(self, reason: str) -> None:
         """A worker cannot load its model (lock held). Where no worker has, none will take a
         chunk: the queued ones fail now, and later ones at submit (a misspelt WHISPER_MODEL

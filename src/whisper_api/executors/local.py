@@ -14,7 +14,6 @@ import multiprocessing as mp
 import os
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -111,11 +110,7 @@ class WorkerPool(Dispatcher):
         while not self._stopping.is_set() or any(
             w.process and w.process.is_alive() for w in list(self._workers.values())
         ):
-            try:
-                self._supervise_once()
-            except Exception:  # a failed spawn (EAGAIN, EMFILE) must not end supervision:
-                log.exception("pool supervisor")  # every running chunk would wait forever
-                time.sleep(POLL_S)
+            self._survive(self._supervise_once, "pool supervisor")
 
     def _supervise_once(self) -> None:
         for message in self._receive():

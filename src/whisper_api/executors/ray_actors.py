@@ -193,11 +193,7 @@ class RayExecutor(Dispatcher):
     # --- dispatcher ------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
         while not (self._stopping.is_set() and not self._busy()):
-            try:
-                self._dispatch_once()
-            except Exception:  # as the local pool's supervisor: one bad turn must not end it
-                log.exception("Ray dispatcher")
-                time.sleep(POLL_S)
+            self._survive(self._dispatch_once, "Ray dispatcher")
 
     def _dispatch_once(self) -> None:
         ray = self._ray
