@@ -8,6 +8,7 @@ from whisper_api.regions import (
     judge,
     redo_set,
     spoken,
+    straddling,
 )
 from whisper_api.transcript import Segment, Word
 
@@ -99,3 +100,27 @@ def test_words_stay_inside_their_segment_and_in_order() -> None:
     words = (Word(1.0, 2.5, " a", 0.9), Word(2.0, 9.0, " b", 0.9))
     [fitted] = fit_to_region((2.0, 6.0), [Segment(2.0, 6.0, "a b", words)])
     assert [(w.start, w.end) for w in fitted.words] == [(2.0, 2.5), (2.5, 6.0)]
+
+
+def timed_words(start: float, end: float, *words: str) -> list[Segment]:
+    step = (end - start) / len(words)
+    spans = [(start + i * step, start + (i + 1) * step) for i in range(len(words))]
+    timed = tuple(Word(a, b, f" {w}", 0.9) for (a, b), w in zip(spans, words, strict=True))
+    return [Segment(start, end, " ".join(words), timed)]
+
+
+def test_a_short_answer_whose_word_runs_into_its_neighbour_makes_both_suspect() -> None:
+    # "you can call me Abbie" skipped in a packed window: its region came back as the next
+    # region's first two words, the second timed 0.8 s past the region, into the next one.
+    regions = [(0.0, 4.0), (4.3, 5.8), (6.1, 12.1)]
+    skipped = [timed_words(0.5, 3.5, "It", "was", "a", "bright", "cold", "day"),
+               timed_words(4.5, 6.6, "In", "being"),
+               timed_words(6.6, 11.6, "comparatively", "modern", "he", "was", "not")]
+    assert straddling(regions, skipped, reach_s=0.6, most_words=3) == {1, 2}
+    assert straddling(regions, skipped, reach_s=0.9, most_words=3) == set()
+    # The sentence before, heard whole, with its last word running on: no suspect.
+    run_on = [timed_words(0.5, 4.7, "It", "was", "a", "bright", "cold", "day"), *skipped[2:]]
+    assert straddling(regions[::2], run_on, reach_s=0.6, most_words=3) == set()
+    # A one-word answer whose word starts long before its region: it and the region before.
+    early = [skipped[0], timed_words(3.5, 5.5, "being"), skipped[2]]
+    assert straddling(regions, early, reach_s=0.6, most_words=3) == {0, 1}

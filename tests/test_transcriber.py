@@ -45,7 +45,7 @@ class RawSegment:
     text: str
     avg_logprob: float = -0.2
     no_speech_prob: float = 0.01
-    words: None = None
+    words: list[Any] | None = None
     tokens: tuple[int, ...] = ()
     temperature: float = 0.0
     compression_ratio: float = 1.5
@@ -630,3 +630,87 @@ def test_sentence_windows_are_for_every_language_but_english() -> None:
         transcriber.transcribe(audio, replace(options, language=language))
         windows[language] = len(batched.calls[0])
     assert windows == {"en": 1, "pt": 3}  # 16 s of regions: one window, or one per sentence
+
+
+@dataclass
+class RawWord:
+    start: float
+    end: float
+    word: str
+    probability: float = 0.9
+
+
+def with_words(text: str, start: float, end: float) -> RawSegment:
+    """A segment whose words share its span evenly."""
+    words = text.split()
+    step = (end - start) / len(words)
+    return RawSegment(start, end, text, words=[
+        RawWord(start + i * step, start + (i + 1) * step, f" {w}") for i, w in enumerate(words)])
+
+
+class SkipsFirst(Said):
+    """Said, with words; its first call (the packed first pass) answers `first` instead."""
+
+    def __init__(self, said: dict[float, tuple[str, float, float]],
+                 first: list[RawSegment]) -> None:
+        super().__init__(said)
+        self.first, self.calls = first, 0
+
+    def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
+        self.calls += 1
+        if self.calls == 1:
+            return iter(self.first), Info()
+        heard, info = super().transcribe(audio, **kwargs)
+        return iter([with_words(s.text, s.start, s.end) for s in heard]), info
+
+
+SHORT = "You can call me Abbie."
+AFTER = "In being comparatively modern, he was not an ill-disposed young man."
+SKIP_REGIONS: list[Region] = [(0.0, 4.0), (5.0, 6.5), (8.0, 14.0)]
+
+
+def a_short_sentence_between_two() -> np.ndarray:
+    audio = np.zeros(16 * SAMPLE_RATE_HZ, dtype=np.float32)
+    for level, (start_s, end_s) in zip((0.02, 0.04, 0.03), [(0.5, 3.5), (5.2, 6.3), (8.5, 13.5)],
+                                       strict=True):
+        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
+    return audio
+
+
+REST = AFTER.split(" ", 2)[2]  # without "In being"
+
+
+@pytest.mark.parametrize("fan_out", [False, True])
+@pytest.mark.parametrize("first_answers, heard_again, expected", [
+    pytest.param(("In being", REST), SHORT, (SHORT, AFTER), id="a skipped sentence"),
+    pytest.param(("Yes indeed", AFTER), "Yes in deed", ("Yes indeed", AFTER),
+                 id="one word more: the first answers stay"),
+    pytest.param(("In being", REST), "call me " * 6, ("In being", REST),
+                 id="a loop: the first answers stay"),
+])
+def test_fast_hears_again_a_short_answer_that_runs_into_the_next_region(
+    first_answers: tuple[str, str], heard_again: str, expected: tuple[str, str], fan_out: bool
+) -> None:
+    """In the packed first pass (regions at 0-4, 4.3-5.8 and 6.1-12.1 s) a short sentence
+    came back as the next one's first two words, the second running 0.8 s into that region,
+    and both answers pass the judge. Both regions are decoded again, their pauses kept, and
+    take the new answers only when these hold clearly more words."""
+    short, after = first_answers
+    first = [with_words(GOOD[REGIONS[0]], 0.5, 3.5),
+             RawSegment(4.5, 6.6, short, words=[RawWord(4.5, 5.0, f" {short.split()[0]}"),
+                                                RawWord(5.0, 6.6, f" {short.split()[1]}")]),
+             with_words(after, 6.6, 11.6)]
+    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.04: (heard_again, -0.2, 0.01),
+            0.03: (AFTER, -0.2, 0.01)}
+    transcriber = Transcriber.with_decoders(FakeSequential(), SkipsFirst(said, first))
+    transcriber.find_utterances = lambda audio: list(SKIP_REGIONS)  # type: ignore[method-assign]
+    options = replace(PRESETS["fast"], word_timestamps=True, fan_out=fan_out)
+    audio = a_short_sentence_between_two()
+    segments, _, redone, pending = transcriber.transcribe(audio, options)
+    if fan_out:  # the file's redo pass gets both, with the first answers
+        assert [(p.start_s, p.end_s) for p in pending] == SKIP_REGIONS[1:]
+        assert [" ".join(s.text for s in p.first) for p in pending] == list(first_answers)
+        segments = [*segments, *transcriber.redo(audio, pending, options)[0]]
+    texts = [s.text for s in sorted(segments, key=lambda s: s.start)]
+    assert texts == [GOOD[REGIONS[0]], *expected] and redone == 2
+    assert all(5.0 <= s.start < s.end <= 6.5 for s in segments if s.text == expected[0])

@@ -196,14 +196,16 @@ def copy_wav_slice(source: Path, target: Path, start_s: float, duration_s: float
 
 
 def concat_wav_slices(
-    source: Path, target: Path, spans: list[tuple[float, float]], gap_s: float = 0.0
+    source: Path, target: Path, spans: list[tuple[float, float]],
+    gap_s: float | list[float] = 0.0,
 ) -> list[tuple[float, float]]:
     """Write the (start_s, end_s) spans of a 16 kHz mono s16 WAV one after another, `gap_s` of
-    silence after each; where each span lies in the new file."""
+    silence after each (or the span's own, given a list); where each span lies in the new file."""
     parts, placed, at = [], [], 0
-    gap = bytes(int(gap_s * SAMPLE_RATE_HZ) * BYTES_PER_SAMPLE)
+    gaps = gap_s if isinstance(gap_s, list) else [gap_s] * len(spans)
     with wave.open(str(source), "rb") as wav:
-        for start_s, end_s in spans:
+        for (start_s, end_s), after_s in zip(spans, gaps, strict=True):
+            gap = bytes(int(after_s * SAMPLE_RATE_HZ) * BYTES_PER_SAMPLE)
             wav.setpos(min(wav.getnframes(), int(round(start_s * SAMPLE_RATE_HZ))))
             part = wav.readframes(int(round((end_s - start_s) * SAMPLE_RATE_HZ)))
             length = len(part) // BYTES_PER_SAMPLE

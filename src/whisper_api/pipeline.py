@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 CONVERTED_NAME = "audio_16k.wav"  # the converted audio in a session's download/ folder
 SPACE_FACTOR = 2.0  # the converted WAV and, for long files, its chunk copies
 REDO_GAP_S = 0.5  # silence between the regions of the redo pass's audio
+# ... but suspect neighbours (`Pending.first`) keep their own pause, up to this: with 0.5 s
+# between them, base skipped "you can call me Abbie" there again; with its 2.7 s, not.
+MAX_REDO_GAP_S = 2.0
 
 # Measured per model (tiny.en, base) on long files built from the shared corpus
 # (docs/benchmarks.md): windows filled to ~30 s (the encoder's fixed input); beam 5 costs little
@@ -147,6 +150,18 @@ def _place(owners: list[tuple[int, Pending]], placed: list[tuple[float, float]],
         owner, region = owners[index]
         redone.append((owner, segment.shifted(region.start_s - placed[index][0])))
     return redone
+
+
+def _gaps(owners: list[tuple[int, Pending]], regions: list[tuple[float, float]]) -> list[float]:
+    """The silence after each region in the redo pass's audio: REDO_GAP_S, or the pause the
+    file has there where two suspect regions of one chunk follow each other."""
+    gaps = [REDO_GAP_S] * len(owners)
+    for j in range(len(owners) - 1):
+        (chunk, pending), (next_chunk, after) = owners[j], owners[j + 1]
+        if chunk == next_chunk and pending.first and after.first:
+            pause_s = regions[j + 1][0] - regions[j][1]
+            gaps[j] = min(max(pause_s, REDO_GAP_S), MAX_REDO_GAP_S)
+    return gaps
 
 
 def _put_back(results: list[ChunkResult], redone: Redone) -> list[ChunkResult]:
@@ -321,7 +336,8 @@ class _Redo:
         path = self.session.chunks / f"redo_{number}.wav"
         regions = [(self.spans[k].start_s + p.start_s, self.spans[k].start_s + p.end_s)
                    for k, p in owners]
-        placed = await self.session.run(concat_wav_slices, self.wav, path, regions, REDO_GAP_S)
+        placed = await self.session.run(concat_wav_slices, self.wav, path, regions,
+                                        _gaps(owners, regions))
         pending = tuple(replace(p, start_s=a, end_s=b)
                         for (_, p), (a, b) in zip(owners, placed, strict=True))
         first = self.tasks[0]

@@ -107,6 +107,29 @@ def judge(region: Region, segments: list[Segment], limits: RegionLimits) -> str 
     return None
 
 
+def straddling(regions: list[Region], groups: list[list[Segment]], reach_s: float,
+               most_words: int) -> set[int]:
+    """Regions of at most `most_words` words one of which runs more than `reach_s` past an
+    edge into a neighbour, with that neighbour. In a packed window the decoder can skip a short
+    sentence and time the next region's first words over it ("you can call me Abbie" came back
+    as "In being", the next clip's first words, timed 0.7 s into it): both regions then pass
+    the judge. A long region's last word often runs on into the next one's first, harmlessly."""
+    suspect: set[int] = set()
+    for index, (region, group) in enumerate(zip(regions, groups, strict=True)):
+        words = [w for s in group for w in s.words]
+        if not words or len(words) > most_words:
+            continue
+        if words[-1].end > region[1] + reach_s and index + 1 < len(regions):
+            suspect |= {index, index + 1}
+        if words[0].start < region[0] - reach_s and index > 0:
+            suspect |= {index - 1, index}
+    return suspect
+
+
+def word_count(segments: list[Segment]) -> int:
+    return sum(len(s.text.split()) for s in segments)
+
+
 def heard_words(region: Region, segments: list[Segment]) -> int:
     """How many of the segments' timed words the region holds: those whose middle lies in it.
     A word the aligner put outside the region was heard in a neighbour's speech: tiny.en's

@@ -45,7 +45,9 @@ from whisper_api.regions import (
     fit_to_region,
     judge,
     redo_set,
+    straddling,
     unusable,
+    word_count,
 )
 from whisper_api.transcript import Decoded, DecodeOptions, Pending, Segment, Word
 
@@ -81,6 +83,13 @@ REDO_MIN_TOKENS = 96
 REDO_MAX_CAPPED_TOKENS = 200
 LEAD_S = 1.0
 SPAN_REDO_S = DecodeOptions.redo_window_s  # `fast`'s last try: `accurate`'s redo windows
+# A word of a packed region reaching this far past the pause after it (or before it) makes
+# the region and that neighbour suspect; a redo replaces their answers only when it hears at
+# least MORE_WORDS more words (a skipped sentence; the redo of a sound region often wrote it
+# worse, so it never replaces one on a whim).
+STRADDLE_SLACK_S = 0.3
+STRADDLE_WORDS = 3
+MORE_WORDS = 2
 QUIET_PAUSE_S = 0.3  # between quiet regions packed for their redo, as `fast` packs speech
 ProgressSink = Callable[[float], None]
 T = TypeVar("T")
@@ -139,16 +148,21 @@ class Transcriber:
         # The language found once is reused: a redo never detects it again.
         options = replace(options, language=options.language or language)
         quiet_at = {i for i, r in enumerate(regions) if r in quiet}
-        last = self._repair(audio, regions, groups, redo, options, quiet_at)
+        first = _suspects(regions, groups, redo | quiet_at, options)
+        last = self._repair(audio, regions, groups, redo, options, quiet_at) | first.keys()
         pending: tuple[Pending, ...] = ()
         if options.fan_out:  # the file's redo pass decodes them with every other chunk's
-            pending = tuple(Pending(*regions[i], i in quiet_at) for i in sorted(last))
+            pending = tuple(
+                Pending(*regions[i], i in quiet_at,
+                        tuple(s.shifted(-regions[i][0]) for s in first.get(i, [])))
+                for i in sorted(last))
             for index in last:
                 groups[index] = []
         else:
-            self._last_repair(audio, regions, groups, last, options, quiet_at)
+            self._last_repair(audio, regions, groups, last, options, quiet_at, first)
         report(len(audio) / SAMPLE_RATE_HZ)
-        return _kept(regions, groups, quiet_at, options), language, len(redo), pending
+        kept = _kept(regions, groups, quiet_at, options)
+        return kept, language, len(redo) + len(first), pending
 
     def redo(
         self, audio: np.ndarray, pending: tuple[Pending, ...], options: DecodeOptions,
@@ -160,7 +174,10 @@ class Transcriber:
         regions = [(p.start_s, p.end_s) for p in pending]
         groups: list[list[Segment]] = [[] for _ in regions]
         quiet_at = {i for i, p in enumerate(pending) if p.quiet}
-        self._last_repair(audio, regions, groups, set(range(len(regions))), options, quiet_at)
+        first = {i: [s.shifted(p.start_s) for s in p.first]
+                 for i, p in enumerate(pending) if p.first}
+        self._last_repair(audio, regions, groups, set(range(len(regions))), options, quiet_at,
+                          first)
         (on_progress or _ignore)(len(audio) / SAMPLE_RATE_HZ)
         return _kept(regions, groups, quiet_at, options), options.language or "en", 0, ()
 
@@ -181,7 +198,7 @@ class Transcriber:
 
     def _last_repair(self, audio: np.ndarray, regions: list[Region],
                      groups: list[list[Segment]], last: set[int], options: DecodeOptions,
-                     quiet: set[int]) -> None:
+                     quiet: set[int], first: dict[int, list[Segment]] | None = None) -> None:
         """Quiet regions (no VAD speech), in both presets: decoded again once, their speech
         packed into `window_s` windows of their own (one short window each doubled the redo's
         cost on a FLEURS file; packed with loud speech, a whisper comes back empty: base
@@ -189,7 +206,8 @@ class Transcriber:
         (on music or noise it would run up to six decodes, temperature fallback, to find
         nothing). Spoken regions: `fast` packs them into the quiet ones' batch (windows apart),
         then short windows for those still failing; `accurate` gives them to the sequential
-        decoder one by one."""
+        decoder one by one. Suspect regions (`first`: their first answers) keep them unless
+        the redo heard clearly more words."""
         packed = replace(options, pause_s=QUIET_PAUSE_S, redo_window_s=options.window_s)
         if _packed_redo(options):
             # `fast` packs its spoken regions as the quiet ones: both in one batch, in windows
@@ -197,10 +215,13 @@ class Transcriber:
             # no sequential decoder to fall back on: a spoken region the packed batch drops
             # again (a 3 s sentence, twice) gets one more try in a short window of its own
             # audio, pauses and all.
-            left = self._redo_batched(audio, regions, groups, last, packed,
-                                      frozenset(last & quiet)) - quiet
-            self._redo_batched(audio, regions, groups, left,
-                               replace(options, pause_s=None, redo_window_s=SPAN_REDO_S))
+            first = first or {}
+            left = self._redo_batched(audio, regions, groups, last - first.keys(), packed,
+                                      (frozenset(last & quiet),)) - quiet
+            self._redo_batched(audio, regions, groups, left | first.keys(),
+                               replace(options, pause_s=None, redo_window_s=SPAN_REDO_S),
+                               (frozenset(first),))
+            _keep_unless_more_words(regions, groups, first)
             return
         self._redo_batched(audio, regions, groups, last & quiet, packed)
         alone = sorted(last - quiet)
@@ -284,15 +305,15 @@ class Transcriber:
 
     def _redo_batched(
         self, audio: np.ndarray, regions: list[Region], groups: list[list[Segment]],
-        redo: set[int], options: DecodeOptions, apart: frozenset[int] = frozenset(),
+        redo: set[int], options: DecodeOptions, apart: tuple[frozenset[int], ...] = (),
     ) -> set[int]:
         """Decode the failing regions again in short windows, in batches (beam 5); put their
         answers into `groups` and return the regions that still fail.
 
         Skips come in runs (the decoder stops early and drops the rest of a long window), so
         neighbouring failing regions share a window of at most `redo_window_s`: short windows
-        rarely skip, and each window costs a full 30 s encoder pass. Regions in `apart` share
-        windows only with each other.
+        rarely skip, and each window costs a full 30 s encoder pass. Regions of a set in `apart`
+        share windows only with each other.
         """
         if not redo:
             return redo
@@ -306,27 +327,30 @@ class Transcriber:
 
     def _decode_regions(
         self, audio: np.ndarray, regions: list[Region], chosen: list[int], window_s: float,
-        options: DecodeOptions, report: ProgressSink, apart: frozenset[int] = frozenset(),
+        options: DecodeOptions, report: ProgressSink, apart: tuple[frozenset[int], ...] = (),
     ) -> tuple[list[list[Segment]], str]:
         """The segments of each chosen region (in `audio`'s time) and the language.
 
         Windows are spans of `audio` over runs of neighbouring chosen regions (cut at their
         longest pauses, each starting a little before its first region) or, with
-        `options.pause_s`, the chosen regions' speech alone (`compact`). Chosen regions in
-        `apart` get windows of their own, decoded in the same batches as the others.
+        `options.pause_s`, the chosen regions' speech alone (`compact`). The chosen regions of
+        each set in `apart` get windows of their own, decoded in the same batches as the others.
         """
-        parts = [[i for i in chosen if i not in apart], [i for i in chosen if i in apart]]
+        alone = frozenset().union(*apart)
+        parts = [[i for i in chosen if i not in alone]] + [[i for i in chosen if i in group]
+                                                           for group in apart]
         if options.pause_s is None:
             windows = sorted(w for part in parts for run in _runs(part)
                              for w in pack_windows([regions[i] for i in run], window_s,
                                                    options.window_fill))
             segments, language = self._decode(audio, widen(windows, regions), options, report)
             return assign([regions[i] for i in chosen], segments), language
-        order = parts[0] + parts[1]
+        order = [i for part in parts for i in part]
         picked = [regions[i] for i in order]
         speech, packed = compact(audio, picked, options.pause_s)
-        windows = [w for part in (packed[:len(parts[0])], packed[len(parts[0]):])
-                   for w in pack_windows(part, window_s)]
+        ends = np.cumsum([len(part) for part in parts]).tolist()
+        windows = [w for a, b in zip([0, *ends], ends, strict=False)
+                   for w in pack_windows(packed[a:b], window_s)]
         scale = len(audio) / max(1, len(speech))  # progress in `audio`'s seconds
         segments, language = self._decode(speech, windows, options,
                                           lambda done_s: report(done_s * scale))
@@ -546,6 +570,29 @@ def _runs(indices: list[int]) -> list[list[int]]:
 
 def _ignore(_: float) -> None:
     return None
+
+
+def _keep_unless_more_words(regions: list[Region], groups: list[list[Segment]],
+                            first: dict[int, list[Segment]]) -> None:
+    """Each run of neighbouring suspect regions takes its redo's answers only when they hold
+    MORE_WORDS more words in all (judged per region, a word that had strayed into the
+    neighbour would be written twice) and none of them is `unusable` (a loop has many)."""
+    for run in _runs(sorted(first)):
+        more = sum(word_count(groups[i]) for i in run) >= \
+            sum(word_count(first[i]) for i in run) + MORE_WORDS
+        if not more or any(unusable(regions[i], groups[i], LIMITS) for i in run):
+            for index in run:
+                groups[index] = first[index]
+
+
+def _suspects(regions: list[Region], groups: list[list[Segment]], excluded: set[int],
+              options: DecodeOptions) -> dict[int, list[Segment]]:
+    """`fast`'s regions that passed the judge but whose words run into a packed neighbour
+    (`straddling`), with their first answers."""
+    if not _packed_redo(options) or options.pause_s is None:
+        return {}
+    reach_s = options.pause_s + STRADDLE_SLACK_S
+    return {i: groups[i] for i in straddling(regions, groups, reach_s, STRADDLE_WORDS) - excluded}
 
 
 def _packed_redo(options: DecodeOptions) -> bool:

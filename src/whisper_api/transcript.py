@@ -78,11 +78,14 @@ class DecodeOptions:
 class Pending:
     """A region a fanned-out chunk leaves for its file's redo pass, which decodes every chunk's
     pending regions at once: in full windows, on all lanes. Seconds in the chunk's audio;
-    `quiet`: found by the quiet-speech pass, not by the VAD."""
+    `quiet`: found by the quiet-speech pass, not by the VAD. `first`: the first pass's answer
+    for a region that passed the judge but is suspect (`regions.straddling`), in seconds from
+    the region's start: the redo replaces it only with clearly more words."""
 
     start_s: float
     end_s: float
     quiet: bool = False
+    first: tuple[Segment, ...] = ()
 
 
 # What a worker's transcriber answers for a chunk: segments, the language, how many regions
