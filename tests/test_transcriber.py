@@ -25,7 +25,7 @@ from whisper_api.transcriber import (
     token_cap,
     widen,
 )
-from whisper_api.transcript import DecodeOptions
+from whisper_api.transcript import DecodeOptions, Pending, Segment, Word
 
 REGIONS: list[Region] = [(0.0, 4.0), (5.0, 12.0), (13.0, 16.0)]
 GOOD = {
@@ -710,7 +710,36 @@ def test_fast_hears_again_a_short_answer_that_runs_into_the_next_region(
     if fan_out:  # the file's redo pass gets both, with the first answers
         assert [(p.start_s, p.end_s) for p in pending] == SKIP_REGIONS[1:]
         assert [" ".join(s.text for s in p.first) for p in pending] == list(first_answers)
+        assert [p.joined for p in pending] == [False, True]  # one run of suspect neighbours
+        assert all(w.start >= 0.0 and w.end <= 7.0 for p in pending for s in p.first
+                   for w in s.words)  # seconds from the region's start
         segments = [*segments, *transcriber.redo(audio, pending, options)[0]]
     texts = [s.text for s in sorted(segments, key=lambda s: s.start)]
     assert texts == [GOOD[REGIONS[0]], *expected] and redone == 2
     assert all(5.0 <= s.start < s.end <= 6.5 for s in segments if s.text == expected[0])
+
+
+def timed(text: str, start: float, end: float) -> Segment:
+    raw = with_words(text, start, end)
+    return Segment(start, end, text, tuple(
+        Word(w.start, w.end, w.word, w.probability) for w in raw.words or []))
+
+
+def test_the_redo_pass_judges_each_run_of_suspect_neighbours_on_its_own() -> None:
+    """Two runs from two chunks follow each other in the redo pass: the first gets a skipped
+    sentence back (5 words more), the second's redo loses a word; taken together they would
+    both have been replaced."""
+    audio = np.zeros(15 * SAMPLE_RATE_HZ, dtype=np.float32)
+    runs = [(0.0, 1.5, 0.04), (3.5, 9.5, 0.03), (10.0, 11.5, 0.05), (12.0, 14.0, 0.06)]
+    for start_s, end_s, level in runs:
+        audio[int((start_s + 0.2) * SAMPLE_RATE_HZ):int((end_s - 0.2) * SAMPLE_RATE_HZ)] = level
+    said = {0.04: (SHORT, -0.2, 0.01), 0.03: (AFTER, -0.2, 0.01),
+            0.05: ("Fine.", -0.2, 0.01), 0.06: ("See you all tomorrow.", -0.2, 0.01)}
+    first = ["In being", REST, "Fine, thanks.", "See you all tomorrow."]
+    pending = tuple(
+        Pending(start_s, end_s, first=(timed(text, 0.2, end_s - start_s - 0.2),),
+                joined=index % 2 == 1)
+        for index, ((start_s, end_s, _), text) in enumerate(zip(runs, first, strict=True)))
+    transcriber = Transcriber.with_decoders(FakeSequential(), Said(said))
+    segments, *_ = transcriber.redo(audio, pending, replace(PRESETS["fast"], fan_out=False))
+    assert [s.text for s in segments] == [SHORT, AFTER, "Fine, thanks.", "See you all tomorrow."]

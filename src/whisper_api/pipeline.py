@@ -153,12 +153,11 @@ def _place(owners: list[tuple[int, Pending]], placed: list[tuple[float, float]],
 
 
 def _gaps(owners: list[tuple[int, Pending]], regions: list[tuple[float, float]]) -> list[float]:
-    """The silence after each region in the redo pass's audio: REDO_GAP_S, or the pause the
-    file has there where two suspect regions of one chunk follow each other."""
+    """The silence after each region in the redo pass's audio: REDO_GAP_S, or the file's own
+    pause between two suspect neighbours (`Pending.joined`: one chunk's, in order)."""
     gaps = [REDO_GAP_S] * len(owners)
     for j in range(len(owners) - 1):
-        (chunk, pending), (next_chunk, after) = owners[j], owners[j + 1]
-        if chunk == next_chunk and pending.first and after.first:
+        if owners[j + 1][1].joined:
             pause_s = regions[j + 1][0] - regions[j][1]
             gaps[j] = min(max(pause_s, REDO_GAP_S), MAX_REDO_GAP_S)
     return gaps

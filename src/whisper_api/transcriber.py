@@ -92,6 +92,7 @@ STRADDLE_WORDS = 3
 MORE_WORDS = 2
 QUIET_PAUSE_S = 0.3  # between quiet regions packed for their redo, as `fast` packs speech
 ProgressSink = Callable[[float], None]
+Suspects = dict[int, list[Segment]]  # a run of suspect neighbours: region -> first answer
 T = TypeVar("T")
 
 
@@ -154,12 +155,14 @@ class Transcriber:
         if options.fan_out:  # the file's redo pass decodes them with every other chunk's
             pending = tuple(
                 Pending(*regions[i], i in quiet_at,
-                        tuple(s.shifted(-regions[i][0]) for s in first.get(i, [])))
+                        tuple(s.shifted(-regions[i][0]) for s in first.get(i, [])),
+                        joined=i in first and i - 1 in first)
                 for i in sorted(last))
             for index in last:
                 groups[index] = []
         else:
-            self._last_repair(audio, regions, groups, last, options, quiet_at, first)
+            runs = [{i: first[i] for i in run} for run in _runs(sorted(first))]
+            self._last_repair(audio, regions, groups, last, options, quiet_at, runs)
         report(len(audio) / SAMPLE_RATE_HZ)
         kept = _kept(regions, groups, quiet_at, options)
         return kept, language, len(redo) + len(first), pending
@@ -174,10 +177,8 @@ class Transcriber:
         regions = [(p.start_s, p.end_s) for p in pending]
         groups: list[list[Segment]] = [[] for _ in regions]
         quiet_at = {i for i, p in enumerate(pending) if p.quiet}
-        first = {i: [s.shifted(p.start_s) for s in p.first]
-                 for i, p in enumerate(pending) if p.first}
         self._last_repair(audio, regions, groups, set(range(len(regions))), options, quiet_at,
-                          first)
+                          _suspect_runs(pending))
         (on_progress or _ignore)(len(audio) / SAMPLE_RATE_HZ)
         return _kept(regions, groups, quiet_at, options), options.language or "en", 0, ()
 
@@ -198,7 +199,7 @@ class Transcriber:
 
     def _last_repair(self, audio: np.ndarray, regions: list[Region],
                      groups: list[list[Segment]], last: set[int], options: DecodeOptions,
-                     quiet: set[int], first: dict[int, list[Segment]] | None = None) -> None:
+                     quiet: set[int], suspects: list[Suspects] | None = None) -> None:
         """Quiet regions (no VAD speech), in both presets: decoded again once, their speech
         packed into `window_s` windows of their own (one short window each doubled the redo's
         cost on a FLEURS file; packed with loud speech, a whisper comes back empty: base
@@ -206,8 +207,8 @@ class Transcriber:
         (on music or noise it would run up to six decodes, temperature fallback, to find
         nothing). Spoken regions: `fast` packs them into the quiet ones' batch (windows apart),
         then short windows for those still failing; `accurate` gives them to the sequential
-        decoder one by one. Suspect regions (`first`: their first answers) keep them unless
-        the redo heard clearly more words."""
+        decoder one by one. Each run of suspect neighbours (`suspects`: their first answers)
+        keeps them unless the redo heard clearly more words."""
         packed = replace(options, pause_s=QUIET_PAUSE_S, redo_window_s=options.window_s)
         if _packed_redo(options):
             # `fast` packs its spoken regions as the quiet ones: both in one batch, in windows
@@ -215,13 +216,14 @@ class Transcriber:
             # no sequential decoder to fall back on: a spoken region the packed batch drops
             # again (a 3 s sentence, twice) gets one more try in a short window of its own
             # audio, pauses and all.
-            first = first or {}
-            left = self._redo_batched(audio, regions, groups, last - first.keys(), packed,
+            runs = suspects or []
+            first = {i for run in runs for i in run}
+            left = self._redo_batched(audio, regions, groups, last - first, packed,
                                       (frozenset(last & quiet),)) - quiet
-            self._redo_batched(audio, regions, groups, left | first.keys(),
+            self._redo_batched(audio, regions, groups, left | first,
                                replace(options, pause_s=None, redo_window_s=SPAN_REDO_S),
-                               (frozenset(first),))
-            _keep_unless_more_words(regions, groups, first)
+                               tuple(frozenset(run) for run in runs))
+            _keep_unless_more_words(regions, groups, runs)
             return
         self._redo_batched(audio, regions, groups, last & quiet, packed)
         alone = sorted(last - quiet)
@@ -573,16 +575,31 @@ def _ignore(_: float) -> None:
 
 
 def _keep_unless_more_words(regions: list[Region], groups: list[list[Segment]],
-                            first: dict[int, list[Segment]]) -> None:
-    """Each run of neighbouring suspect regions takes its redo's answers only when they hold
-    MORE_WORDS more words in all (judged per region, a word that had strayed into the
-    neighbour would be written twice) and none of them is `unusable` (a loop has many)."""
-    for run in _runs(sorted(first)):
+                            runs: list[Suspects]) -> None:
+    """Each run of suspect neighbours takes its redo's answers only when they hold MORE_WORDS
+    more words in all (judged per region, a word that had strayed into the neighbour would be
+    written twice) and none of them is `unusable` (a loop has many)."""
+    for run in runs:
         more = sum(word_count(groups[i]) for i in run) >= \
-            sum(word_count(first[i]) for i in run) + MORE_WORDS
+            sum(word_count(answer) for answer in run.values()) + MORE_WORDS
         if not more or any(unusable(regions[i], groups[i], LIMITS) for i in run):
-            for index in run:
-                groups[index] = first[index]
+            for index, answer in run.items():
+                groups[index] = answer
+
+
+def _suspect_runs(pending: tuple[Pending, ...]) -> list[Suspects]:
+    """The redo pass's runs of suspect neighbours (`Pending.joined`: regions of one chunk; two
+    runs can follow each other in the list), their first answers in the redo audio's time."""
+    runs: list[Suspects] = []
+    for index, region in enumerate(pending):
+        if not region.first:
+            continue
+        answer = [s.shifted(region.start_s) for s in region.first]
+        if region.joined and runs and index - 1 in runs[-1]:
+            runs[-1][index] = answer
+        else:
+            runs.append({index: answer})
+    return runs
 
 
 def _suspects(regions: list[Region], groups: list[list[Segment]], excluded: set[int],

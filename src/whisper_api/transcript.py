@@ -80,12 +80,14 @@ class Pending:
     pending regions at once: in full windows, on all lanes. Seconds in the chunk's audio;
     `quiet`: found by the quiet-speech pass, not by the VAD. `first`: the first pass's answer
     for a region that passed the judge but is suspect (`regions.straddling`), in seconds from
-    the region's start: the redo replaces it only with clearly more words."""
+    the region's start: the redo replaces it only with clearly more words. `joined`: a suspect
+    whose region follows the one pending before it, in the same run of suspect neighbours."""
 
     start_s: float
     end_s: float
     quiet: bool = False
     first: tuple[Segment, ...] = ()
+    joined: bool = False
 
 
 # What a worker's transcriber answers for a chunk: segments, the language, how many regions
