@@ -140,3 +140,45 @@ def test_progress_never_goes_backwards_nor_moves_after_the_run() -> None:
 
     asyncio.run(scenario())
     assert [p.audio_done_s for p in seen] == [6.0, 6.0]
+
+
+class RedoEcho:
+    """Answers a redo task with one segment over each of its regions."""
+
+    def __init__(self) -> None:
+        self.redos: list[ChunkTask] = []
+
+    def submit(self, task: ChunkTask, on_progress: object = None) -> Future[ChunkResult]:
+        self.redos.append(task)
+        return answered(ChunkResult(task.task_id, tuple(
+            Segment(p.start_s, p.end_s, f"redone {i}") for i, p in enumerate(task.redo)), "en"))
+
+    def cancel(self, request_id: str) -> int:
+        return 0
+
+
+def test_suspect_neighbours_keep_their_own_pause_in_the_redo_audio(tmp_path: Path) -> None:
+    """0.5 s of silence between the redo pass's regions, but the file's own pause (at most
+    2 s) between two suspect neighbours of one chunk: with 0.5 s, base skipped the short
+    sentence again. Every redone segment still goes back to its chunk, at its time there."""
+    spans = [ChunkSpan(0.0, 20.0), ChunkSpan(20.0, 40.0)]
+    tasks = [ChunkTask(f"r:{i}", "r", f"{i}.wav", s.start_s, 20.0, DecodeOptions(fan_out=True))
+             for i, s in enumerate(spans)]
+    wav = write_silence(tmp_path / "file.wav", 40 * 16000)
+    session = Session("r", tmp_path)
+    session.chunks.mkdir()
+    said = (Segment(0.1, 0.5, "first answer"),)
+    chunks = {0: ChunkResult("r:0", (), "en", pending=(
+                  Pending(2.0, 3.0), Pending(5.0, 6.0, first=said),
+                  Pending(9.0, 10.0, first=said, joined=True))),  # 3 s apart: 2 s kept
+              1: ChunkResult("r:1", (), "en", pending=(
+                  Pending(1.0, 2.0, first=said), Pending(2.8, 3.5, first=said, joined=True)))}
+    executor = RedoEcho()
+    redone = asyncio.run(_Redo(wav, spans, tasks, session).run(
+        executor, chunks, 0))  # type: ignore[arg-type]
+    placed = [x for p in executor.redos[0].redo for x in (p.start_s, p.end_s)]
+    assert placed == pytest.approx([0.0, 1.0, 1.5, 2.5, 4.5, 5.5, 6.0, 7.0, 7.8, 8.5])
+    assert [p.joined for p in executor.redos[0].redo] == [False, False, True, False, True]
+    assert [owner for owner, _ in redone] == [0, 0, 0, 1, 1]
+    assert [x for _, s in redone for x in (s.start, s.end)] == pytest.approx(
+        [2.0, 3.0, 5.0, 6.0, 9.0, 10.0, 1.0, 2.0, 2.8, 3.5])
