@@ -32,7 +32,7 @@ from whisper_api.service import (
     download_media,
     start_service,
 )
-from whisper_api.sessions import SessionManager
+from whisper_api.sessions import SessionManager, write_text_atomically
 from whisper_api.subtitles import SubtitleOptions
 from whisper_api.terminal import BarLogHandler, ProgressBar
 from whisper_api.transcript import Transcript
@@ -156,17 +156,12 @@ def check_writable(output: Path) -> None:
 
 
 def write_atomically(output: Path, text: str) -> None:
-    """UTF-8 whatever the locale, and whole or not at all: a full disk or Ctrl-C while
-    writing leaves the file as it was, not a truncated transcript."""
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.part")  # the umask's mode
+    """Whole or not at all: a full disk or Ctrl-C while writing leaves the file as it was,
+    not a truncated transcript."""
     try:
-        with temporary.open("w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temporary, output)
+        write_text_atomically(output, text)
     except OSError as exc:
         raise InvalidRequestError(f"cannot write {output}: {exc.strerror or exc}") from exc
-    finally:
-        temporary.unlink(missing_ok=True)  # a no-op after the rename
 
 
 def checked_request(settings: Settings, args: argparse.Namespace) -> TranscribeRequest:

@@ -86,9 +86,7 @@ class Session:
         data.update(fields)
         data["size_bytes"] = folder_size(self.root)
         # Whole or not at all: a server killed mid-write left JSON the sweep could not read.
-        partial = path.with_name(".metadata.json.part")
-        partial.write_text(json.dumps(data, indent=2, default=str))
-        partial.replace(path)
+        write_text_atomically(path, json.dumps(data, indent=2, default=str))
 
 
 def new_session_id(client_ip: str = "local") -> str:
@@ -212,6 +210,17 @@ def _pid_exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """`text` in UTF-8 (whatever the locale), whole or not at all: written beside `path` under
+    a name of this process and thread, then renamed over it. Raises OSError."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)  # a no-op after the rename
 
 
 def folder_size(path: Path) -> int:
