@@ -103,10 +103,9 @@ def test_words_stay_inside_their_segment_and_in_order() -> None:
 
 
 def timed_words(start: float, end: float, *words: str) -> list[Segment]:
+    """One segment whose words share start..end evenly."""
     step = (end - start) / len(words)
-    spans = [(start + i * step, start + (i + 1) * step) for i in range(len(words))]
-    timed = tuple(Word(a, b, f" {w}", 0.9) for (a, b), w in zip(spans, words, strict=True))
-    return [Segment(start, end, " ".join(words), timed)]
+    return [timed(*((start + i * step, start + (i + 1) * step, w) for i, w in enumerate(words)))]
 
 
 def test_a_short_answer_whose_word_runs_into_its_neighbour_makes_both_suspect() -> None:

@@ -25,7 +25,7 @@ from whisper_api.transcriber import (
     token_cap,
     widen,
 )
-from whisper_api.transcript import DecodeOptions, Pending, Segment, Word
+from whisper_api.transcript import DecodeOptions, Pending
 
 REGIONS: list[Region] = [(0.0, 4.0), (5.0, 12.0), (13.0, 16.0)]
 GOOD = {
@@ -719,12 +719,6 @@ def test_fast_hears_again_a_short_answer_that_runs_into_the_next_region(
     assert all(5.0 <= s.start < s.end <= 6.5 for s in segments if s.text == expected[0])
 
 
-def timed(text: str, start: float, end: float) -> Segment:
-    raw = with_words(text, start, end)
-    return Segment(start, end, text, tuple(
-        Word(w.start, w.end, w.word, w.probability) for w in raw.words or []))
-
-
 def test_the_redo_pass_judges_each_run_of_suspect_neighbours_on_its_own() -> None:
     """Two runs from two chunks follow each other in the redo pass: the first gets a skipped
     sentence back (5 words more), the second's redo loses a word; taken together they would
@@ -737,8 +731,8 @@ def test_the_redo_pass_judges_each_run_of_suspect_neighbours_on_its_own() -> Non
             0.05: ("Fine.", -0.2, 0.01), 0.06: ("See you all tomorrow.", -0.2, 0.01)}
     first = ["In being", REST, "Fine, thanks.", "See you all tomorrow."]
     pending = tuple(
-        Pending(start_s, end_s, first=(timed(text, 0.2, end_s - start_s - 0.2),),
-                joined=index % 2 == 1)
+        Pending(start_s, end_s, joined=index % 2 == 1, first=(
+            transcriber_module._segment(with_words(text, 0.2, end_s - start_s - 0.2)),))
         for index, ((start_s, end_s, _), text) in enumerate(zip(runs, first, strict=True)))
     transcriber = Transcriber.with_decoders(FakeSequential(), Said(said))
     segments, *_ = transcriber.redo(audio, pending, replace(PRESETS["fast"], fan_out=False))
