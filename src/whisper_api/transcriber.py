@@ -350,9 +350,10 @@ class Transcriber:
         order = [i for part in parts for i in part]
         picked = [regions[i] for i in order]
         speech, packed = compact(audio, picked, options.pause_s)
-        ends = np.cumsum([len(part) for part in parts]).tolist()
-        windows = [w for a, b in zip([0, *ends], ends, strict=False)
-                   for w in pack_windows(packed[a:b], window_s)]
+        windows, at = [], 0
+        for part in parts:  # `packed` holds each part's regions in turn
+            windows += pack_windows(packed[at:at + len(part)], window_s)
+            at += len(part)
         scale = len(audio) / max(1, len(speech))  # progress in `audio`'s seconds
         segments, language = self._decode(speech, windows, options,
                                           lambda done_s: report(done_s * scale))
