@@ -115,11 +115,13 @@ def test_a_short_answer_whose_word_runs_into_its_neighbour_makes_both_suspect() 
     skipped = [timed_words(0.5, 3.5, "It", "was", "a", "bright", "cold", "day"),
                timed_words(4.5, 6.6, "In", "being"),
                timed_words(6.6, 11.6, "comparatively", "modern", "he", "was", "not")]
-    assert straddling(regions, skipped, reach_s=0.6, most_words=3) == {1, 2}
-    assert straddling(regions, skipped, reach_s=0.9, most_words=3) == set()
+    assert straddling(regions, skipped, late_s=0.6, early_s=1.0, most_words=3) == {1, 2}
+    assert straddling(regions, skipped, late_s=0.9, early_s=1.0, most_words=3) == set()
     # The sentence before, heard whole, with its last word running on: no suspect.
     run_on = [timed_words(0.5, 4.7, "It", "was", "a", "bright", "cold", "day"), *skipped[2:]]
-    assert straddling(regions[::2], run_on, reach_s=0.6, most_words=3) == set()
+    assert straddling(regions[::2], run_on, late_s=0.6, early_s=1.0, most_words=3) == set()
     # A one-word answer whose word starts long before its region: it and the region before.
-    early = [skipped[0], timed_words(3.5, 5.5, "being"), skipped[2]]
-    assert straddling(regions, early, reach_s=0.6, most_words=3) == {0, 1}
+    early = [skipped[0], timed_words(3.2, 5.5, "being"), skipped[2]]
+    assert straddling(regions, early, late_s=0.6, early_s=1.0, most_words=3) == {0, 1}
+    # One that starts early by no more than the silence before it: no suspect.
+    assert straddling(regions, early, late_s=0.6, early_s=1.2, most_words=3) == set()

@@ -107,21 +107,23 @@ def judge(region: Region, segments: list[Segment], limits: RegionLimits) -> str 
     return None
 
 
-def straddling(regions: list[Region], groups: list[list[Segment]], reach_s: float,
-               most_words: int) -> set[int]:
-    """Regions of at most `most_words` words one of which runs more than `reach_s` past an
-    edge into a neighbour, with that neighbour. In a packed window the decoder can skip a short
-    sentence and time the next region's first words over it ("you can call me Abbie" came back
-    as "In being", the next clip's first words, timed 0.7 s into it): both regions then pass
-    the judge. A long region's last word often runs on into the next one's first, harmlessly."""
+def straddling(regions: list[Region], groups: list[list[Segment]], late_s: float,
+               early_s: float, most_words: int) -> set[int]:
+    """Regions of at most `most_words` words whose last word ends more than `late_s` past the
+    region's end, or whose first word starts more than `early_s` before its start, with the
+    neighbour on that side. In a packed window the decoder can skip a short sentence and time
+    the next region's first words over it ("you can call me Abbie" came back as "In being", the
+    next clip's first words, timed 0.7 s into it): both regions then pass the judge. A long
+    region's last word often runs on into the next one's first, harmlessly. A first word that
+    starts early has often only taken the silence before it: `early_s` is larger."""
     suspect: set[int] = set()
     for index, (region, group) in enumerate(zip(regions, groups, strict=True)):
         words = [w for s in group for w in s.words]
         if not words or len(words) > most_words:
             continue
-        if words[-1].end > region[1] + reach_s and index + 1 < len(regions):
+        if words[-1].end > region[1] + late_s and index + 1 < len(regions):
             suspect |= {index, index + 1}
-        if words[0].start < region[0] - reach_s and index > 0:
+        if words[0].start < region[0] - early_s and index > 0:
             suspect |= {index - 1, index}
     return suspect
 

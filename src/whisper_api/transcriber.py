@@ -38,6 +38,7 @@ from whisper_api.executors.base import WorkerConfig
 from whisper_api.models import resolve_model
 from whisper_api.quiet import quiet_speech
 from whisper_api.regions import (
+    REGION_PAD_S,
     Region,
     RegionLimits,
     agreed,
@@ -609,8 +610,13 @@ def _suspects(regions: list[Region], groups: list[list[Segment]], excluded: set[
     (`straddling`), with their first answers."""
     if not _packed_redo(options) or options.pause_s is None:
         return {}
-    reach_s = options.pause_s + STRADDLE_SLACK_S
-    return {i: groups[i] for i in straddling(regions, groups, reach_s, STRADDLE_WORDS) - excluded}
+    # A sentence's first word often starts early, over the silence before it: the pause and
+    # both regions' padding. Only past that was it heard in the neighbour's speech ("darlegen."
+    # started 0.7 s early in every German run, and its region's redo wrote the same word).
+    late_s = options.pause_s + STRADDLE_SLACK_S
+    early_s = late_s + REGION_PAD_S
+    found = straddling(regions, groups, late_s, early_s, STRADDLE_WORDS)
+    return {i: groups[i] for i in found - excluded}
 
 
 def _packed_redo(options: DecodeOptions) -> bool:
