@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from whisper_api.config import Settings
-from whisper_api.errors import InvalidAudioError, QueueFullError
+from whisper_api.config import Settings, load_settings
+from whisper_api.errors import ConfigError, InvalidAudioError, QueueFullError
 from whisper_api.jobs import (
     Job,
     JobInput,
@@ -164,6 +164,52 @@ def test_admission_control_and_bounded_concurrency(tmp_path: Path) -> None:
         await runner.stop()
 
     asyncio.run(scenario())
+
+
+def test_one_key_cannot_fill_the_whole_queue(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fake = FakeTranscribe()
+        fake.gate = asyncio.Event()
+        settings = make_settings(tmp_path, max_queued_jobs=3, max_queued_jobs_per_key=2)
+        runner = make_runner(settings, fake, concurrency=1)
+        await runner.start()
+        running = await runner.submit(upload(), JobInput(), "a")
+        await wait_status(runner, running.id, JobStatus.running)
+        for _ in range(2):
+            await runner.submit(upload(), JobInput(), "a")
+        with pytest.raises(QueueFullError, match="MAX_QUEUED_JOBS_PER_KEY"):
+            await runner.submit(upload(), JobInput(), "a")
+        await runner.submit(upload(), JobInput(), "b")  # another key: the last place
+        with pytest.raises(QueueFullError, match=r"\(MAX_QUEUED_JOBS\)"):
+            await runner.submit(upload(), JobInput(), "b")
+        fake.gate.set()
+        await runner.stop()
+
+    asyncio.run(scenario())
+
+
+def test_without_keys_the_whole_queue_is_one_clients(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        fake = FakeTranscribe()
+        fake.gate = asyncio.Event()
+        settings = make_settings(tmp_path, max_queued_jobs=3, max_queued_jobs_per_key=1)
+        runner = make_runner(settings, fake, concurrency=1)
+        await runner.start()
+        running = await runner.submit(upload(), JobInput())
+        await wait_status(runner, running.id, JobStatus.running)
+        for _ in range(3):
+            await runner.submit(upload(), JobInput())
+        assert runner.waiting == 3
+        fake.gate.set()
+        await runner.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_per_key_cap_under_one_stops_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_QUEUED_JOBS_PER_KEY", "0")
+    with pytest.raises(ConfigError, match="MAX_QUEUED_JOBS_PER_KEY"):
+        load_settings()
 
 
 def test_cancel_running_and_queued(tmp_path: Path) -> None:

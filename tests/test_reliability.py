@@ -22,6 +22,7 @@ import time
 import wave
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
@@ -656,7 +657,8 @@ def bearer(key: str) -> dict[str, str]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with run_server(tmp_path_factory.mktemp("reliability"), PARALLEL_WORKERS="1",
                     WHISPER_MODEL="tiny.en", ALLOW_PRIVATE_URLS="true", MAX_UPLOAD_MB="50",
-                    MAX_QUEUED_JOBS="4", DOWNLOAD_TIMEOUT_S="30", **KEYS) as running:
+                    MAX_QUEUED_JOBS="4", MAX_QUEUED_JOBS_PER_KEY="3", DOWNLOAD_TIMEOUT_S="30",
+                    **KEYS) as running:
         yield running
 
 
@@ -823,18 +825,25 @@ def test_job_admission_over_http_is_exact(server: Server) -> None:
                 break
             time.sleep(0.05)
 
-        def submit(index: int) -> httpx.Response:
-            return httpx.post(f"{server.url}/api/v1/jobs", headers=bearer("k1"), timeout=30,
+        def submit(key: str, index: int) -> httpx.Response:
+            return httpx.post(f"{server.url}/api/v1/jobs", headers=bearer(key), timeout=30,
                               json={"url": f"http://127.0.0.1:9/{index}.mp3"})
 
         with ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(submit, range(32)))
+            answers = list(pool.map(partial(submit, "k1"), range(32)))
         statuses = [a.status_code for a in answers]
-        print(f"FIGURE 32 job submissions at once, MAX_QUEUED_JOBS=4: "
-              f"{statuses.count(202)} x 202, {statuses.count(429)} x 429, "
-              f"{sum(s >= 500 for s in statuses)} x 5xx")
+        print(f"FIGURE 32 job submissions at once by one key, MAX_QUEUED_JOBS=4, "
+              f"MAX_QUEUED_JOBS_PER_KEY=3: {statuses.count(202)} x 202, "
+              f"{statuses.count(429)} x 429, {sum(s >= 500 for s in statuses)} x 5xx")
         assert statuses.count(202) + statuses.count(429) == 32
-        assert statuses.count(202) == 4
+        assert statuses.count(202) == 3
+        assert all("MAX_QUEUED_JOBS_PER_KEY" in a.json()["error"]["message"]
+                   for a in answers if a.status_code == 429)
+        # Another key still gets the queue's last place, and then the queue is full.
+        other = [submit("k2", index) for index in range(2)]
+        assert [a.status_code for a in other] == [202, 429]
+        assert "(MAX_QUEUED_JOBS)" in other[1].json()["error"]["message"]
+        answers += other[:1]
         for job_id in [holder, *(a.json()["id"] for a in answers if a.status_code == 202)]:
             httpx.delete(f"{server.url}/api/v1/jobs/{job_id}", headers=bearer("boss"),
                          timeout=30)

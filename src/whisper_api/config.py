@@ -50,10 +50,11 @@ class Settings(BaseSettings):
     database_url: str = ""
     result_ttl_hours: float = 24.0
     max_queued_jobs: int = 16
+    max_queued_jobs_per_key: int = 8
     max_sync_requests: int = 32
 
     @field_validator("parallel_chunk_duration", "audio_limit_single_core", "chunk_timeout_s",
-                     "download_timeout_s", "max_concurrent_downloads")
+                     "download_timeout_s", "max_concurrent_downloads", "max_queued_jobs_per_key")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:

@@ -45,14 +45,14 @@ class AdmissionMiddleware:
 
     def _refusal(self, scope: Scope) -> ASGIApp | None:
         try:
-            authenticate(self.settings, Headers(scope=scope).get("authorization", ""))
+            caller = authenticate(self.settings, Headers(scope=scope).get("authorization", ""))
         except UnauthorizedError as exc:
             return error_body(exc.status_code, exc.code, str(exc), **exc.headers)
         runner = getattr(scope["app"].state, "jobs", None)
-        if (scope["method"] == "POST" and scope["path"] == JOBS_PATH and runner is not None
-                and runner.waiting >= self.settings.max_queued_jobs):
-            return _busy(f"{runner.waiting} jobs are already waiting (MAX_QUEUED_JOBS); "
-                         "try again later", 30)
+        if scope["method"] == "POST" and scope["path"] == JOBS_PATH and runner is not None:
+            no_room = runner.no_room(caller.tenant)
+            if no_room is not None:
+                return _busy(no_room, 30)
         return None
 
     async def _sync_slot(self, scope: Scope, receive: Receive, send: Send) -> None:
