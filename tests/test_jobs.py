@@ -173,22 +173,23 @@ def test_one_key_cannot_fill_the_whole_queue(tmp_path: Path) -> None:
         settings = make_settings(tmp_path, max_queued_jobs=3, max_queued_jobs_per_key=2)
         runner = make_runner(settings, fake, concurrency=1)
         await runner.start()
-        running = await runner.submit(upload(), JobInput(), "a")
+        running = await runner.submit(upload(), JobInput(), "a", capped=True)
         await wait_status(runner, running.id, JobStatus.running)
         for _ in range(2):
-            await runner.submit(upload(), JobInput(), "a")
+            await runner.submit(upload(), JobInput(), "a", capped=True)
         with pytest.raises(QueueFullError, match="MAX_QUEUED_JOBS_PER_KEY"):
-            await runner.submit(upload(), JobInput(), "a")
-        await runner.submit(upload(), JobInput(), "b")  # another key: the last place
+            await runner.submit(upload(), JobInput(), "a", capped=True)
+        await runner.submit(upload(), JobInput(), "b", capped=True)  # another key: the last place
         with pytest.raises(QueueFullError, match=r"\(MAX_QUEUED_JOBS\)"):
-            await runner.submit(upload(), JobInput(), "b")
+            await runner.submit(upload(), JobInput(), "b", capped=True)
         fake.gate.set()
         await runner.stop()
 
     asyncio.run(scenario())
 
 
-def test_without_keys_the_whole_queue_is_one_clients(tmp_path: Path) -> None:
+def test_an_uncapped_client_may_fill_the_whole_queue(tmp_path: Path) -> None:
+    # No API_KEYS, a lone key or the admin: nobody else to leave room for.
     async def scenario() -> None:
         fake = FakeTranscribe()
         fake.gate = asyncio.Event()
@@ -197,8 +198,8 @@ def test_without_keys_the_whole_queue_is_one_clients(tmp_path: Path) -> None:
         await runner.start()
         running = await runner.submit(upload(), JobInput())
         await wait_status(runner, running.id, JobStatus.running)
-        for _ in range(3):
-            await runner.submit(upload(), JobInput())
+        for tenant in (None, "admin", "admin"):
+            await runner.submit(upload(), JobInput(), tenant)
         assert runner.waiting == 3
         fake.gate.set()
         await runner.stop()

@@ -644,6 +644,15 @@ def test_keys_are_compared_as_the_bytes_sent() -> None:
         assert refused.value.status_code == 401
 
 
+def test_only_one_of_several_keys_is_capped_in_the_queue() -> None:
+    several = make_settings(Path("/nonexistent"), api_keys="k1,k2", admin_api_key="boss")
+    assert authenticate(several, "Bearer k1").capped
+    assert not authenticate(several, "Bearer boss").capped
+    lone = make_settings(Path("/nonexistent"), api_keys="k1")
+    assert not authenticate(lone, "Bearer k1").capped
+    assert not authenticate(make_settings(Path("/nonexistent")), "").capped
+
+
 # --- over HTTP: a real server -----------------------------------------------------------------
 
 KEYS = {"API_KEYS": "k1,k2", "ADMIN_API_KEY": "boss"}
@@ -824,6 +833,7 @@ def test_job_admission_over_http_is_exact(server: Server) -> None:
             if slow.open:
                 break
             time.sleep(0.05)
+        assert slow.open  # running, so it holds none of k1's waiting places
 
         def submit(key: str, index: int) -> httpx.Response:
             return httpx.post(f"{server.url}/api/v1/jobs", headers=bearer(key), timeout=30,

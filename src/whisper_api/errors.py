@@ -15,7 +15,7 @@
     ├── MediaTooLargeError (413)  over MAX_UPLOAD_MB or MAX_AUDIO_DURATION_S
     ├── InsufficientStorageError (507) TEMP_DIR / DATA_DIR has too little free space
     ├── ModelNotFoundError (500)  WHISPER_MODEL could not be resolved
-    ├── QueueFullError (429)      MAX_QUEUED_JOBS / MAX_SYNC_REQUESTS reached (with Retry-After)
+    ├── QueueFullError (429)      MAX_QUEUED_JOBS(_PER_KEY) / MAX_SYNC_REQUESTS reached
     ├── SyncTimeoutError (504)    a synchronous request ran past SYNC_TIMEOUT_S
     ├── ShuttingDownError (503)   the server is stopping (Ctrl-C, SIGTERM); retry elsewhere/later
     └── TranscriptionError (500)  a chunk failed even after its retry

@@ -17,7 +17,7 @@ from whisper_api.transcript import Segment, Word
 
 Region = tuple[float, float]
 
-# Padding the VAD adds on each side of a region (speech_pad_ms=200 in the transcriber).
+# Padding the VAD adds to a region, both sides together (speech_pad_ms=200 in the transcriber).
 REGION_PAD_S = 0.4
 MIN_SEGMENT_S = 0.05
 
@@ -115,7 +115,7 @@ def straddling(regions: list[Region], groups: list[list[Segment]], late_s: float
     the next region's first words over it ("you can call me Abbie" came back as "In being", the
     next clip's first words, timed 0.7 s into it): both regions then pass the judge. A long
     region's last word often runs on into the next one's first, harmlessly. A first word that
-    starts early has often only taken the silence before it: `early_s` is larger."""
+    starts early has often only been given the silence before it: `early_s` is larger."""
     suspect: set[int] = set()
     for index, (region, group) in enumerate(zip(regions, groups, strict=True)):
         words = [w for s in group for w in s.words]

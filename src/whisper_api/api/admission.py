@@ -50,7 +50,7 @@ class AdmissionMiddleware:
             return error_body(exc.status_code, exc.code, str(exc), **exc.headers)
         runner = getattr(scope["app"].state, "jobs", None)
         if scope["method"] == "POST" and scope["path"] == JOBS_PATH and runner is not None:
-            no_room = runner.no_room(caller.tenant)
+            no_room = runner.no_room(caller.tenant, caller.capped)
             if no_room is not None:
                 return _busy(no_room, 30)
         return None

@@ -27,11 +27,13 @@ class Caller:
     """Who is asking: `tenant` is a hash of their key (never the key), None without API_KEYS.
 
     With API_KEYS a job belongs to the key that made it; `sees_all` (no keys configured, or
-    ADMIN_API_KEY) lifts that.
+    ADMIN_API_KEY) lifts that. `capped`: one of several API_KEYS, whose waiting jobs
+    MAX_QUEUED_JOBS_PER_KEY bounds (a lone key, or the admin, may use the whole queue).
     """
 
     tenant: str | None = None
     sees_all: bool = True
+    capped: bool = False
 
 
 def tenant_of(key: str) -> str:
@@ -53,7 +55,7 @@ def authenticate(settings: Settings, authorization: str) -> Caller:
             return Caller(tenant_of(admin), sees_all=True)
         for key in keys:
             if secrets.compare_digest(given, key.encode()):
-                return Caller(tenant_of(key), sees_all=False)
+                return Caller(tenant_of(key), sees_all=False, capped=len(keys) > 1)
     raise UnauthorizedError("missing or invalid API key")
 
 

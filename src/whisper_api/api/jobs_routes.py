@@ -56,7 +56,7 @@ async def create_job(request: Request, runner: JobsDep, caller: CallerDep) -> JS
     form = await read_media_form(request, JobBody)
     checked = get_service(request).check(form.request)  # a 400 now, not a failed job later
     job_input = JobInput(checked, form.format, form.subtitles, form.callback_url)
-    job = await runner.submit(form.source, job_input, caller.tenant)
+    job = await runner.submit(form.source, job_input, caller.tenant, caller.capped)
     return JSONResponse({"id": job.id, "status": str(job.status)}, 202,
                         {"Location": f"/api/v1/jobs/{job.id}"})
 

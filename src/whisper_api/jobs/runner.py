@@ -1,10 +1,10 @@
 """The job runner: admission, a bounded number of running jobs, cancel, resume, sweep, callbacks.
 
 Inputs live under DATA_DIR/jobs/{id}/ and records in the store (jobs/store.py), so jobs
-survive a restart. At most MAX_QUEUED_JOBS jobs wait, and MAX_QUEUED_JOBS_PER_KEY of one API
-key (`QueueFullError` beyond that; the check and the admission happen with no await between
-them, so the caps are exact), and as many run at once as there are workers; the rest really
-wait on a semaphore. With API_KEYS each job records
+survive a restart. At most MAX_QUEUED_JOBS jobs wait, and MAX_QUEUED_JOBS_PER_KEY of one of
+several API keys (`QueueFullError` beyond that; the check and the admission happen with no
+await between them, so the caps are exact), and as many run at once as there are workers; the
+rest really wait on a semaphore. With API_KEYS each job records
 its tenant (a hash of the key that made it). A finished job whose record cannot be written (a
 full disk) fails with that reason: served from memory and written as soon as the store takes
 writes again, so it never stays `running`. Shutdown cancels running jobs and puts them back to
@@ -131,22 +131,24 @@ class JobRunner:
     def waiting(self) -> int:
         return sum(1 for j in self._active.values() if j.status == JobStatus.queued)
 
-    def no_room(self, tenant: str | None) -> str | None:
-        """Why a new job of `tenant` cannot wait, or None. With API_KEYS one key may hold only
-        MAX_QUEUED_JOBS_PER_KEY of the queue, so a client submitting in a loop cannot lock every
-        other key out."""
+    def no_room(self, tenant: str | None, capped: bool = False) -> str | None:
+        """Why a new job of `tenant` cannot wait, or None. A `capped` tenant (one of several
+        API keys) may hold only MAX_QUEUED_JOBS_PER_KEY of the queue, so a client submitting in
+        a loop cannot lock the other keys out."""
         if self.waiting >= self.settings.max_queued_jobs:
             return f"{self.waiting} jobs are already waiting (MAX_QUEUED_JOBS); try again later"
+        if not capped:
+            return None
         mine = sum(1 for j in self._active.values()
                    if j.status == JobStatus.queued and j.tenant == tenant)
-        if tenant is not None and mine >= self.settings.max_queued_jobs_per_key:
+        if mine >= self.settings.max_queued_jobs_per_key:
             return (f"{mine} jobs of this API key are already waiting "
                     "(MAX_QUEUED_JOBS_PER_KEY); try again later")
         return None
 
     async def submit(self, source: MediaSource, job_input: JobInput,
-                     tenant: str | None = None) -> Job:
-        job = self._admit(source, job_input, tenant)  # no await before this: the cap is exact
+                     tenant: str | None = None, capped: bool = False) -> Job:
+        job = self._admit(source, job_input, tenant, capped)  # no await before: caps are exact
         try:
             for url in (job_input.callback_url, getattr(source, "url", None)):
                 if url:
@@ -161,11 +163,12 @@ class JobRunner:
         self._enqueue(job)
         return job
 
-    def _admit(self, source: MediaSource, job_input: JobInput, tenant: str | None) -> Job:
+    def _admit(self, source: MediaSource, job_input: JobInput, tenant: str | None,
+               capped: bool) -> Job:
         """Check room and take it in one step; the job counts as waiting from here on."""
         if self._stopping:
             raise QueueFullError("the server is shutting down", retry_after_s=30)
-        no_room = self.no_room(tenant)
+        no_room = self.no_room(tenant, capped)
         if no_room is not None:
             raise QueueFullError(no_room, retry_after_s=30)
         job = Job(uuid.uuid4().hex, job_input, tenant=tenant)
