@@ -207,6 +207,22 @@ def test_an_uncapped_client_may_fill_the_whole_queue(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_another_keys_job_starts_before_the_first_keys_backlog(tmp_path: Path) -> None:
+    async def scenario() -> list[str]:
+        fake = FakeTranscribe()
+        fake.gate = asyncio.Event()
+        runner = make_runner(make_settings(tmp_path), fake, concurrency=1)
+        await runner.start()
+        jobs = [await runner.submit(upload(), JobInput(), tenant) for tenant in "aaab"]
+        await wait_status(runner, jobs[0].id, JobStatus.running)
+        fake.gate.set()
+        done = [await wait_status(runner, job.id, JobStatus.succeeded) for job in jobs]
+        await runner.stop()
+        return [j.tenant or "" for j in sorted(done, key=lambda j: j.started_at or 0.0)]
+
+    assert asyncio.run(scenario()) == ["a", "b", "a", "a"]
+
+
 def test_a_per_key_cap_under_one_stops_startup(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAX_QUEUED_JOBS_PER_KEY", "0")
     with pytest.raises(ConfigError, match="MAX_QUEUED_JOBS_PER_KEY"):

@@ -4,12 +4,13 @@ Inputs live under DATA_DIR/jobs/{id}/ and records in the store (jobs/store.py), 
 survive a restart. At most MAX_QUEUED_JOBS jobs wait, and MAX_QUEUED_JOBS_PER_KEY of one of
 several API keys (`QueueFullError` beyond that; the check and the admission happen with no
 await between them, so the caps are exact), and as many run at once as there are workers; the
-rest really wait on a semaphore. With API_KEYS each job records
-its tenant (a hash of the key that made it). A finished job whose record cannot be written (a
-full disk) fails with that reason: served from memory and written as soon as the store takes
-writes again, so it never stays `running`. Shutdown cancels running jobs and puts them back to
-`queued`; startup resumes queued and running jobs whose input is still on disk and fails the
-others with a reason. Finished jobs and their input folders are swept after RESULT_TTL_HOURS.
+rest really wait, and a freed place goes to the key with the fewest jobs running (`FairSlots`).
+With API_KEYS each job records its tenant (a hash of the key that made it). A finished job
+whose record cannot be written (a full disk) fails with that reason: served from memory and
+written as soon as the store takes writes again, so it never stays `running`. Shutdown cancels
+running jobs and puts them back to `queued`; startup resumes queued and running jobs whose
+input is still on disk and fails the others with a reason. Finished jobs and their input
+folders are swept after RESULT_TTL_HOURS.
 """
 
 import asyncio
@@ -32,6 +33,7 @@ from whisper_api.errors import (
     WhisperApiError,
 )
 from whisper_api.jobs.model import Job, JobInput, JobStatus, display_name
+from whisper_api.jobs.slots import FairSlots
 from whisper_api.jobs.store import JobStore
 from whisper_api.pipeline import Progress, TranscribeRequest
 from whisper_api.service import MediaSource, UploadSource, UrlSource, safe_suffix, save_stream
@@ -73,7 +75,7 @@ class JobRunner:
                  concurrency: int, check_url: CheckUrl = lambda _: None) -> None:
         self.settings, self.store = settings, store
         self._transcribe, self._check_url = transcribe, check_url
-        self._slots = asyncio.Semaphore(max(1, concurrency))
+        self._slots = FairSlots(max(1, concurrency))
         self.jobs_dir = settings.data_dir / "jobs"
         self._active: dict[str, Job] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -265,7 +267,7 @@ class JobRunner:
     ) -> tuple[JobStatus, str | None, Transcript | None] | None:
         """How the job ended (status, error, result); None when a shutdown stopped it."""
         try:
-            async with self._slots:
+            async with self._slots.place(job.tenant):
                 await self._start_running(job)
                 transcript = await self._execute(job)
             return JobStatus.succeeded, None, transcript
