@@ -39,6 +39,7 @@ class FakeTranscribe:
     def __init__(self) -> None:
         self.gate: asyncio.Event | None = None
         self.started = 0
+        self.order: list[str] = []  # the jobs' ids, as they started
         self.fail: Exception | None = None
 
     async def __call__(self, source: MediaSource, request: TranscribeRequest, client: str,
@@ -46,6 +47,7 @@ class FakeTranscribe:
                        keep_audio: Path | None = None) -> Transcript:
         self.started += 1
         assert keep_audio is not None and keep_audio.parent.is_dir()
+        self.order.append(keep_audio.parent.name)
         if isinstance(source, UploadSource):
             assert source.stream.read() == b"audio bytes"
         on_progress(Progress("transcribing", 0, 2, 0.0, 2.0))
@@ -214,11 +216,13 @@ def test_another_keys_job_starts_before_the_first_keys_backlog(tmp_path: Path) -
         runner = make_runner(make_settings(tmp_path), fake, concurrency=1)
         await runner.start()
         jobs = [await runner.submit(upload(), JobInput(), tenant) for tenant in "aaab"]
-        await wait_status(runner, jobs[0].id, JobStatus.running)
+        await wait_status(runner, jobs[0].id, JobStatus.running)  # the others wait for its place
         fake.gate.set()
-        done = [await wait_status(runner, job.id, JobStatus.succeeded) for job in jobs]
+        for job in jobs:
+            await wait_status(runner, job.id, JobStatus.succeeded)
         await runner.stop()
-        return [j.tenant or "" for j in sorted(done, key=lambda j: j.started_at or 0.0)]
+        tenant_of = {job.id: job.tenant or "" for job in jobs}
+        return [tenant_of[job_id] for job_id in fake.order]
 
     assert asyncio.run(scenario()) == ["a", "b", "a", "a"]
 

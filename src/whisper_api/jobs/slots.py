@@ -38,10 +38,11 @@ class FairSlots:
         try:
             await entry[1]
         except asyncio.CancelledError:
-            if entry[1].cancelled():
+            if entry[1].done() and not entry[1].cancelled():
+                self.release(tenant)  # the place came as the job was cancelled: pass it on
+            else:
+                entry[1].cancel()
                 self._waiting.remove(entry)
-            else:  # the place came as the job was cancelled: it goes to the next one
-                self.release(tenant)
             raise
 
     def release(self, tenant: str | None) -> None:
