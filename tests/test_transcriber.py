@@ -176,6 +176,7 @@ class Answers(FakeSequential):
                  id="unsure words on 0.5 s of noise"),
     pytest.param((5.0, 12.0), GOOD[REGIONS[1]], -1.2, True,
                  id="an unsure sentence: better than none"),
+    pytest.param((5.0, 6.4), "Review!", -1.05, True, id="an unsure word on 1.4 s: heard"),
 ])
 def test_a_last_answer_worse_than_none_is_dropped(
     middle: Region, answer: str, logprob: float, kept: bool

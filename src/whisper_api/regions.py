@@ -19,6 +19,7 @@ Region = tuple[float, float]
 
 # Padding the VAD adds to a region, both sides together (speech_pad_ms=200 in the transcriber).
 REGION_PAD_S = 0.4
+UNSURE_BLIP_S = 1.0
 MIN_SEGMENT_S = 0.05
 
 
@@ -151,12 +152,15 @@ def spoken(word: str) -> int:
 
 def unusable(region: Region, segments: list[Segment], limits: RegionLimits) -> bool:
     """Whether the decoder's last answer for a region is worse than none: a loop, more words
-    than the region holds or, in a region too short to judge by word rate, words the decoder
-    is unsure of. On 0.5 s of noise tiny.en's sequential fallback wrote "We'll see you next
-    time." at temperature 1.0 (log-probability -1.2), and in some runs 30 words."""
+    than the region holds or, in a region of a blip of speech (under UNSURE_BLIP_S, pads
+    included), words the decoder is unsure of. On 0.5 s of noise tiny.en's sequential fallback
+    wrote "We'll see you next time." at temperature 1.0 (log-probability -1.2), and in some
+    runs 30 words; `fast` wrote "you.", "Oh." and "Okay." on 0.4-0.5 s. Unsure words on 1.2-1.4 s
+    were real: "Review!" (-1.03) and German "2002" (-1.02, both times in the reference), which
+    a limit at 2 s had dropped."""
     verdict = judge(region, segments, limits)
-    short = region[1] - region[0] - REGION_PAD_S < limits.judge_words_from_s
-    return verdict in ("many_words", "compression", "repeats") or (verdict == "logprob" and short)
+    blip = region[1] - region[0] < UNSURE_BLIP_S
+    return verdict in ("many_words", "compression", "repeats") or (verdict == "logprob" and blip)
 
 
 def agreed(region: Region, first: list[Segment], again: list[Segment],
