@@ -168,9 +168,9 @@ def agreed(region: Region, first: list[Segment], again: list[Segment],
     """Whether two decodes of a region, in two windows, wrote the same words and are merely
     unsure of them: a name ("Eurowetz") or a number the model rarely sees. The sequential
     decoder's temperature fallback made such words worse ("U-Rabbitz", "2000 zwei") at up to six
-    decodes each: 3 s of a German file's 11 s of sequential redo. A short region's unsure answer
-    is still dropped at the end (`unusable`), as the sequential decoder's is where it stays
-    unsure."""
+    decodes each: 3 s of a German file's 11 s of sequential redo. An unsure answer on a blip of
+    speech is still dropped at the end (`unusable`), as the sequential decoder's is where it
+    stays unsure."""
     def words(segments: list[Segment]) -> list[str]:
         return bare_words(" ".join(s.text for s in segments).split())
 
