@@ -197,12 +197,13 @@ def copy_wav_slice(source: Path, target: Path, start_s: float, duration_s: float
 
 def concat_wav_slices(
     source: Path, target: Path, spans: list[tuple[float, float]],
-    gap_s: float | list[float] = 0.0,
+    gaps_s: list[float] | None = None,
 ) -> list[tuple[float, float]]:
-    """Write the (start_s, end_s) spans of a 16 kHz mono s16 WAV one after another, `gap_s` of
-    silence after each (or the span's own, given a list); where each span lies in the new file."""
+    """Write the (start_s, end_s) spans of a 16 kHz mono s16 WAV one after another, with the
+    seconds of silence `gaps_s` gives after each (none by default); where each span lies in the
+    new file."""
     parts, placed, at = [], [], 0
-    gaps = gap_s if isinstance(gap_s, list) else [gap_s] * len(spans)
+    gaps = gaps_s if gaps_s is not None else [0.0] * len(spans)
     with wave.open(str(source), "rb") as wav:
         for (start_s, end_s), after_s in zip(spans, gaps, strict=True):
             gap = bytes(int(after_s * SAMPLE_RATE_HZ) * BYTES_PER_SAMPLE)

@@ -137,13 +137,11 @@ class JobRunner:
         """Why a new job of `tenant` cannot wait, or None. A `capped` tenant (one of several
         API keys) may hold only MAX_QUEUED_JOBS_PER_KEY of the queue, so a client submitting in
         a loop cannot lock the other keys out."""
-        if self.waiting >= self.settings.max_queued_jobs:
-            return f"{self.waiting} jobs are already waiting (MAX_QUEUED_JOBS); try again later"
-        if not capped:
-            return None
-        mine = sum(1 for j in self._active.values()
-                   if j.status == JobStatus.queued and j.tenant == tenant)
-        if mine >= self.settings.max_queued_jobs_per_key:
+        queued = [j.tenant for j in self._active.values() if j.status == JobStatus.queued]
+        if len(queued) >= self.settings.max_queued_jobs:
+            return f"{len(queued)} jobs are already waiting (MAX_QUEUED_JOBS); try again later"
+        mine = queued.count(tenant)
+        if capped and mine >= self.settings.max_queued_jobs_per_key:
             return (f"{mine} jobs of this API key are already waiting "
                     "(MAX_QUEUED_JOBS_PER_KEY); try again later")
         return None
