@@ -142,8 +142,8 @@ class JobRunner:
             return f"{len(queued)} jobs are already waiting (MAX_QUEUED_JOBS); try again later"
         mine = queued.count(tenant)
         if capped and mine >= self.settings.max_queued_jobs_per_key:
-            return (f"{mine} jobs of this API key are already waiting "
-                    "(MAX_QUEUED_JOBS_PER_KEY); try again later")
+            return ("this API key already has MAX_QUEUED_JOBS_PER_KEY="
+                    f"{self.settings.max_queued_jobs_per_key} jobs waiting; try again later")
         return None
 
     async def submit(self, source: MediaSource, job_input: JobInput,
