@@ -198,3 +198,67 @@ def test_no_thread_work_starts_in_a_closed_session(manager: SessionManager) -> N
     with pytest.raises(SessionClosedError):
         asyncio.run(session.run(calls.append, 1))
     assert calls == []
+
+
+def test_work_cancelled_before_a_thread_took_it_does_not_hold_up_removal(
+    manager: SessionManager,
+) -> None:
+    """A job cancelled while its next conversion step waited for a free thread: the step never
+    ran, yet stayed counted, so removal waited CLOSE_WAIT_S (60 s) and the page showed
+    "converting" for a minute after Cancel. Work no thread has taken is now uncounted."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    ran: list[str] = []
+
+    async def cancel_queued() -> bool:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
+        gate = threading.Event()
+        busy = asyncio.ensure_future(asyncio.to_thread(gate.wait, 10))  # the one thread
+        session = manager.create()
+        queued = asyncio.ensure_future(session.run(ran.append, "converted"))
+        await asyncio.sleep(0.05)
+        queued.cancel()
+        await asyncio.gather(queued, return_exceptions=True)
+        gate.set()
+        await busy
+        return await asyncio.to_thread(session.close, 2.0)
+
+    assert asyncio.run(cancel_queued())  # nothing left running: no wait at all
+    assert ran == []
+
+
+def test_a_request_cancelled_while_its_folder_is_made_leaves_no_folder(
+    manager: SessionManager, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The thread making the folder runs on after a cancel; the folder used to stay behind
+    until MAX_TEMP_AGE_HOURS."""
+    import asyncio
+    import threading
+
+    gate, making = threading.Event(), threading.Event()
+    create = manager.create
+
+    def slow_create(client_ip: str = "local", **metadata: object) -> Session:
+        making.set()
+        gate.wait(10)
+        return create(client_ip, **metadata)
+
+    monkeypatch.setattr(manager, "create", slow_create)
+
+    async def request() -> None:
+        async with manager.open():
+            raise AssertionError("the request was cancelled before its folder existed")
+
+    async def cancel_while_making() -> None:
+        task = asyncio.create_task(request())
+        await asyncio.to_thread(making.wait, 10)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(task, return_exceptions=True)
+        assert task.cancelled()
+
+    asyncio.run(cancel_while_making())
+    assert not any(manager.temp_dir.iterdir())

@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,11 +44,29 @@ class Session:
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """`work(*args)` in a thread, counted from now (not from when a thread takes it)."""
+        taken = [False]  # set, under `_idle`, by whichever comes first: a thread or a cancel
         with self._idle:
             self._running[0] += 1
-        return await asyncio.to_thread(self._counted, work, *args)
+        try:
+            return await asyncio.to_thread(self._counted, taken, work, *args)
+        except asyncio.CancelledError:
+            self._drop(taken)
+            raise
 
-    def _counted(self, work: Callable[..., T], *args: Any) -> T:
+    def _drop(self, taken: list[bool]) -> None:
+        """Uncount work cancelled before a thread took it: asyncio then cancels the queued
+        call, which never runs to uncount itself, and removal waited CLOSE_WAIT_S for it."""
+        with self._idle:
+            if not taken[0]:
+                taken[0] = True
+                self._running[0] -= 1
+                self._idle.notify_all()
+
+    def _counted(self, taken: list[bool], work: Callable[..., T], *args: Any) -> T:
+        with self._idle:
+            if taken[0]:  # dropped by a cancel, already uncounted
+                raise SessionClosedError(f"session {self.session_id}: work was cancelled")
+            taken[0] = True
         try:
             self.check_open()
             return work(*args)
@@ -144,7 +162,13 @@ class SessionManager:
     async def open(self, client_ip: str = "local", **metadata: object) -> AsyncIterator[Session]:
         """`session()` for the event loop: creating and removing the folder (up to gigabytes of
         chunk files) run in a thread. Removal runs to the end even if the request is cancelled."""
-        session = await asyncio.to_thread(self.create, client_ip, **metadata)
+        creating = asyncio.ensure_future(asyncio.to_thread(self.create, client_ip, **metadata))
+        try:
+            session = await asyncio.shield(creating)
+        except asyncio.CancelledError:  # the thread makes the folder anyway: remove it then
+            with suppress(Exception):
+                await asyncio.shield(asyncio.to_thread(self.remove, await creating))
+            raise
         try:
             yield session
         finally:
