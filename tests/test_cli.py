@@ -46,7 +46,7 @@ def test_output_file_with_words(jfk: Path, tmp_path: Path) -> None:
     body = json.loads(out.read_text())
     # Normalized: another CPU prints "so," where ours prints "so"; OpenAI's words carry no
     # punctuation anyway.
-    assert [w["word"].lower() for w in body["words"]][:3] == ["and", "so", "my"]
+    assert heard("and so my fellow americans", " ".join(w["word"] for w in body["words"][:6])) == 1
     assert all(w["word"] == w["word"].strip(",.?!") for w in body["words"])
     assert body["words"][-1]["end"] <= body["duration"] + 0.01
 

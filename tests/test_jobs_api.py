@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jiwer
 import pytest
 
 from tests.conftest import DATA, JFK_TEXT, heard, spoken
@@ -131,7 +132,10 @@ def test_several_minute_job_survives_a_killed_worker_and_matches_sync(
     with several_minutes.open("rb") as handle:
         sync = httpx.post(f"{server.url}/api/v1/transcribe", timeout=300,
                           files={"file": (several_minutes.name, handle)}).json()
-    assert result["text"] == sync["text"] and heard(JFK_TEXT, result["text"]) == 8
+    # The same words, nothing lost or doubled by the rerun chunk: a bound, not equality, since
+    # a temperature fallback samples and which regions share a redo follows chunk order.
+    assert jiwer.wer(spoken(sync["text"]), spoken(result["text"])) <= 0.05
+    assert heard(JFK_TEXT, result["text"]) == 8
     assert server.temp_is_empty()
 
 
