@@ -9,7 +9,7 @@ shared/tools/make_long.py (PASSES shuffled passes over the language's clips) goe
 load excluded everywhere, the language never given, as a user sends "auto"):
 - whisper-api's default pipeline (default preset, PARALLEL_WORKERS=auto, conversion included)
   as the service runs it (one chunk below AUDIO_LIMIT_SINGLE_CORE, fanned out above), and with
-  --fan-out once more forced through the fan-out path (60 s chunks);
+  --fan-out once more forced through the fan-out path (60 s chunks); then the `fast` preset;
 - faster-whisper sequential `transcribe` (beam 5) and `BatchedInferencePipeline` (batch 8), with
   as many CTranslate2 threads as cores;
 - the per-clip oracle: each clip alone, beam 5, language detected per clip. A clip that comes
@@ -38,7 +38,7 @@ import jiwer
 from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
 
 from executors import local_pool
-from whisper_api.config import Settings
+from whisper_api.config import Preset, Settings
 from whisper_api.executors import ChunkExecutor
 from whisper_api.models import resolve_model
 from whisper_api.pipeline import Pipeline, TranscribeRequest
@@ -51,6 +51,7 @@ SHARED = next((p / "shared" for p in (ROOT.parent, ROOT.parent.parent) if (p / "
 MODEL = "base"
 OURS, SEQUENTIAL, ORACLE = ("whisper-api default", "faster-whisper sequential (beam 5)",
                             "per-clip oracle (beam 5)")
+FAST, BATCHED = "whisper-api fast", "faster-whisper batched (bs 8)"
 Row = tuple[str, float, str, str]  # label, wall seconds, text, language
 
 
@@ -126,20 +127,20 @@ class Baselines:
 
 
 async def _ours(settings: Settings, executor: ChunkExecutor, workers: int,
-                wav: Path) -> tuple[str, str]:
+                wav: Path, preset: Preset | None) -> tuple[str, str]:
     sessions = SessionManager(settings.temp_dir, 24)
     with sessions.session() as session:
         transcript = await Pipeline(settings, executor, workers).transcribe(
-            wav, session, TranscribeRequest())
+            wav, session, TranscribeRequest(preset=preset))
     return transcript.text, transcript.language
 
 
 def ours(settings: Settings, executor: ChunkExecutor, workers: int, wav: Path,
-         fan_out: bool) -> tuple[str, str]:
+         fan_out: bool, preset: Preset | None = None) -> tuple[str, str]:
     if fan_out:
         settings = settings.model_copy(update={"audio_limit_single_core": 1.0,
                                                "parallel_chunk_duration": 60.0})
-    return asyncio.run(_ours(settings, executor, workers, wav))
+    return asyncio.run(_ours(settings, executor, workers, wav, preset))
 
 
 def print_rows(title: str, rows: list[Row], reference: str, duration_s: float,
@@ -157,6 +158,11 @@ def print_rows(title: str, rows: list[Row], reference: str, duration_s: float,
                                                             (OURS, SEQUENTIAL, ORACLE))
         print(f"goals: WER {ours_wer / max(oracle_wer, 0.1):.2f} x the oracle (<= 1.10), "
               f"wall {ours_s / seq_s:.2f} x sequential (<= 1)")
+    if {FAST, SEQUENTIAL, BATCHED} <= found.keys():
+        (fast_s, fast_wer), (_, seq_wer), (batch_s, _) = (found[k] for k in
+                                                          (FAST, SEQUENTIAL, BATCHED))
+        print(f"fast: WER {fast_wer / max(seq_wer, 0.1):.2f} x sequential (<= 1), "
+              f"wall {fast_s / batch_s:.2f} x batched (<= 1 on files of 10 minutes or more)")
 
 
 def per_language(args: argparse.Namespace, settings: Settings, pool: ChunkExecutor,
@@ -177,8 +183,9 @@ def language_rows(settings: Settings, pool: ChunkExecutor, workers: int, baselin
     return [
         timed(OURS, lambda: ours(settings, pool, workers, wav, False)),
         *forced,
+        timed(FAST, lambda: ours(settings, pool, workers, wav, False, "fast")),
         timed(SEQUENTIAL, lambda: baselines.sequential(wav)),
-        timed("faster-whisper batched (bs 8)", lambda: baselines.batch(wav)),
+        timed(BATCHED, lambda: baselines.batch(wav)),
         baselines.oracle(clips),
     ]
 

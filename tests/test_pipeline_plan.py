@@ -2,6 +2,7 @@
 
 import asyncio
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -116,7 +117,11 @@ def test_presets_are_picked_by_the_model_name_or_its_directory_name(tmp_path: Pa
     assert preset_options(str(tmp_path / "models" / "base"), "accurate") == base
     assert preset_options("tiny.en", "accurate") == PRESETS["accurate"]
     assert preset_options("/models/whisper-small-ct2", "accurate") == PRESETS["accurate"]
-    assert preset_options("base", "fast") == PRESETS["fast"]
+    fast = preset_options("base", "fast")
+    assert fast.for_language("en").pause_s == PRESETS["fast"].pause_s  # English: speech packed
+    spans = fast.for_language("pt")  # elsewhere: `accurate`'s English windows, no sequential
+    assert spans.pause_s is None and spans.sequential_redo is False
+    assert replace(spans, sequential_redo=True, spans_elsewhere=False) == PRESETS["accurate"]
 
 
 def test_progress_never_goes_backwards_nor_moves_after_the_run() -> None:

@@ -62,6 +62,9 @@ class DecodeOptions:
     # Windows of at most this many seconds, each cut at its longest pause (about a sentence),
     # for every language but English, where `window_s` windows do as well in less time.
     sentence_window_s: float | None = None
+    # For every language but English: windows are spans of the audio, pauses kept (`pause_s`
+    # None), with `accurate`'s short redo windows. `base` garbled packed speech elsewhere.
+    spans_elsewhere: bool = False
     model: str = ""
     detect_only: bool = False
     # Other chunks of the same file run on the other workers meanwhile: decode on one lane.
@@ -69,9 +72,14 @@ class DecodeOptions:
 
     def for_language(self, language: str | None) -> "DecodeOptions":
         """The windows for speech in `language` (known by the time a chunk is decoded)."""
-        if self.sentence_window_s is None or language == "en":
+        if language == "en":
             return self
-        return replace(self, window_s=self.sentence_window_s, window_fill=0.0)
+        options = self
+        if self.spans_elsewhere:
+            options = replace(options, pause_s=None, redo_window_s=DecodeOptions.redo_window_s)
+        if self.sentence_window_s is not None:
+            options = replace(options, window_s=self.sentence_window_s, window_fill=0.0)
+        return options
 
 
 @dataclass(frozen=True)
