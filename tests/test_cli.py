@@ -44,8 +44,8 @@ def test_output_file_with_words(jfk: Path, tmp_path: Path) -> None:
     import json
 
     body = json.loads(out.read_text())
-    # Normalized: another CPU prints "so," where ours prints "so"; OpenAI's words carry no
-    # punctuation anyway.
+    # Within a WER bound, not exact words: another CPU prints "so," where ours prints "so".
+    # OpenAI's words carry no punctuation anyway.
     assert heard("and so my fellow americans", " ".join(w["word"] for w in body["words"][:6])) == 1
     assert all(w["word"] == w["word"].strip(",.?!") for w in body["words"])
     assert body["words"][-1]["end"] <= body["duration"] + 0.01
