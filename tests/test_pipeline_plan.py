@@ -12,7 +12,14 @@ from whisper_api.chunking import ChunkSpan
 from whisper_api.config import Settings
 from whisper_api.pipeline import PRESETS, Pipeline, _Redo, preset_options
 from whisper_api.sessions import Session
-from whisper_api.transcript import ChunkResult, ChunkTask, DecodeOptions, Pending, Segment
+from whisper_api.transcript import (
+    ELSEWHERE_REDO_PAUSE_S,
+    ChunkResult,
+    ChunkTask,
+    DecodeOptions,
+    Pending,
+    Segment,
+)
 
 
 def answered(result: ChunkResult) -> Future[ChunkResult]:
@@ -118,10 +125,10 @@ def test_presets_are_picked_by_the_model_name_or_its_directory_name(tmp_path: Pa
     assert preset_options("tiny.en", "accurate") == PRESETS["accurate"]
     assert preset_options("/models/whisper-small-ct2", "accurate") == PRESETS["accurate"]
     fast = preset_options("base", "fast")
-    assert fast.for_language("en").pause_s == PRESETS["fast"].pause_s  # English: speech packed
-    spans = fast.for_language("pt")  # elsewhere: `accurate`'s English windows, no sequential
-    assert spans.pause_s is None and spans.sequential_redo is False
-    assert replace(spans, sequential_redo=True, spans_elsewhere=False) == PRESETS["accurate"]
+    assert fast.for_language("en") == fast  # English: speech packed
+    spans = fast.for_language("pt")  # elsewhere: spans first, the redo packed a second apart
+    assert spans.pause_s is None and spans.redo_pause_s == ELSEWHERE_REDO_PAUSE_S
+    assert replace(spans, pause_s=fast.pause_s, redo_pause_s=fast.redo_pause_s) == fast
 
 
 def test_progress_never_goes_backwards_nor_moves_after_the_run() -> None:

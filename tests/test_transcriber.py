@@ -14,7 +14,7 @@ from tests.conftest import DATA, heard, load_pcm, spoken
 from tests.support.signals import QUIET_ROOM, between_syllables
 from whisper_api import transcriber as transcriber_module
 from whisper_api.models import resolve_model
-from whisper_api.pipeline import PRESETS
+from whisper_api.pipeline import PRESETS, preset_options
 from whisper_api.regions import Region
 from whisper_api.transcriber import (
     LEAD_S,
@@ -25,7 +25,7 @@ from whisper_api.transcriber import (
     token_cap,
     widen,
 )
-from whisper_api.transcript import DecodeOptions, Pending
+from whisper_api.transcript import ELSEWHERE_REDO_PAUSE_S, DecodeOptions, Pending
 
 REGIONS: list[Region] = [(0.0, 4.0), (5.0, 12.0), (13.0, 16.0)]
 GOOD = {
@@ -275,6 +275,32 @@ def test_fast_tries_a_region_its_packed_redo_dropped_again_in_a_window_of_its_ow
     # The last try is the region's own audio on the file's timeline, not packed speech.
     [window] = batched.calls[2]
     assert window["end"] == REGIONS[1][1] and REGIONS[0][1] <= window["start"] <= REGIONS[1][0]
+
+
+class Heard(FakeBatched):
+    """FakeBatched that also records how long each audio it was given is."""
+
+    def __init__(self, answers: dict[Region, tuple[str, float]]) -> None:
+        super().__init__(answers)
+        self.audio_s: list[float] = []
+
+    def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
+        self.audio_s.append(len(audio) / SAMPLE_RATE_HZ)
+        return super().transcribe(audio, **kwargs)
+
+
+def test_base_fast_outside_english_decodes_spans_then_packs_its_redo_a_second_apart() -> None:
+    batched = Heard(answers_with(""))
+    transcriber = Transcriber.with_decoders(FakeSequential(), batched)
+    transcriber.find_utterances = lambda audio: list(REGIONS)  # type: ignore[method-assign]
+    audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
+    options = replace(preset_options("base", "fast"), language="pt")
+    segments, _, redone, _ = transcriber.transcribe(audio, options)
+    # The first pass: the file's own timeline. The redo: the failing region's speech alone,
+    # then its pause (7 s + 1 s).
+    assert batched.audio_s == [17.0, REGIONS[1][1] - REGIONS[1][0] + ELSEWHERE_REDO_PAUSE_S]
+    assert [s.text for s in segments] == [GOOD[REGIONS[0]], BATCHED_AGAIN, GOOD[REGIONS[2]]]
+    assert redone == 1 and segments[1].start >= REGIONS[1][0] and segments[1].end <= REGIONS[1][1]
 
 
 def test_compact_puts_the_regions_speech_back_to_back() -> None:

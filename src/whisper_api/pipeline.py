@@ -41,7 +41,8 @@ MAX_REDO_GAP_S = 2.0
 PRESETS: dict[str, DecodeOptions] = {
     "accurate": DecodeOptions(window_s=29.0, beam_size=5, batch_size=8, batched_redo=True),
     "fast": DecodeOptions(window_s=29.0, beam_size=5, batch_size=8, batched_redo=True,
-                          sequential_redo=False, pause_s=0.3, redo_window_s=29.0),
+                          sequential_redo=False, pause_s=0.3, redo_pause_s=0.3,
+                          redo_window_s=29.0),
 }
 # Models whose measurements chose other settings than PRESETS (matched by model name). `base`
 # `accurate`, in every language but English: windows of at most 20 s, each cut at its longest
@@ -50,9 +51,10 @@ PRESETS: dict[str, DecodeOptions] = {
 # within 1.10 x the per-clip oracle). The redo windows are cut the same way, and quiet regions
 # are packed into 20 s windows for their redo. English keeps 29 s windows: the same WER
 # (10.6 / 10.0 / 10.8 % against 10.8 / 10.3 / 10.5 % on three files) in 25-35 % less time.
-# `base` `fast` elsewhere decodes `accurate`'s English windows (29 s spans, pauses kept), with no
-# sequential decoder: packed speech gave 25.0 % WER on pt seed 7 (sequential: 18.2 %, spans:
-# 17.3 %) and 34-35 % on fr (spans: 30-34 %), in about the same time over the 8 pt/fr/de/es files.
+# `base` `fast` elsewhere decodes `accurate`'s English windows (29 s spans, pauses kept) first:
+# packed speech gave 25.0 % WER on pt seed 7 (sequential: 18.2 %, spans: 17.3 %) and 34-35 % on
+# fr (spans: 30-34 %). Its redo still packs, a second apart: 8-22 % less time than 10 s spans of
+# the audio on eight pt/fr/de/es files, WER summed over nine 166.2 -> 163.0 %.
 MODEL_PRESETS: dict[str, dict[str, DecodeOptions]] = {
     "tiny.en": PRESETS,
     "base": {"accurate": replace(PRESETS["accurate"], sentence_window_s=20.0),

@@ -214,7 +214,8 @@ class Transcriber:
         then short windows for those still failing; `accurate` gives them to the sequential
         decoder one by one. Each run of suspect neighbours (`suspects`: their first answers)
         keeps them unless the redo heard clearly more words."""
-        packed = replace(options, pause_s=QUIET_PAUSE_S, redo_window_s=options.window_s)
+        packed = replace(options, pause_s=options.redo_pause_s or QUIET_PAUSE_S,
+                         redo_window_s=options.window_s)
         if _packed_redo(options):
             # `fast` packs its spoken regions as the quiet ones: both in one batch, in windows
             # of their own (two batches of one or two windows each left a lane idle). It has
@@ -622,7 +623,7 @@ def _suspects(regions: list[Region], groups: list[list[Segment]], excluded: set[
 
 def _packed_redo(options: DecodeOptions) -> bool:
     """`fast`: failing regions are decoded again packed into full windows, in one batch."""
-    return options.batched_redo and options.pause_s is not None
+    return options.batched_redo and options.redo_pause_s is not None
 
 
 def _kept(regions: list[Region], groups: list[list[Segment]], quiet: set[int],
