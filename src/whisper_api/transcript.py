@@ -80,7 +80,8 @@ class DecodeOptions:
     fan_out: bool = False
 
     def for_language(self, language: str | None) -> "DecodeOptions":
-        """The windows for speech in `language` (known by the time a chunk is decoded)."""
+        """The windows, first pass and redo, for speech in `language` (known by the time a
+        chunk is decoded)."""
         if language == "en":
             return self
         options = self
