@@ -1,6 +1,7 @@
 """Shared fixtures: real clips from tests/data and media made from them with the ffmpeg binary."""
 
 import csv
+import os
 import re
 import subprocess
 import wave
@@ -12,6 +13,13 @@ import numpy as np
 import pytest
 
 DATA = Path(__file__).parent / "data"
+
+
+def pytest_configure() -> None:
+    """Keep Ray on loopback: off Windows and macOS it turns 127.0.0.1 into this machine's network
+    address unless told clusters are off, and tests talk only to 127.0.0.1. Ray reads this when
+    imported, so before any test module imports it; its processes inherit it."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 JFK_TEXT = (
     "And so my fellow Americans, ask not what your country can do for you, "
     "ask what you can do for your country."
