@@ -6,6 +6,7 @@ the timeout and the real-model executors fit on two cores at once.
 """
 
 import asyncio
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ from whisper_api.errors import TranscriptionError, WhisperApiError
 from whisper_api.executors import build_executor, worker_config
 from whisper_api.executors.base import ChunkExecutor
 from whisper_api.executors.local import WorkerPool
-from whisper_api.executors.ray_actors import INSTALL_HINT, RayExecutor
+from whisper_api.executors.ray_actors import INSTALL_HINT, PRIVATE_RAY_LOOPBACK, RayExecutor
 from whisper_api.executors.worker import MALLOC_TUNABLES
 from whisper_api.pipeline import Pipeline, TranscribeRequest
 from whisper_api.sessions import SessionManager
@@ -206,6 +207,13 @@ executor.stop()
 """
 
 
+def kill_ray(*markers: str) -> None:
+    """Stop the Ray processes naming a marker and their children: Ray's agents rename
+    themselves, so only the raylet's tree finds them."""
+    named = set().union(*(pids_mentioning(marker) for marker in markers))
+    kill_all(named.union(*(descendants(pid) for pid in named)))
+
+
 def client_server_logs(ray_temp: Path) -> str:
     """The tails of the logs of Ray's client proxy and the servers it started, for a failure."""
     tails = [f"\n--- {log.name}\n{log.read_text(errors='replace')[-2000:]}"
@@ -246,10 +254,8 @@ def drive_fresh_cluster(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str
             capture_output=True, text=True, timeout=240)
         return driver, client_server_logs(Path(ray_temp)) if driver.returncode else ""
     finally:
-        # The client proxy and the servers it starts name the head's address, not the temp dir,
-        # and Ray's agents rename themselves: they are the raylet's children.
-        named = pids_mentioning(ray_temp) | pids_mentioning(f"127.0.0.1:{gcs_port}")
-        kill_all(named.union(*(descendants(pid) for pid in named)))
+        # The client proxy and the servers it starts name the head's address, not the temp dir.
+        kill_ray(ray_temp, f"127.0.0.1:{gcs_port}")
         shutil.rmtree(ray_temp, ignore_errors=True)
 
 
@@ -263,3 +269,41 @@ def test_ray_client_address_works(tmp_path: Path) -> None:
             break
     assert driver.returncode == 0, driver.stderr[-3000:] + logs
     assert driver.stdout.split() == ["client:0", "client:1", "client:2"]
+
+
+PRIVATE_DRIVER = """
+import os
+import sys
+from tests.support.fakes import echo_factory
+from tests.support.chunks import CONFIG
+from tests.support.processes import descendants, listening_ips
+from whisper_api.executors.ray_actors import RayExecutor
+
+executor = RayExecutor(1, CONFIG, factory=echo_factory, num_cpus_per_worker=0.5,
+                       init_options={"num_cpus": 1, "include_dashboard": False,
+                                     "_temp_dir": sys.argv[2]},
+                       runtime_env={"env_vars": {"PYTHONPATH": sys.argv[1]}})
+executor.start()
+executor.wait_ready(timeout_s=120)
+ips = listening_ips(descendants(os.getpid()))
+executor.stop()
+print(" ".join(sorted(map(str, ips))))
+"""
+
+
+def test_a_private_instance_listens_on_loopback_only() -> None:
+    """EXECUTOR=ray without RAY_ADDRESS: no port of the Ray the service starts is on the network.
+
+    In a process of its own without the variable the test session sets (see conftest)."""
+    ray_temp = tempfile.mkdtemp(prefix="rt")
+    env = {key: value for key, value in os.environ.items() if key != PRIVATE_RAY_LOOPBACK}
+    env |= {"PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    try:
+        driver = subprocess.run([sys.executable, "-c", PRIVATE_DRIVER, str(REPO), ray_temp],
+                                env=env, capture_output=True, text=True, timeout=240)
+    finally:
+        kill_ray(ray_temp)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    ips = [ipaddress.ip_address(ip) for ip in driver.stdout.splitlines()[-1].split()]
+    assert ips and all(ip.is_loopback for ip in ips), ips

@@ -1,6 +1,7 @@
 """Polling and process helpers: every wait is bounded in time."""
 
 import contextlib
+import ipaddress
 import os
 import signal
 import time
@@ -63,3 +64,27 @@ def kill_all(pids: set[int], timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s / 2
         while any(alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+def listening_ips(pids: set[int]) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Where these processes' TCP sockets listen: their socket inodes looked up in /proc/net."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):  # gone meanwhile
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+            inodes |= {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
+    ips: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ips.add(_proc_net_ip(fields[1].split(":")[0]))
+    return ips
+
+
+def _proc_net_ip(hex_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """/proc/net writes an address as 32-bit words in the host's (little-endian) byte order;
+    an IPv4 address on an IPv6 socket comes back as IPv4."""
+    raw = bytes.fromhex(hex_ip)
+    ip = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+    return (ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else ip

@@ -43,6 +43,7 @@ from whisper_api.executors.worker import (
 from whisper_api.transcript import ChunkTask
 
 log = logging.getLogger("whisper_api.ray")
+PRIVATE_RAY_LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 INSTALL_HINT = "EXECUTOR=ray needs Ray: pip install 'whisper-api[ray]'"
 PROGRESS_POLL_S = 0.5  # a decoded batch of windows takes seconds: this is smooth enough
 PROGRESS_GROUP = "progress"
@@ -128,6 +129,11 @@ class RayExecutor(Dispatcher):
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        if not self._address:
+            # A private instance serves this process alone, so its ports stay on loopback: on
+            # Linux Ray listens on every interface unless told multi-node clusters are off
+            # (the variable of its Windows and macOS default), read when Ray is imported.
+            os.environ.setdefault(PRIVATE_RAY_LOOPBACK, "0")
         try:
             import ray
         except ImportError as exc:
