@@ -12,6 +12,8 @@ import jiwer
 import numpy as np
 import pytest
 
+from whisper_api.executors.ray_actors import PRIVATE_RAY_LOOPBACK
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -19,7 +21,9 @@ def pytest_configure() -> None:
     """Keep Ray on loopback: off Windows and macOS it turns 127.0.0.1 into this machine's network
     address unless told clusters are off, and tests talk only to 127.0.0.1. Ray reads this when
     imported, so before any test module imports it; its processes inherit it."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault(PRIVATE_RAY_LOOPBACK, "0")
+
+
 JFK_TEXT = (
     "And so my fellow Americans, ask not what your country can do for you, "
     "ask what you can do for your country."

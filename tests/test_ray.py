@@ -6,7 +6,6 @@ the timeout and the real-model executors fit on two cores at once.
 """
 
 import asyncio
-import ipaddress
 import os
 import shutil
 import subprocess
@@ -22,7 +21,13 @@ import pytest
 from tests.conftest import JFK_TEXT, heard, spoken
 from tests.support.chunks import CONFIG, make_task
 from tests.support.fakes import echo_factory
-from tests.support.processes import alive, descendants, kill_all, pids_mentioning
+from tests.support.processes import (
+    alive,
+    descendants,
+    kill_all,
+    listening_ips,
+    pids_mentioning,
+)
 from tests.support.server import free_port
 from whisper_api.config import Settings
 from whisper_api.errors import TranscriptionError, WhisperApiError
@@ -158,16 +163,22 @@ def test_stop_leaves_no_ray_process_behind(fake_ray: RayExecutor, tmp_path: Path
 def test_the_service_on_ray_reports_readiness_progress_and_metrics(
     tmp_path: Path, long_speech: Path
 ) -> None:
-    """`whisper-api serve` with EXECUTOR=ray: the same API, jobs, SSE and metrics as locally."""
+    """`whisper-api serve` with EXECUTOR=ray: the same API, jobs, SSE and metrics as locally,
+    and its private Ray instance listens on loopback alone (without the variable the test
+    session sets, see conftest)."""
     import httpx
 
     from tests.support.server import run_server
     from tests.test_jobs_api import events, submit_ok
     from tests.test_metrics import scrape, value
 
-    with run_server(tmp_path, EXECUTOR="ray", RAY_NUM_CPUS_PER_WORKER="1",
-                    AUDIO_LIMIT_SINGLE_CORE="15", PARALLEL_CHUNK_DURATION="20") as server:
+    with run_server(tmp_path, unset=(PRIVATE_RAY_LOOPBACK,), EXECUTOR="ray",
+                    RAY_NUM_CPUS_PER_WORKER="1", AUDIO_LIMIT_SINGLE_CORE="15",
+                    PARALLEL_CHUNK_DURATION="20") as server:
         assert "PARALLEL MODE ENABLED: 2 workers (Ray actors" in server.log.read_text()
+        ours = descendants(server.process.pid) | {server.process.pid}
+        ips = listening_ips(ours)
+        assert ips and all(ip.is_loopback for ip in ips), ips
         job_id = submit_ok(server, long_speech)
         stream = events(server, job_id)
         assert stream[-1][1]["status"] == "succeeded", stream[-1]
@@ -255,7 +266,7 @@ def drive_fresh_cluster(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str
         return driver, client_server_logs(Path(ray_temp)) if driver.returncode else ""
     finally:
         # The client proxy and the servers it starts name the head's address, not the temp dir.
-        kill_ray(ray_temp, f"127.0.0.1:{gcs_port}")
+        kill_ray(ray_temp, f"127.0.0.1:{gcs_port}\0")  # \0 ends the argument: not :{port}1
         shutil.rmtree(ray_temp, ignore_errors=True)
 
 
@@ -270,40 +281,3 @@ def test_ray_client_address_works(tmp_path: Path) -> None:
     assert driver.returncode == 0, driver.stderr[-3000:] + logs
     assert driver.stdout.split() == ["client:0", "client:1", "client:2"]
 
-
-PRIVATE_DRIVER = """
-import os
-import sys
-from tests.support.fakes import echo_factory
-from tests.support.chunks import CONFIG
-from tests.support.processes import descendants, listening_ips
-from whisper_api.executors.ray_actors import RayExecutor
-
-executor = RayExecutor(1, CONFIG, factory=echo_factory, num_cpus_per_worker=0.5,
-                       init_options={"num_cpus": 1, "include_dashboard": False,
-                                     "_temp_dir": sys.argv[2]},
-                       runtime_env={"env_vars": {"PYTHONPATH": sys.argv[1]}})
-executor.start()
-executor.wait_ready(timeout_s=120)
-ips = listening_ips(descendants(os.getpid()))
-executor.stop()
-print(" ".join(sorted(map(str, ips))))
-"""
-
-
-def test_a_private_instance_listens_on_loopback_only() -> None:
-    """EXECUTOR=ray without RAY_ADDRESS: no port of the Ray the service starts is on the network.
-
-    In a process of its own without the variable the test session sets (see conftest)."""
-    ray_temp = tempfile.mkdtemp(prefix="rt")
-    env = {key: value for key, value in os.environ.items() if key != PRIVATE_RAY_LOOPBACK}
-    env |= {"PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
-    try:
-        driver = subprocess.run([sys.executable, "-c", PRIVATE_DRIVER, str(REPO), ray_temp],
-                                env=env, capture_output=True, text=True, timeout=240)
-    finally:
-        kill_ray(ray_temp)
-        shutil.rmtree(ray_temp, ignore_errors=True)
-    assert driver.returncode == 0, driver.stderr[-3000:]
-    ips = [ipaddress.ip_address(ip) for ip in driver.stdout.splitlines()[-1].split()]
-    assert ips and all(ip.is_loopback for ip in ips), ips

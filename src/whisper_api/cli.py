@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import importlib.util
 import json
 import logging
 import math
@@ -225,10 +226,9 @@ def workers_for(settings: Settings, seconds: float | None) -> int:
 
 
 def _require_ray() -> None:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise ConfigError(INSTALL_HINT) from None
+    # Found, not imported: Ray reads some settings when imported, which the executor sets first.
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(INSTALL_HINT)
 
 
 def serve_command(args: argparse.Namespace) -> int:

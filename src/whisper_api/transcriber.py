@@ -95,7 +95,9 @@ STRADDLE_WORDS = 3
 # back started 1.05 s or more early. A last word running 0.73 s late already can mean a skip.
 STRADDLE_EARLY_S = 0.4
 MORE_WORDS = 2
-QUIET_PAUSE_S = 0.3  # between quiet regions packed for their redo, as `fast` packs speech
+# Between quiet regions packed for their redo, as `fast` packs speech in English (`fast`
+# packs them with its spoken ones, at its own `redo_pause_s`).
+QUIET_PAUSE_S = 0.3
 ProgressSink = Callable[[float], None]
 Suspects = dict[int, list[Segment]]  # a run of suspect neighbours: region -> first answer
 T = TypeVar("T")
@@ -214,7 +216,8 @@ class Transcriber:
         then short windows for those still failing; `accurate` gives them to the sequential
         decoder one by one. Each run of suspect neighbours (`suspects`: their first answers)
         keeps them unless the redo heard clearly more words."""
-        packed = replace(options, pause_s=options.redo_pause_s or QUIET_PAUSE_S,
+        pause_s = QUIET_PAUSE_S if options.redo_pause_s is None else options.redo_pause_s
+        packed = replace(options, pause_s=pause_s,
                          redo_window_s=options.window_s)
         if _packed_redo(options):
             # `fast` packs its spoken regions as the quiet ones: both in one batch, in windows

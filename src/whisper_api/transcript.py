@@ -86,7 +86,8 @@ class DecodeOptions:
             return self
         options = self
         if self.spans_elsewhere:
-            options = replace(options, pause_s=None, redo_pause_s=ELSEWHERE_REDO_PAUSE_S)
+            redo_pause_s = None if self.redo_pause_s is None else ELSEWHERE_REDO_PAUSE_S
+            options = replace(options, pause_s=None, redo_pause_s=redo_pause_s)
         if self.sentence_window_s is not None:
             options = replace(options, window_s=self.sentence_window_s, window_fill=0.0)
         return options

@@ -4,6 +4,7 @@ import contextlib
 import ipaddress
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,21 +71,33 @@ def listening_ips(pids: set[int]) -> set[ipaddress.IPv4Address | ipaddress.IPv6A
     """Where these processes' TCP sockets listen: their socket inodes looked up in /proc/net."""
     inodes = set()
     for pid in pids:
-        with contextlib.suppress(OSError):  # gone meanwhile
-            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
-            inodes |= {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
+        for link in _fd_links(pid):
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:["):-1])
     ips: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):  # tcp6: absent without IPv6
+        for line in (table.read_text().splitlines()[1:] if table.exists() else []):
             fields = line.split()
             if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
                 ips.add(_proc_net_ip(fields[1].split(":")[0]))
     return ips
 
 
+def _fd_links(pid: int) -> list[str]:
+    """What a process's file descriptors point at; one closed meanwhile is skipped."""
+    links = []
+    with contextlib.suppress(OSError):  # the process is gone
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                links.append(os.readlink(fd))
+    return links
+
+
 def _proc_net_ip(hex_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """/proc/net writes an address as 32-bit words in the host's (little-endian) byte order;
-    an IPv4 address on an IPv6 socket comes back as IPv4."""
+    """/proc/net writes an address as 32-bit words in the host's byte order; an IPv4 address on
+    an IPv6 socket comes back as IPv4."""
     raw = bytes.fromhex(hex_ip)
-    ip = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = ipaddress.ip_address(raw)
     return (ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else ip

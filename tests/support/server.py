@@ -31,11 +31,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def run_server(tmp: Path, **env: str) -> Iterator[Server]:
+def run_server(tmp: Path, unset: tuple[str, ...] = (), **env: str) -> Iterator[Server]:
+    """`env` on top of this process's environment, without the variables named in `unset`."""
     port = free_port()
     log = tmp / "server.log"
     environment = {**os.environ, "TEMP_DIR": str(tmp / "temp"), "DATA_DIR": str(tmp / "data"),
                    "PARALLEL_WORKERS": "2", **env}
+    for name in unset:
+        environment.pop(name, None)
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "whisper_api.cli", "serve", "--port", str(port)],

@@ -22,6 +22,7 @@ Ray is an optional dependency (`pip install 'whisper-api[ray]'`); it is imported
 
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -97,6 +98,21 @@ class _Actor(WorkerSlot):
         return self.actor_pid
 
 
+def _keep_private_ray_on_loopback() -> None:
+    """A private instance serves this process alone, so its ports stay on loopback: on Linux Ray
+    listens on every interface unless told multi-node clusters are off (the variable behind its
+    Windows and macOS default), which it reads when imported. Too late once imported: Ray's
+    processes would disagree on this node's address."""
+    if PRIVATE_RAY_LOOPBACK in os.environ:
+        return
+    if "ray" in sys.modules:
+        log.warning("Ray was imported before its private instance started: its ports listen on "
+                    "this machine's address; set %s=0 to keep them on loopback",
+                    PRIVATE_RAY_LOOPBACK)
+        return
+    os.environ[PRIVATE_RAY_LOOPBACK] = "0"
+
+
 class RayExecutor(Dispatcher):
     """`size=None` sizes the pool from the cluster's CPUs (or GPUs) per actor at start."""
 
@@ -129,11 +145,8 @@ class RayExecutor(Dispatcher):
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        if not self._address:
-            # A private instance serves this process alone, so its ports stay on loopback: on
-            # Linux Ray listens on every interface unless told multi-node clusters are off
-            # (the variable of its Windows and macOS default), read when Ray is imported.
-            os.environ.setdefault(PRIVATE_RAY_LOOPBACK, "0")
+        if self._address in ("", "local"):
+            _keep_private_ray_on_loopback()
         try:
             import ray
         except ImportError as exc:
