@@ -217,8 +217,7 @@ class Transcriber:
         decoder one by one. Each run of suspect neighbours (`suspects`: their first answers)
         keeps them unless the redo heard clearly more words."""
         pause_s = QUIET_PAUSE_S if options.redo_pause_s is None else options.redo_pause_s
-        packed = replace(options, pause_s=pause_s,
-                         redo_window_s=options.window_s)
+        packed = replace(options, pause_s=pause_s, redo_window_s=options.window_s)
         if _packed_redo(options):
             # `fast` packs its spoken regions as the quiet ones: both in one batch, in windows
             # of their own (two batches of one or two windows each left a lane idle). It has

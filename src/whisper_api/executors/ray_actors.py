@@ -145,7 +145,10 @@ class RayExecutor(Dispatcher):
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        if self._address in ("", "local"):
+        # An empty address starts a private local instance ("local"), never joins one found
+        # through the RAY_ADDRESS variable by accident.
+        address = self._address or "local"
+        if address == "local":
             _keep_private_ray_on_loopback()
         try:
             import ray
@@ -153,9 +156,6 @@ class RayExecutor(Dispatcher):
             raise WhisperApiError(INSTALL_HINT) from exc
         self._ray = ray
         if not ray.is_initialized():
-            # An empty address starts a private local instance ("local"), never joins one found
-            # through the RAY_ADDRESS variable by accident.
-            address = self._address or "local"
             try:
                 ray.init(address=address, runtime_env=self._runtime_env, **self._init_options)
             except Exception as exc:  # ConnectionError, timeouts, auth: one line, not a traceback
