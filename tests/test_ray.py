@@ -8,6 +8,7 @@ the timeout and the real-model executors fit on two cores at once.
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,12 @@ from whisper_api.errors import TranscriptionError, WhisperApiError
 from whisper_api.executors import build_executor, worker_config
 from whisper_api.executors.base import ChunkExecutor
 from whisper_api.executors.local import WorkerPool
-from whisper_api.executors.ray_actors import INSTALL_HINT, PRIVATE_RAY_LOOPBACK, RayExecutor
+from whisper_api.executors.ray_actors import (
+    INSTALL_HINT,
+    PRIVATE_RAY_LOOPBACK,
+    RayExecutor,
+    _check_answers,
+)
 from whisper_api.executors.worker import MALLOC_TUNABLES
 from whisper_api.pipeline import Pipeline, TranscribeRequest
 from whisper_api.sessions import SessionManager
@@ -96,6 +102,41 @@ def test_serve_without_ray_exits_with_the_install_hint() -> None:
     run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "EXECUTOR": "ray"},
                          capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and INSTALL_HINT in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
+def test_an_address_where_nothing_listens_is_refused_and_one_that_listens_passes(
+    host: str,
+) -> None:
+    family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
+    try:
+        listener = socket.socket(family)
+        listener.bind((host.strip("[]"), 0))
+    except OSError:
+        pytest.skip(f"no {host} on this machine")
+    with listener:
+        port = listener.getsockname()[1]
+        with pytest.raises(WhisperApiError, match="nothing answers"):
+            _check_answers(f"ray://{host}:{port}")  # bound, not listening: refused
+        listener.listen()
+        _check_answers(f"{host}:{port}")
+        _check_answers(f"ray://{host}:{port}")
+    _check_answers("local")
+    _check_answers("auto")
+
+
+def test_serve_with_nothing_at_ray_address_says_so_in_one_line(tmp_path: Path) -> None:
+    """Refused before Ray tries it (Ray would, for minutes), and said as every CLI error is:
+    one line and exit 2, not uvicorn's traceback of the lifespan."""
+    address = f"127.0.0.1:{free_port()}"  # bound and released: nothing listens there
+    environment = {**os.environ, "EXECUTOR": "ray", "RAY_ADDRESS": address,
+                   "TEMP_DIR": str(tmp_path / "temp"), "DATA_DIR": str(tmp_path / "data")}
+    run = subprocess.run(
+        [sys.executable, "-m", "whisper_api.cli", "serve", "--port", str(free_port())],
+        env=environment, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert f"error: cannot join Ray at RAY_ADDRESS='{address}': nothing answers" in run.stderr
+    assert "Traceback" not in run.stderr and "Application startup failed" not in run.stderr
 
 
 def test_long_file_gives_the_same_transcript_as_the_local_pool(

@@ -9,12 +9,12 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import uvicorn
 
@@ -37,6 +37,9 @@ from whisper_api.sessions import SessionManager, write_text_atomically
 from whisper_api.subtitles import SubtitleOptions
 from whisper_api.terminal import BarLogHandler, ProgressBar
 from whisper_api.transcript import Transcript
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 GRACEFUL_STOP_S = 2
 
@@ -248,19 +251,30 @@ def serve_command(args: argparse.Namespace) -> int:
     # uvicorn raises the stop signal again once it has stopped; for a server Ctrl-C is the
     # normal way out (exit 0, as `uvicorn.run` does), not an interruption.
     with contextlib.suppress(KeyboardInterrupt):
-        StoppingServer(config, app.state.stopping).run()
+        StoppingServer(config, app).run()
     return 0
 
 
 class StoppingServer(uvicorn.Server):
-    """uvicorn's server, telling the app first when a stop signal arrives."""
+    """uvicorn's server, telling the app first when a stop signal arrives. A startup that fails
+    with our own error (Ray unreachable) ends as every CLI error does, one line and exit 2, not
+    as uvicorn's traceback of the lifespan and exit 3."""
 
-    def __init__(self, config: uvicorn.Config, stopping: threading.Event) -> None:
+    def __init__(self, config: uvicorn.Config, app: "FastAPI") -> None:
         super().__init__(config)
-        self._stopping = stopping
+        self._app = app
+        logging.getLogger("uvicorn.error").addFilter(lambda _: app.state.startup_error is None)
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            super().run(sockets)
+        except SystemExit:
+            if self._app.state.startup_error is not None:
+                raise self._app.state.startup_error from None
+            raise
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._stopping.set()
+        self._app.state.stopping.set()
         super().handle_exit(sig, frame)
 
 

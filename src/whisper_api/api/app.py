@@ -19,6 +19,7 @@ from whisper_api.api.metrics import RequestMetricsMiddleware, metrics_router
 from whisper_api.api.page import STATIC_DIR, page_router
 from whisper_api.api.routes import health_router, openai_router, seed_router
 from whisper_api.config import Settings
+from whisper_api.errors import WhisperApiError
 from whisper_api.executors import ChunkExecutor
 from whisper_api.metrics import Metrics
 from whisper_api.service import start_service
@@ -33,7 +34,11 @@ def create_app(settings: Settings, executor: ChunkExecutor | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("Starting Whisper Transcription API v%s", __version__)
-        service = await asyncio.to_thread(start_service, settings, executor, metrics)
+        try:
+            service = await asyncio.to_thread(start_service, settings, executor, metrics)
+        except WhisperApiError as exc:  # `serve` says it in one line (see StoppingServer)
+            app.state.startup_error = exc
+            raise
         log.info("Worker pool started successfully (models load in the background)")
         metrics.watch(service.executor)
         app.state.service = service
@@ -50,6 +55,7 @@ def create_app(settings: Settings, executor: ChunkExecutor | None = None) -> Fas
     app = FastAPIOffline(title="whisper-api", version=__version__, lifespan=lifespan,
                          favicon_url="/favicon.ico", static_url="/static/docs")
     app.state.metrics = metrics
+    app.state.startup_error = None
     # Set by `serve` when a stop signal arrives, before uvicorn waits for open requests: long
     # requests and event streams watch it and end themselves (see GRACEFUL_STOP_S in cli.py).
     app.state.stopping = threading.Event()

@@ -22,6 +22,7 @@ Ray is an optional dependency (`pip install 'whisper-api[ray]'`); it is imported
 
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -48,6 +49,9 @@ PRIVATE_RAY_LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 INSTALL_HINT = "EXECUTOR=ray needs Ray: pip install 'whisper-api[ray]'"
 PROGRESS_POLL_S = 0.5  # a decoded batch of windows takes seconds: this is smooth enough
 PROGRESS_GROUP = "progress"
+# Ray keeps trying an address where nothing answers for about fourteen minutes before it gives
+# up; a TCP connection says so in seconds.
+RAY_CONNECT_TIMEOUT_S = 10.0
 
 
 class ChunkWorker:
@@ -156,6 +160,7 @@ class RayExecutor(Dispatcher):
             raise WhisperApiError(INSTALL_HINT) from exc
         self._ray = ray
         if not ray.is_initialized():
+            _check_answers(address)
             try:
                 ray.init(address=address, runtime_env=self._runtime_env, **self._init_options)
             except Exception as exc:  # ConnectionError, timeouts, auth: one line, not a traceback
@@ -338,6 +343,19 @@ class RayExecutor(Dispatcher):
             return max(1, int(resources.get("GPU", 0) // gpus))
         return max(1, int(resources.get("CPU", 1) // max(self._resources["num_cpus"], 0.001)))
 
+
+
+def _check_answers(address: str) -> None:
+    """Refuse a `host:port` or `ray://host:port` address where nothing accepts a connection."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():  # "local", "auto", or a form Ray parses itself
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), RAY_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise WhisperApiError(f"cannot join Ray at RAY_ADDRESS={address!r}: nothing answers "
+                              f"at {host}:{port} ({exc.strerror or exc})") from exc
 
 
 def _describe(error: BaseException) -> str:
