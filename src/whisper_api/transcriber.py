@@ -296,18 +296,18 @@ class Transcriber:
         return best, totals[best] / len(answers)
 
     def speech_windows(self, audio: np.ndarray) -> list[np.ndarray]:
-        """Up to DETECT_WINDOWS windows of speech only, spread over the audio."""
+        """Up to DETECT_WINDOWS windows of speech only, spread over the audio. The VAD hears
+        the whole audio: a one-chunk file's decode needs that pass anyway (`find_utterances`
+        keeps it), and the pipeline's probe for a longer file holds the spread regions alone."""
         window = int(MODEL_WINDOW_S * SAMPLE_RATE_HZ)
         windows: list[np.ndarray] = []
-        regions = spread_regions(len(audio) / SAMPLE_RATE_HZ)
-        for start_s, end_s in regions:
-            # The whole audio when it is one region: the same array the decode will get.
-            region = audio if len(regions) == 1 else \
-                audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)]
-            spans = self.find_utterances(region)
+        utterances = self.find_utterances(audio)
+        for start_s, end_s in spread_regions(len(audio) / SAMPLE_RATE_HZ):
+            spans = [(max(a, start_s), min(b, end_s)) for a, b in utterances
+                     if a < end_s and b > start_s]
             if not spans:
                 continue
-            speech = np.concatenate([region[int(a * SAMPLE_RATE_HZ):int(b * SAMPLE_RATE_HZ)]
+            speech = np.concatenate([audio[int(a * SAMPLE_RATE_HZ):int(b * SAMPLE_RATE_HZ)]
                                      for a, b in spans])
             windows += [speech[i:i + window] for i in range(0, len(speech), window)
                         if len(speech) - i >= MIN_DETECT_SPEECH_S * SAMPLE_RATE_HZ]
