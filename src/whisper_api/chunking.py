@@ -115,8 +115,8 @@ def spread_regions(
 ) -> list[tuple[float, float]]:
     """`count` regions of `length_s` seconds spread evenly over the audio, each centred in its
     share of it; the whole audio as one region when it is not longer than all of them together.
-    Language detection listens to these, so a long intro of music or silence cannot decide it
-    (and runs VAD over 3 minutes at most: VAD costs about 1 s per 90 s of audio on 2 cores).
+    Language detection listens to these, so a long intro of music or silence cannot decide it;
+    for a file fanned out, the pipeline's probe holds just these (3 minutes of audio at most).
     """
     if duration_s <= count * length_s:
         return [(0.0, duration_s)]
