@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,7 @@ from whisper_api.executors.ray_actors import (
     INSTALL_HINT,
     PRIVATE_RAY_LOOPBACK,
     RayExecutor,
-    _check_answers,
+    _wait_until_answers,
 )
 from whisper_api.executors.worker import MALLOC_TUNABLES
 from whisper_api.pipeline import Pipeline, TranscribeRequest
@@ -105,9 +106,7 @@ def test_serve_without_ray_exits_with_the_install_hint() -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
-def test_an_address_where_nothing_listens_is_refused_and_one_that_listens_passes(
-    host: str,
-) -> None:
+def test_an_address_is_awaited_until_it_answers_and_refused_if_it_never_does(host: str) -> None:
     family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
     try:
         listener = socket.socket(family)
@@ -116,13 +115,19 @@ def test_an_address_where_nothing_listens_is_refused_and_one_that_listens_passes
         pytest.skip(f"no {host} on this machine")
     with listener:
         port = listener.getsockname()[1]
-        with pytest.raises(WhisperApiError, match="nothing answers"):
-            _check_answers(f"ray://{host}:{port}")  # bound, not listening: refused
-        listener.listen()
-        _check_answers(f"{host}:{port}")
-        _check_answers(f"ray://{host}:{port}")
-    _check_answers("local")
-    _check_answers("auto")
+        started = time.monotonic()
+        with pytest.raises(WhisperApiError, match="nothing answered"):
+            _wait_until_answers(f"ray://{host}:{port}", 1.0)  # bound, never listening
+        assert time.monotonic() - started < 10
+        head_comes_up = threading.Timer(1.0, listener.listen)  # a head still starting
+        head_comes_up.start()
+        try:
+            _wait_until_answers(f"{host}:{port}", 20.0)
+        finally:
+            head_comes_up.join()
+        _wait_until_answers(f"ray://{host}:{port}", 1.0)
+    _wait_until_answers("local", 0.0)
+    _wait_until_answers("auto", 0.0)
 
 
 def test_serve_with_nothing_at_ray_address_says_so_in_one_line(tmp_path: Path) -> None:
@@ -130,12 +135,14 @@ def test_serve_with_nothing_at_ray_address_says_so_in_one_line(tmp_path: Path) -
     one line and exit 2, not uvicorn's traceback of the lifespan."""
     address = f"127.0.0.1:{free_port()}"  # bound and released: nothing listens there
     environment = {**os.environ, "EXECUTOR": "ray", "RAY_ADDRESS": address,
+                   "RAY_CONNECT_TIMEOUT_S": "2",
                    "TEMP_DIR": str(tmp_path / "temp"), "DATA_DIR": str(tmp_path / "data")}
     run = subprocess.run(
         [sys.executable, "-m", "whisper_api.cli", "serve", "--port", str(free_port())],
         env=environment, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
-    assert f"error: cannot join Ray at RAY_ADDRESS='{address}': nothing answers" in run.stderr
+    assert (f"error: cannot join Ray at RAY_ADDRESS='{address}': nothing answered at "
+            f"{address} within 2 s") in run.stderr
     assert "Traceback" not in run.stderr and "Application startup failed" not in run.stderr
 
 

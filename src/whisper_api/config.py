@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     ray_address: str = ""
     ray_num_cpus_per_worker: float = 1.0
     ray_num_gpus_per_worker: float = 0.0
+    ray_connect_timeout_s: float = 30.0
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_mb: float = 500.0
@@ -54,7 +55,8 @@ class Settings(BaseSettings):
     max_sync_requests: int = 32
 
     @field_validator("parallel_chunk_duration", "audio_limit_single_core", "chunk_timeout_s",
-                     "download_timeout_s", "max_concurrent_downloads", "max_queued_jobs_per_key")
+                     "download_timeout_s", "max_concurrent_downloads", "max_queued_jobs_per_key",
+                     "ray_connect_timeout_s")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:

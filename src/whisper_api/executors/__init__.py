@@ -34,6 +34,7 @@ def build_executor(settings: Settings, workers: int | None = None) -> ChunkExecu
         size, _config(settings, threads), settings.chunk_timeout_s, address=settings.ray_address,
         num_cpus_per_worker=settings.ray_num_cpus_per_worker,
         num_gpus_per_worker=settings.ray_num_gpus_per_worker,
+        connect_timeout_s=settings.ray_connect_timeout_s,
     )
 
 

@@ -49,9 +49,7 @@ PRIVATE_RAY_LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 INSTALL_HINT = "EXECUTOR=ray needs Ray: pip install 'whisper-api[ray]'"
 PROGRESS_POLL_S = 0.5  # a decoded batch of windows takes seconds: this is smooth enough
 PROGRESS_GROUP = "progress"
-# Ray keeps trying an address where nothing answers for about fourteen minutes before it gives
-# up; a TCP connection says so in seconds.
-RAY_CONNECT_TIMEOUT_S = 10.0
+CONNECT_RETRY_S = 0.5
 
 
 class ChunkWorker:
@@ -131,6 +129,7 @@ class RayExecutor(Dispatcher):
         num_gpus_per_worker: float = 0.0,
         init_options: dict[str, Any] | None = None,
         runtime_env: dict[str, Any] | None = None,
+        connect_timeout_s: float = 30.0,
     ) -> None:
         super().__init__(size or 0, chunk_timeout_s)
         self._size, self._config, self._factory = size, config, factory
@@ -138,6 +137,7 @@ class RayExecutor(Dispatcher):
         self._resources = {"num_cpus": num_cpus_per_worker, "num_gpus": num_gpus_per_worker}
         self._init_options = init_options or {}
         self._runtime_env = runtime_env
+        self._connect_timeout_s = connect_timeout_s
         self._ray: Any = None
         self._owns_ray = False
         self._actors: list[_Actor] = []
@@ -160,7 +160,7 @@ class RayExecutor(Dispatcher):
             raise WhisperApiError(INSTALL_HINT) from exc
         self._ray = ray
         if not ray.is_initialized():
-            _check_answers(address)
+            _wait_until_answers(address, self._connect_timeout_s)
             try:
                 ray.init(address=address, runtime_env=self._runtime_env, **self._init_options)
             except Exception as exc:  # ConnectionError, timeouts, auth: one line, not a traceback
@@ -345,17 +345,25 @@ class RayExecutor(Dispatcher):
 
 
 
-def _check_answers(address: str) -> None:
-    """Refuse a `host:port` or `ray://host:port` address where nothing accepts a connection."""
+def _wait_until_answers(address: str, timeout_s: float) -> None:
+    """Wait for a `host:port` or `ray://host:port` address to accept a connection (a head that
+    is still starting), and refuse it once `timeout_s` has passed: Ray itself keeps trying an
+    address where nothing answers for about fourteen minutes before it says so."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():  # "local", "auto", or a form Ray parses itself
         return
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), RAY_CONNECT_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        raise WhisperApiError(f"cannot join Ray at RAY_ADDRESS={address!r}: nothing answers "
-                              f"at {host}:{port} ({exc.strerror or exc})") from exc
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)),
+                                          max(0.1, deadline - time.monotonic())):
+                return
+        except OSError as exc:
+            if time.monotonic() + CONNECT_RETRY_S > deadline:
+                raise WhisperApiError(
+                    f"cannot join Ray at RAY_ADDRESS={address!r}: nothing answered at "
+                    f"{host}:{port} within {timeout_s:g} s ({exc.strerror or exc})") from exc
+        time.sleep(CONNECT_RETRY_S)
 
 
 def _describe(error: BaseException) -> str:
