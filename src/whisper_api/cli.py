@@ -263,15 +263,23 @@ class StoppingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: "FastAPI") -> None:
         super().__init__(config)
         self._app = app
-        logging.getLogger("uvicorn.error").addFilter(lambda _: app.state.startup_error is None)
 
     def run(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn logs the lifespan's traceback on "uvicorn.error"; ours is said in one line.
+        quiet = logging.getLogger("uvicorn.error")
+
+        def unless_failed(_: logging.LogRecord) -> bool:
+            return self._app.state.startup_error is None
+
+        quiet.addFilter(unless_failed)
         try:
             super().run(sockets)
         except SystemExit:
             if self._app.state.startup_error is not None:
                 raise self._app.state.startup_error from None
             raise
+        finally:
+            quiet.removeFilter(unless_failed)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._app.state.stopping.set()

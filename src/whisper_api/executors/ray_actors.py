@@ -49,7 +49,7 @@ PRIVATE_RAY_LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 INSTALL_HINT = "EXECUTOR=ray needs Ray: pip install 'whisper-api[ray]'"
 PROGRESS_POLL_S = 0.5  # a decoded batch of windows takes seconds: this is smooth enough
 PROGRESS_GROUP = "progress"
-CONNECT_RETRY_S = 0.5
+CONNECT_RETRY_S = 0.5  # between tries to reach a Ray address that does not answer yet
 
 
 class ChunkWorker:
