@@ -126,9 +126,13 @@ def test_presets_are_picked_by_the_model_name_or_its_directory_name(tmp_path: Pa
     assert preset_options("/models/whisper-small-ct2", "accurate") == PRESETS["accurate"]
     fast = preset_options("base", "fast")
     assert fast.for_language("en") == fast  # English: speech packed
-    spans = fast.for_language("pt")  # elsewhere: spans first, the redo packed a second apart
+    assert fast.encoder_pad_s is not None and base.encoder_pad_s is None
+    # Elsewhere: sentence windows of the audio first, the redo packed a second apart.
+    spans = fast.for_language("pt")
     assert spans.pause_s is None and spans.redo_pause_s == ELSEWHERE_REDO_PAUSE_S
-    assert replace(spans, pause_s=fast.pause_s, redo_pause_s=fast.redo_pause_s) == fast
+    assert (spans.window_s, spans.window_fill) == (15.0, 0.0)
+    assert replace(spans, pause_s=fast.pause_s, redo_pause_s=fast.redo_pause_s,
+                   window_s=fast.window_s, window_fill=fast.window_fill) == fast
 
 
 def test_progress_never_goes_backwards_nor_moves_after_the_run() -> None:

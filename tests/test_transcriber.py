@@ -21,6 +21,7 @@ from whisper_api.transcriber import (
     SAMPLE_RATE_HZ,
     Transcriber,
     compact,
+    encoder_frames,
     pack_windows,
     token_cap,
     widen,
@@ -764,3 +765,47 @@ def test_the_redo_pass_judges_each_run_of_suspect_neighbours_on_its_own() -> Non
     transcriber = Transcriber.with_decoders(FakeSequential(), Said(said))
     segments, *_ = transcriber.redo(audio, pending, replace(PRESETS["fast"], fan_out=False))
     assert [s.text for s in segments] == [SHORT, AFTER, "Fine, thanks.", "See you all tomorrow."]
+
+
+def test_encoder_input_is_the_longest_window_and_the_pad_in_whole_seconds() -> None:
+    windows: list[Region] = [(0.0, 9.2), (10.0, 21.5), (30.0, 33.0)]
+    assert encoder_frames(windows, 3.0) == 1500  # 11.5 s + 3 s, rounded up
+    assert encoder_frames(windows, None) is None  # Whisper's 30 s
+    assert encoder_frames([(0.0, 29.0)], 3.0) == 3000  # never past the model's input
+
+
+class CountsFrames:
+    """The CTranslate2 model, recording how many frames each encoder call was given."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.frames = model, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def encode(self, features: Any, **kwargs: Any) -> Any:
+        self.frames.append(features.shape[-1])
+        return self.model.encode(features, **kwargs)
+
+
+@pytest.mark.model
+def test_a_window_is_encoded_from_its_own_length_and_the_pad_not_from_30_s(
+    tmp_path: Path
+) -> None:
+    transcriber = Transcriber(resolve_model("tiny.en", tmp_path), "cpu", "int8", 1)
+    counts = CountsFrames(transcriber._model.model)
+    transcriber._model.model = counts
+    audio = load_pcm(DATA / "jfk.flac").astype(np.float32) / 32768  # 11 s, one window
+    texts = []
+    for pad_s in (None, 3.0):
+        options = replace(PRESETS["fast"], language="en", encoder_pad_s=pad_s)
+        segments, _, redone, _ = transcriber.transcribe(audio, options)
+        texts.append(" ".join(s.text for s in segments))
+        assert redone == 0
+    whole = (0.0, len(audio) / SAMPLE_RATE_HZ)  # one window holds at most all of it
+    assert counts.frames[0] == 3000 and 400 <= counts.frames[1] <= encoder_frames([whole], 3.0)
+    said = "ask not what your country can do for you ask what you can do for your country"
+    assert all(heard(said, text) == 1 for text in texts)  # a WER bound, not exact words
+    # The sequential decoder and language detection keep Whisper's 30 s.
+    transcriber._decode_alone(audio, whole, replace(DEFAULTS, language="en"))
+    assert counts.frames[-1] == 3000

@@ -17,15 +17,19 @@ beam 5, temperature fallback, unless the batch wrote the same words, as unsure o
 `fast` preset's windows hold the regions' speech packed without their pauses (`compact`), as
 faster-whisper's batched pipeline packs them. Loud stretches between the VAD's regions (the
 VAD hears no whispered or falsetto speech: `quiet.quiet_speech`) are decoded as regions too,
-and kept only where the decoder is sure of them (`trusted`).
+and kept only where the decoder is sure of them (`trusted`). With `encoder_pad_s` (`fast`), a
+batch of windows is encoded from the longest one's audio and that much silence, not from
+Whisper's 30 s: the encoder is most of the work, and its cost grows faster than its input.
 """
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +59,7 @@ __all__ = ["ModelSet", "Transcriber", "resolve_model"]
 log = logging.getLogger(__name__)
 SAMPLE_RATE_HZ = 16000
 MODEL_WINDOW_S = 30.0  # what the model hears at once (Whisper pads every window to 30 s)
+FRAMES_PER_S = 100  # log-mel frames the encoder takes per second of audio
 DETECT_WINDOWS = 6
 MIN_DETECT_SPEECH_S = 1.0
 SURE_LANGUAGE = 0.9
@@ -113,6 +118,7 @@ class Transcriber:
         from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         resolved = resolve_model(model, cache_dir)
+        _size_encoder_input_by_lane()
         try:
             # `num_workers` lanes share one copy of the weights (CTranslate2 replicas).
             self._model = WhisperModel(resolved, device=device, compute_type=compute_type,
@@ -394,6 +400,13 @@ class Transcriber:
         self, lane: int, audio: np.ndarray, windows: list[Region], options: DecodeOptions,
         report: ProgressSink,
     ) -> tuple[list[Segment], str]:
+        with _encoder_input(encoder_frames(windows, options.encoder_pad_s)):
+            return self._decode_windows(lane, audio, windows, options, report)
+
+    def _decode_windows(
+        self, lane: int, audio: np.ndarray, windows: list[Region], options: DecodeOptions,
+        report: ProgressSink,
+    ) -> tuple[list[Segment], str]:
         raw, info = self._lanes[lane].transcribe(
             audio,
             language=options.language,
@@ -472,6 +485,50 @@ class ModelSet:
             return self._models[name or self._default]
         except KeyError:  # the API checks names first; this guards a stale or foreign task
             raise ModelNotFoundError(f"this worker has no model {name!r}") from None
+
+
+# The encoder input's length while a lane decodes (`encoder_pad_s`), in frames; None: 30 s.
+_ENCODER_INPUT = threading.local()
+_SIZED_BY_LANE = False
+
+
+def _size_encoder_input_by_lane() -> None:
+    """faster-whisper's batched pipeline pads every window's features to 30 s before the
+    encoder, in a module-level `pad_or_trim` it offers no option for; this makes that call pad
+    to the length a lane asks for (`_encoder_input`), and to 30 s everywhere else."""
+    global _SIZED_BY_LANE
+    if _SIZED_BY_LANE:
+        return
+    import faster_whisper.transcribe as batched
+    from faster_whisper.audio import pad_or_trim as to_full
+
+    full = int(MODEL_WINDOW_S * FRAMES_PER_S)
+
+    def pad_or_trim(array: np.ndarray, length: int = full, *, axis: int = -1) -> Any:
+        frames = getattr(_ENCODER_INPUT, "frames", None)
+        return to_full(array, frames if frames and length == full else length, axis=axis)
+
+    batched.pad_or_trim = pad_or_trim
+    _SIZED_BY_LANE = True
+
+
+@contextmanager
+def _encoder_input(frames: int | None) -> Iterator[None]:
+    """This thread's windows are encoded from `frames` frames (None: 30 s)."""
+    _ENCODER_INPUT.frames = frames
+    try:
+        yield
+    finally:
+        _ENCODER_INPUT.frames = None
+
+
+def encoder_frames(windows: list[Region], pad_s: float | None) -> int | None:
+    """How many frames the encoder needs for these windows with `pad_s` of silence after the
+    longest (whole seconds: word alignment reads the window's length rounded up); None: 30 s."""
+    if pad_s is None or not windows:
+        return None
+    longest_s = max(end - start for start, end in windows)
+    return min(int(MODEL_WINDOW_S), math.ceil(longest_s + pad_s)) * FRAMES_PER_S
 
 
 def token_cap(region: Region) -> int | None:
