@@ -39,7 +39,7 @@ MAX_REDO_GAP_S = 2.0
 # `fast` packs speech only (pauses shortened to 0.3 s), as faster-whisper's batched pipeline
 # does, and decodes failing regions again in full windows: ~20 % less time, ~1 point more WER.
 # It encodes each batch of windows from the longest one's audio and 3 s of silence, not from
-# 30 s: its short redo windows cost a third as much (English: 4-14 % less wall, same WER).
+# 30 s: its short redo windows cost a third as much (English: 6-13 % less wall, same WER).
 FAST_PAUSE_S = 0.3  # `fast`'s silence between packed regions, first pass and redo alike
 FAST_ENCODER_PAD_S = 3.0
 PRESETS: dict[str, DecodeOptions] = {
