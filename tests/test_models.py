@@ -4,6 +4,7 @@ import hashlib
 import multiprocessing as mp
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -135,6 +136,30 @@ def test_one_worker_serves_two_models_loaded_from_a_local_path(tmp_path: Path) -
     # Our language table is the one the model itself reports through its public API.
     base = models._models[local]._model  # noqa: SLF001 - the loaded faster-whisper model
     assert set(base.supported_languages) == set(LANGUAGES)
+
+
+def test_detection_glances_at_speech_encoded_from_its_own_length(tmp_path: Path) -> None:
+    """A sure glance is the answer: one encoder pass, far shorter than Whisper's 30 s."""
+    from whisper_api.transcriber import DETECT_PAD_S, Transcriber, encoder_frames
+
+    transcriber = Transcriber(resolve_model("base", tmp_path), "cpu", "int8", 2)
+    model, frames = transcriber._model.model, []  # noqa: SLF001 - the CTranslate2 model
+
+    class Counted:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(model, name)
+
+        def encode(self, features: Any, **kwargs: Any) -> Any:
+            frames.append(features.shape[-1])
+            return model.encode(features, **kwargs)
+
+    transcriber._model.model = Counted()  # noqa: SLF001
+    speech = load_pcm(DATA / "fleurs_es_007.ogg").astype(np.float32) / 32768.0  # 10 s
+    language, probability = transcriber.detect_language(speech)
+    assert language == "es" and probability >= 0.9  # sure, so the glance was enough
+    # One pass over the clip's speech (the VAD's, so at most the clip) and the pad.
+    assert len(frames) == 1
+    assert frames[0] <= encoder_frames([(0.0, len(speech) / 16000)], DETECT_PAD_S) < 3000
 
 
 def test_detection_hears_speech_after_a_long_intro(tmp_path: Path) -> None:

@@ -586,13 +586,15 @@ class Detector:
         return ranked[0][0], ranked[0][1], ranked
 
 
+# A glance at both ends (2 windows heard); unless both are sure of one language, every window
+# is heard again in full (2 + 6).
 @pytest.mark.parametrize(("rankings", "heard", "expected"), [
     ([[("pt", 0.97)]] * 6, 2, ("pt", 0.97)),  # first and last sure of one language: enough
-    ([[("es", 0.95), ("pt", 0.05)]] + [[("pt", 0.95), ("es", 0.05)]] * 5, 6, ("pt", 0.8)),
-    ([[("pt", 0.6), ("es", 0.4)]] * 6, 6, ("pt", 0.6)),  # unsure: every window is heard
-    ([[("pt", 0.97)]] * 5 + [[("pt", 0.85), ("es", 0.15)]], 6, ("pt", 0.95)),  # one end unsure
+    ([[("es", 0.95), ("pt", 0.05)]] + [[("pt", 0.95), ("es", 0.05)]] * 5, 8, ("pt", 0.8)),
+    ([[("pt", 0.6), ("es", 0.4)]] * 6, 8, ("pt", 0.6)),  # unsure: every window is heard
+    ([[("pt", 0.97)]] * 5 + [[("pt", 0.85), ("es", 0.15)]], 8, ("pt", 0.95)),  # one end unsure
     ([[("pt", 0.9)]] * 6, 2, ("pt", 0.9)),  # 90 % is sure
-    ([[("pt", 0.6), ("es", 0.4)]], 1, ("pt", 0.6)),  # a short file: one window
+    ([[("pt", 0.6), ("es", 0.4)]], 2, ("pt", 0.6)),  # a short file: one window, twice
 ])
 def test_language_detection_stops_early_only_where_the_ends_agree_and_are_sure(
     monkeypatch: pytest.MonkeyPatch, rankings: list[list[tuple[str, float]]], heard: int,
@@ -806,6 +808,6 @@ def test_a_window_is_encoded_from_its_own_length_and_the_pad_not_from_30_s(
     assert counts.frames[0] == 3000 and 400 <= counts.frames[1] <= encoder_frames([whole], 3.0)
     said = "ask not what your country can do for you ask what you can do for your country"
     assert all(heard(said, text) == 1 for text in texts)  # a WER bound, not exact words
-    # The sequential decoder and language detection keep Whisper's 30 s.
+    # The sequential decoder keeps Whisper's 30 s.
     transcriber._decode_alone(audio, whole, replace(DEFAULTS, language="en"))
     assert counts.frames[-1] == 3000
