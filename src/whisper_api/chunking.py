@@ -9,21 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from whisper_api.audio import SAMPLE_RATE_HZ, iter_wav_blocks
 
 FRAME_S = 0.02
 MIN_PAUSE_S = 0.2  # a quiet run this long is a pause between words, not a stop consonant
 _FRAME = int(FRAME_S * SAMPLE_RATE_HZ)
-PAUSE_DB = 35.0  # a pause is at least this far under the file's loud speech...
-# ...and at most this far over the noise floor around it. The gaps between whispered words
-# reach 40-50 dB under loud speech, as deep as a pause, but stay 10-20 dB over the room's
-# noise: cut there, a whispered sentence came back in two garbled halves (base, `fast`).
-FLOOR_RISE_DB = 10.0
-FLOOR_BLOCK_S = 1.0  # the floor: the quietest 10 % of the heard frames of a 1 s block...
-FLOOR_REACH_S = 5.0  # ...the lowest such block this close
-SILENT_DB = -90.0  # at or below: digital silence (16-bit audio's own floor is about -96 dB)
 
 
 @dataclass(frozen=True)
@@ -94,19 +85,14 @@ def _cut(energies_db: np.ndarray, duration_s: float, max_chunk_s: float, count: 
 def find_pause(
     energies_db: np.ndarray, lo_s: float, hi_s: float, near_s: float | None = None
 ) -> float:
-    """Middle of a quiet run between lo and hi (far under loud speech and near the noise floor
-    around it): the longest one or, given `near_s`, the pause (a run of at least MIN_PAUSE_S)
-    nearest to it; the quietest frame if none is quiet."""
+    """Middle of a quiet run between lo and hi: the longest one or, given `near_s`, the pause
+    (a run of at least MIN_PAUSE_S) nearest to it; the quietest frame if none is quiet."""
     lo, hi = int(lo_s / FRAME_S), max(int(lo_s / FRAME_S) + 1, int(hi_s / FRAME_S))
     window = energies_db[lo:hi]
     if len(window) == 0:
         return hi_s
     speech_db = float(np.percentile(energies_db, 90))
-    reach = int(FLOOR_REACH_S / FRAME_S)
-    around = energies_db[max(0, lo - reach):hi + reach]
-    floor_db = local_floor_db(around)[lo - max(0, lo - reach):][:len(window)]
-    quiet_db = np.minimum(speech_db - PAUSE_DB, floor_db + FLOOR_RISE_DB)
-    runs = _runs(window < np.maximum(quiet_db, float(window.min()) + 3.0))
+    runs = _runs(window < max(speech_db - 35.0, float(window.min()) + 3.0))
     pauses = [r for r in runs if (r[1] - r[0]) * FRAME_S >= MIN_PAUSE_S]
     if near_s is not None and pauses:
         start, end = min(pauses, key=lambda r: abs((lo + (r[0] + r[1]) / 2) * FRAME_S - near_s))
@@ -115,21 +101,6 @@ def find_pause(
     else:
         start = end = int(np.argmin(window))
     return (lo + start + (end - start) // 2) * FRAME_S
-
-
-def local_floor_db(levels: np.ndarray) -> np.ndarray:
-    """Each frame's noise floor: the lowest of the nearby blocks' floors (digital silence, the
-    gap between two joined clips, is no floor; inf where nothing nearby is heard)."""
-    block = int(FLOOR_BLOCK_S / FRAME_S)
-    count = -(-len(levels) // block)
-    heard = np.full(count * block, np.inf)
-    heard[:len(levels)] = np.where(levels > SILENT_DB, levels, np.inf)
-    blocks = np.sort(heard.reshape(count, block), axis=1)
-    tenth = np.maximum(0, (np.isfinite(blocks).sum(axis=1) - 1) // 10)
-    floors = blocks[np.arange(count), tenth]
-    reach = int(FLOOR_REACH_S / FLOOR_BLOCK_S)
-    nearby = sliding_window_view(np.pad(floors, reach, constant_values=np.inf), 2 * reach + 1)
-    return np.repeat(nearby.min(axis=1), block)[:len(levels)]
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:

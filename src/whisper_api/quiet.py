@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from whisper_api.audio import SAMPLE_RATE_HZ
-from whisper_api.chunking import SILENT_DB, levels_db
+from whisper_api.chunking import levels_db
 from whisper_api.regions import Region
 
 FRAME_S = 0.03
@@ -32,6 +32,7 @@ MAX_REGION_S = 20.0  # as the VAD's regions (max_speech_duration_s): a window ho
 # 2-13 dB, and decoding it as regions cost base 30 % more windows and broke its sentence
 # windows (docs/benchmarks.md).
 MIN_SWING_DB = 15.0
+SILENT_DB = -90.0  # at or below: digital silence (16-bit audio's own floor is about -96 dB)
 
 
 def quiet_speech(audio: np.ndarray, regions: list[Region]) -> list[Region]:
