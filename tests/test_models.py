@@ -143,7 +143,8 @@ def test_detection_glances_at_speech_encoded_from_its_own_length(tmp_path: Path)
     from whisper_api.transcriber import DETECT_PAD_S, Transcriber, encoder_frames
 
     transcriber = Transcriber(resolve_model("base", tmp_path), "cpu", "int8", 2)
-    model, frames = transcriber._model.model, []  # noqa: SLF001 - the CTranslate2 model
+    model = transcriber._model.model  # noqa: SLF001 - the CTranslate2 model
+    frames: list[int] = []
 
     class Counted:
         def __getattr__(self, name: str) -> Any:
@@ -158,8 +159,8 @@ def test_detection_glances_at_speech_encoded_from_its_own_length(tmp_path: Path)
     language, probability = transcriber.detect_language(speech)
     assert language == "es" and probability >= 0.9  # sure, so the glance was enough
     # One pass over the clip's speech (the VAD's, so at most the clip) and the pad.
-    assert len(frames) == 1
-    assert frames[0] <= encoder_frames([(0.0, len(speech) / 16000)], DETECT_PAD_S) < 3000
+    bound = encoder_frames([(0.0, len(speech) / 16000)], DETECT_PAD_S)
+    assert len(frames) == 1 and bound is not None and frames[0] <= bound < 3000
 
 
 def test_detection_hears_speech_after_a_long_intro(tmp_path: Path) -> None:
