@@ -7,6 +7,7 @@ import subprocess
 import wave
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jiwer
 import numpy as np
@@ -69,6 +70,21 @@ def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
         out.setframerate(rate)
         out.writeframes(samples.astype(np.int16).tobytes())
     return path
+
+
+class CountsFrames:
+    """A CTranslate2 model, recording how many frames each encoder call was given."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.frames: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def encode(self, features: Any, **kwargs: Any) -> Any:
+        self.frames.append(features.shape[-1])
+        return self.model.encode(features, **kwargs)
 
 
 def load_pcm(path: Path) -> np.ndarray:

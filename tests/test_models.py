@@ -4,12 +4,11 @@ import hashlib
 import multiprocessing as mp
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.conftest import DATA, JFK_TEXT, heard, load_pcm
+from tests.conftest import DATA, JFK_TEXT, CountsFrames, heard, load_pcm
 from whisper_api.errors import InvalidRequestError
 from whisper_api.executors.base import WorkerConfig
 from whisper_api.models import (
@@ -143,24 +142,14 @@ def test_detection_glances_at_speech_encoded_from_its_own_length(tmp_path: Path)
     from whisper_api.transcriber import DETECT_PAD_S, Transcriber, encoder_frames
 
     transcriber = Transcriber(resolve_model("base", tmp_path), "cpu", "int8", 2)
-    model = transcriber._model.model  # noqa: SLF001 - the CTranslate2 model
-    frames: list[int] = []
-
-    class Counted:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(model, name)
-
-        def encode(self, features: Any, **kwargs: Any) -> Any:
-            frames.append(features.shape[-1])
-            return model.encode(features, **kwargs)
-
-    transcriber._model.model = Counted()  # noqa: SLF001
+    counts = CountsFrames(transcriber._model.model)  # noqa: SLF001 - the CTranslate2 model
+    transcriber._model.model = counts  # noqa: SLF001
     speech = load_pcm(DATA / "fleurs_es_007.ogg").astype(np.float32) / 32768.0  # 10 s
     language, probability = transcriber.detect_language(speech)
     assert language == "es" and probability >= 0.9  # sure, so the glance was enough
     # One pass over the clip's speech (the VAD's, so at most the clip) and the pad.
     bound = encoder_frames([(0.0, len(speech) / 16000)], DETECT_PAD_S)
-    assert len(frames) == 1 and bound is not None and frames[0] <= bound < 3000
+    assert len(counts.frames) == 1 and bound is not None and counts.frames[0] <= bound < 3000
 
 
 def test_detection_hears_speech_after_a_long_intro(tmp_path: Path) -> None:

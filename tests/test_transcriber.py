@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import DATA, heard, load_pcm, spoken
+from tests.conftest import DATA, CountsFrames, heard, load_pcm, spoken
 from tests.support.signals import QUIET_ROOM, between_syllables
 from whisper_api import transcriber as transcriber_module
 from whisper_api.models import resolve_model
@@ -774,20 +774,6 @@ def test_encoder_input_is_the_longest_window_and_the_pad_in_whole_seconds() -> N
     assert encoder_frames(windows, 3.0) == 1500  # 11.5 s + 3 s, rounded up
     assert encoder_frames(windows, None) is None  # Whisper's 30 s
     assert encoder_frames([(0.0, 29.0)], 3.0) == 3000  # never past the model's input
-
-
-class CountsFrames:
-    """The CTranslate2 model, recording how many frames each encoder call was given."""
-
-    def __init__(self, model: Any) -> None:
-        self.model, self.frames = model, []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
-
-    def encode(self, features: Any, **kwargs: Any) -> Any:
-        self.frames.append(features.shape[-1])
-        return self.model.encode(features, **kwargs)
 
 
 @pytest.mark.model
