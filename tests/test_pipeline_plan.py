@@ -174,8 +174,8 @@ class RedoEcho:
 
 
 def test_suspect_neighbours_keep_their_own_pause_in_the_redo_audio(tmp_path: Path) -> None:
-    """0.5 s of silence between the redo pass's regions, but the file's own pause (at most
-    2 s) between two suspect neighbours of one chunk: with 0.5 s, base skipped the short
+    """0.5 s of silence before and between the redo pass's regions, but the file's own pause
+    (at most 2 s) between two suspect neighbours of one chunk: with 0.5 s, base skipped the short
     sentence again. Every redone segment still goes back to its chunk, at its time there."""
     spans = [ChunkSpan(0.0, 20.0), ChunkSpan(20.0, 40.0)]
     tasks = [ChunkTask(f"r:{i}", "r", f"{i}.wav", s.start_s, 20.0, DecodeOptions(fan_out=True))
@@ -190,11 +190,64 @@ def test_suspect_neighbours_keep_their_own_pause_in_the_redo_audio(tmp_path: Pat
               1: ChunkResult("r:1", (), "en", pending=(
                   Pending(1.0, 2.0, first=said), Pending(2.8, 3.5, first=said, joined=True)))}
     executor = RedoEcho()
-    redone = asyncio.run(_Redo(wav, spans, tasks, session).run(
-        executor, chunks, 0))  # type: ignore[arg-type]
+    redo = _Redo(wav, spans, tasks, session)
+    redone = asyncio.run(redo.run(executor, redo.ready(chunks, set()), 0))  # type: ignore[arg-type]
     placed = [x for p in executor.redos[0].redo for x in (p.start_s, p.end_s)]
-    assert placed == pytest.approx([0.0, 1.0, 1.5, 2.5, 4.5, 5.5, 6.0, 7.0, 7.8, 8.5])
+    assert placed == pytest.approx([0.5, 1.5, 2.0, 3.0, 5.0, 6.0, 6.5, 7.5, 8.3, 9.0])
     assert [p.joined for p in executor.redos[0].redo] == [False, False, True, False, True]
     assert [owner for owner, _ in redone] == [0, 0, 0, 1, 1]
     assert [x for _, s in redone for x in (s.start, s.end)] == pytest.approx(
         [2.0, 3.0, 5.0, 6.0, 9.0, 10.0, 1.0, 2.0, 2.8, 3.5])
+
+
+def two_chunks(tmp_path: Path) -> _Redo:
+    spans = [ChunkSpan(0.0, 20.0), ChunkSpan(20.0, 40.0)]
+    tasks = [ChunkTask(f"r:{i}", "r", f"{i}.wav", s.start_s, 20.0, DecodeOptions(fan_out=True))
+             for i, s in enumerate(spans)]
+    session = Session("r", tmp_path)
+    session.chunks.mkdir()
+    return _Redo(write_silence(tmp_path / "file.wav", 40 * 16000), spans, tasks, session)
+
+
+class HalvesEcho(RedoEcho):
+    """Answers a redo task with two segments over each region of 2.5 s or more (its first
+    second and the rest), one over a shorter one."""
+
+    def submit(self, task: ChunkTask, on_progress: object = None) -> Future[ChunkResult]:
+        self.redos.append(task)
+        segments = [Segment(p.start_s, p.end_s, "whole") if p.end_s - p.start_s < 2.5 else
+                    s for p in task.redo
+                    for s in (Segment(p.start_s, p.start_s + 1.0, "left"),
+                              Segment(p.start_s + 1.2, p.end_s, "right"))]
+        return answered(ChunkResult(task.task_id, tuple(dict.fromkeys(segments)), "en"))
+
+
+def test_a_region_the_chunk_plan_cut_in_two_is_redone_whole(tmp_path: Path) -> None:
+    """A whispered sentence cut between two chunks came back as "i i i" and "There There",
+    each half decoded alone; decoded whole, word for word. Each chunk takes back the words on
+    its side of the cut."""
+    redo = two_chunks(tmp_path)
+    chunks = {1: ChunkResult("r:1", (), "en", pending=(Pending(0.0, 2.0, quiet=True),
+                                                       Pending(8.0, 9.0))),
+              0: ChunkResult("r:0", (), "en", pending=(Pending(5.0, 6.0),
+                                                       Pending(19.0, 20.0, quiet=True)))}
+    executor = HalvesEcho()  # chunk 1 finished first: its regions first, but the cut half
+    redone = asyncio.run(redo.run(executor, redo.ready(chunks, set()), 0))  # type: ignore[arg-type]
+    decoded = executor.redos[0].redo
+    assert [x for p in decoded for x in (p.start_s, p.end_s)] == pytest.approx(
+        [0.5, 1.5, 2.0, 3.0, 3.5, 6.5])
+    assert [p.quiet for p in decoded] == [False, False, True]
+    assert [(owner, s.text) for owner, s in redone] == [
+        (1, "whole"), (0, "whole"), (0, "left"), (1, "right")]
+    assert [x for _, s in redone[2:] for x in (s.start, s.end)] == pytest.approx(
+        [19.0, 20.0, 0.2, 2.0])
+
+
+def test_a_region_at_a_chunk_edge_waits_for_the_chunk_beside_it(tmp_path: Path) -> None:
+    """Its other half may be pending there; the rest goes to the redo pass at once."""
+    redo = two_chunks(tmp_path)
+    middle, edge = Pending(5.0, 6.0), Pending(19.0, 20.0)
+    first = {0: ChunkResult("r:0", (), "en", pending=(middle, edge))}
+    assert redo.ready(first, set()) == {0: [(0, middle)]}
+    both = {**first, 1: ChunkResult("r:1", (), "en", pending=(Pending(0.0, 2.0),))}
+    assert redo.ready(both, {(0, 0)}) == {0: [(1, edge)], 1: [(0, Pending(0.0, 2.0))]}

@@ -495,6 +495,27 @@ def test_fast_redoes_a_whisper_and_a_skipped_sentence_in_one_batch_not_one_windo
     assert [s.text for s in segments if 13.5 < s.start < 17.5] == [WHISPERED]
 
 
+def test_fast_gives_a_whisper_drowned_again_in_the_quiet_redo_a_window_of_its_own() -> None:
+    """`fast` packs the quiet regions that fail into one window for their redo: a whisper
+    packed with a noise the decoder loops on ("you you you") is lost again there. base lost a
+    whispered sentence that way; alone, it heard it word for word."""
+    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.03: (GOOD[REGIONS[1]], -0.2, 0.01),
+            0.05: (WHISPERED, -0.2, 0.05), 0.04: ("you you you you you you", -0.9, 0.5)}
+    audio = np.concatenate([two_sentences_and_a_whisper(), np.zeros(2 * SAMPLE_RATE_HZ,
+                                                                    dtype=np.float32)])
+    noise = np.zeros(len(audio), dtype=bool)
+    noise[int(17.8 * SAMPLE_RATE_HZ):int(19.6 * SAMPLE_RATE_HZ)] = True
+    audio[noise] = 0.04
+    audio[between_syllables(len(audio)) & noise] = QUIET_ROOM
+    decoder = Batches(said)
+    transcriber = Transcriber.with_decoders(FakeSequential(), decoder)
+    transcriber.find_utterances = lambda audio: list(REGIONS[:2])  # type: ignore[method-assign]
+    segments, _, _, _ = transcriber.transcribe(audio, PRESETS["fast"])
+    assert decoder.calls[1] == ["you you you you you you"]  # both quiet regions in one window
+    assert sorted(decoder.calls[2]) == sorted([WHISPERED, "you you you you you you"])
+    assert [s.text for s in segments if s.start > 13.0] == [WHISPERED]
+
+
 class LaneEcho(WindowEcho):
     """A WindowEcho that answers only once every lane is decoding (a barrier), so a run that
     does not decode its lanes at the same time fails instead of passing slowly."""

@@ -197,12 +197,13 @@ def copy_wav_slice(source: Path, target: Path, start_s: float, duration_s: float
 
 def concat_wav_slices(
     source: Path, target: Path, spans: list[tuple[float, float]],
-    gaps_s: list[float] | None = None,
+    gaps_s: list[float] | None = None, lead_s: float = 0.0,
 ) -> list[tuple[float, float]]:
-    """Write the (start_s, end_s) spans of a 16 kHz mono s16 WAV one after another, with the
-    seconds of silence `gaps_s` gives after each (none by default); where each span lies in the
-    new file."""
-    parts, placed, at = [], [], 0
+    """Write the (start_s, end_s) spans of a 16 kHz mono s16 WAV one after another, after
+    `lead_s` of silence and with the seconds of silence `gaps_s` gives after each (none by
+    default); where each span lies in the new file."""
+    lead = int(lead_s * SAMPLE_RATE_HZ)
+    parts, placed, at = [bytes(lead * BYTES_PER_SAMPLE)], [], lead
     gaps = gaps_s if gaps_s is not None else [0.0] * len(spans)
     with wave.open(str(source), "rb") as wav:
         for (start_s, end_s), after_s in zip(spans, gaps, strict=True):

@@ -1,6 +1,7 @@
 """Media file → transcript: convert, plan chunks at pauses, fan out, merge."""
 
 import asyncio
+import bisect
 import logging
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from whisper_api.chunking import ChunkSpan, frame_energies_db, plan_chunks, spre
 from whisper_api.config import Preset, Settings
 from whisper_api.executors.base import ChunkExecutor
 from whisper_api.merging import join_text, merge_results
+from whisper_api.regions import Region
 from whisper_api.sessions import Session
 from whisper_api.transcript import (
     ChunkResult,
@@ -31,6 +33,9 @@ REDO_GAP_S = 0.5  # silence between the regions of the redo pass's audio
 # ... but suspect neighbours (`Pending.first`) keep their own pause, up to this: with 0.5 s
 # between them, base skipped "you can call me Abbie" there again; with its 2.7 s, not.
 MAX_REDO_GAP_S = 2.0
+# A region a chunk left pending at its end and the next chunk's left at its start, no further
+# apart than this, are one region cut by the chunk plan (`_continues`).
+CUT_TOUCH_S = 0.05
 
 # Measured per model (tiny.en, base) on long files built from the shared corpus
 # (docs/benchmarks.md): windows filled to ~30 s (the encoder's fixed input); beam 5 costs little
@@ -154,26 +159,68 @@ Redone = list[tuple[int, Segment]]  # (chunk index, segment in that chunk's time
 def _place(owners: list[tuple[int, Pending]], placed: list[tuple[float, float]],
            segments: tuple[Segment, ...]) -> Redone:
     """Each segment of a redo pass to the chunk that left its region, in that chunk's time
-    (`placed`: where each owner's region lies in the redo pass's audio)."""
+    (`placed`: where each owner's region lies in the redo pass's audio). A segment belongs to
+    the region its middle lies nearest: two halves of one region cut between two chunks lie
+    back to back there, and each chunk takes the words on its side of the cut."""
+    bounds = [(a[1] + b[0]) / 2 for a, b in zip(placed, placed[1:], strict=False)]
     redone = []
     for segment in segments:
-        middle = (segment.start + segment.end) / 2
-        index = next((i for i, (_, end) in enumerate(placed) if middle < end + REDO_GAP_S),
-                     len(placed) - 1)
+        index = bisect.bisect(bounds, (segment.start + segment.end) / 2)
         owner, region = owners[index]
         redone.append((owner, segment.shifted(region.start_s - placed[index][0])))
     return redone
 
 
 def _gaps(owners: list[tuple[int, Pending]], regions: list[tuple[float, float]]) -> list[float]:
-    """The silence after each region in the redo pass's audio: REDO_GAP_S, or the file's own
-    pause between two suspect neighbours (`Pending.joined`: one chunk's, in order)."""
+    """The silence after each region in the redo pass's audio: REDO_GAP_S; the file's own
+    pause between two suspect neighbours (`Pending.joined`: one chunk's, in order); none
+    between the two halves of a region the chunk plan cut (`_continues`)."""
     gaps = [REDO_GAP_S] * len(owners)
     for j in range(len(owners) - 1):
         if owners[j + 1][1].joined:
             pause_s = regions[j + 1][0] - regions[j][1]
             gaps[j] = min(max(pause_s, REDO_GAP_S), MAX_REDO_GAP_S)
+        elif _continues(owners[j], owners[j + 1], regions[j], regions[j + 1]):
+            gaps[j] = 0.0
     return gaps
+
+
+def _continues(before: tuple[int, Pending], after: tuple[int, Pending], first: Region,
+               second: Region) -> bool:
+    """Whether `second` is the rest of `first`, cut off by the chunk plan: the next chunk's
+    region starting where the chunk's last one ended. Both pending, they are decoded as one
+    (a whispered sentence cut in two came back as "i i i" and "There There"; whole, right)."""
+    return after[0] == before[0] + 1 and second[0] - first[1] <= CUT_TOUCH_S \
+        and not before[1].first and not after[1].first
+
+
+def _beside(owners: list[tuple[int, Pending]], spans: list[ChunkSpan]
+            ) -> list[tuple[int, Pending]]:
+    """The regions in the order given (the order their chunks finished: the windows they share
+    then are those measured), but each second half of a region the chunk plan cut right after
+    its first half, so that the two are decoded as one (`_continues`)."""
+    place = [float(i) for i in range(len(owners))]
+    for i in sorted(range(len(owners)), key=lambda i: (owners[i][0], owners[i][1].start_s)):
+        k, region = owners[i]
+        if region.end_s >= spans[k].duration_s - CUT_TOUCH_S:
+            rest = [j for j, (after, other) in enumerate(owners)
+                    if after == k + 1 and other.start_s <= CUT_TOUCH_S]
+            for j in rest[:1]:
+                place[j] = place[i] + 1e-3  # before the next region given, even in a chain
+    return [owners[i] for i in sorted(range(len(owners)), key=place.__getitem__)]
+
+
+def _decoded_as(pending: list[Pending], gaps: list[float]) -> tuple[Pending, ...]:
+    """The regions the redo pass decodes: two halves of a cut region (no gap between) as one,
+    a quiet one only if both halves are quiet."""
+    joined = [pending[0]]
+    for gap, region in zip(gaps, pending[1:], strict=False):
+        if gap == 0.0:
+            joined[-1] = replace(joined[-1], end_s=region.end_s,
+                                 quiet=joined[-1].quiet and region.quiet)
+        else:
+            joined.append(region)
+    return tuple(joined)
 
 
 def _put_back(results: list[ChunkResult], redone: Redone) -> list[ChunkResult]:
@@ -300,7 +347,7 @@ class Pipeline:
                     for i in order}
         results: dict[int, ChunkResult] = {}
         passes: list[asyncio.Task[Redone]] = []
-        untaken: list[int] = []  # finished chunks whose pending regions no redo pass has yet
+        taken: set[tuple[int, int]] = set()  # (chunk, pending region) given to a redo pass
         tracker.publish()
         try:
             running = set(index_of)
@@ -308,13 +355,11 @@ class Pipeline:
                 done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for future in done:
                     results[index_of[future]] = future.result()
-                    untaken.append(index_of[future])
                 tracker.chunks_done([i in results for i in range(len(tasks))])
-                untaken = [i for i in untaken if results[i].pending]
-                if untaken and len(running) < self._workers:
-                    passes.append(asyncio.create_task(redo.run(self._executor, {
-                        i: results[i] for i in untaken}, len(passes))))
-                    untaken = []
+                ready = redo.ready(results, taken)
+                if ready and len(running) < self._workers:
+                    passes.append(asyncio.create_task(redo.run(self._executor, ready, len(passes))))
+                    taken |= {(k, j) for k, regions in ready.items() for j, _ in regions}
             if passes:
                 on_progress(Progress("redoing", len(tasks), len(tasks), duration_s, duration_s))
             redone = [r for done_pass in await asyncio.gather(*passes) for r in done_pass]
@@ -342,18 +387,40 @@ class _Redo:
     tasks: list[ChunkTask]
     session: Session
 
-    async def run(self, executor: ChunkExecutor, chunks: dict[int, ChunkResult],
+    def ready(self, results: dict[int, ChunkResult], taken: set[tuple[int, int]]
+              ) -> dict[int, list[tuple[int, Pending]]]:
+        """Each finished chunk's pending regions no pass has taken yet, (index, region), but a
+        region at an edge of its chunk waits for the neighbour there to finish: its other half
+        may be pending too (`_continues`)."""
+        ready: dict[int, list[tuple[int, Pending]]] = {}
+        for k, result in results.items():  # in the order the chunks finished
+            for j, region in enumerate(result.pending):
+                if (k, j) not in taken and not self._waits(k, region, results):
+                    ready.setdefault(k, []).append((j, region))
+        return ready
+
+    def _waits(self, k: int, region: Pending, results: dict[int, ChunkResult]) -> bool:
+        at_start = region.start_s <= CUT_TOUCH_S and k > 0
+        at_end = region.end_s >= self.spans[k].duration_s - CUT_TOUCH_S and k + 1 < len(self.spans)
+        return (at_start and k - 1 not in results) or (at_end and k + 1 not in results)
+
+    async def run(self, executor: ChunkExecutor, chunks: dict[int, list[tuple[int, Pending]]],
                   number: int) -> Redone:
-        owners = [(k, p) for k, r in chunks.items() for p in r.pending]
+        owners = _beside([(k, p) for k, regions in chunks.items() for _, p in regions],
+                         self.spans)
         path = self.session.chunks / f"redo_{number}.wav"
         regions = [(self.spans[k].start_s + p.start_s, self.spans[k].start_s + p.end_s)
                    for k, p in owners]
-        placed = await self.session.run(concat_wav_slices, self.wav, path, regions,
-                                        _gaps(owners, regions))
-        pending = tuple(replace(p, start_s=a, end_s=b)
-                        for (_, p), (a, b) in zip(owners, placed, strict=True))
+        gaps = _gaps(owners, regions)
+        # Silence before the first region too: a whisper at the very start of the audio,
+        # encoded short (`fast`), came back as "There There There"; 0.2 s before it, right.
+        placed = await self.session.run(concat_wav_slices, self.wav, path, regions, gaps,
+                                        REDO_GAP_S)
+        pending = [replace(p, start_s=a, end_s=b)
+                   for (_, p), (a, b) in zip(owners, placed, strict=True)]
         first = self.tasks[0]
         task = ChunkTask(f"{first.request_id}:redo{number}", first.request_id, str(path), 0.0,
-                         placed[-1][1], replace(first.options, fan_out=False), pending)
+                         placed[-1][1], replace(first.options, fan_out=False),
+                         _decoded_as(pending, gaps))
         redone = await asyncio.wrap_future(executor.submit(task))
         return _place(owners, placed, redone.segments)

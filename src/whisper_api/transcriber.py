@@ -218,15 +218,16 @@ class Transcriber:
     def _last_repair(self, audio: np.ndarray, regions: list[Region],
                      groups: list[list[Segment]], last: set[int], options: DecodeOptions,
                      quiet: set[int], suspects: list[Suspects] | None = None) -> None:
-        """Quiet regions (no VAD speech), in both presets: decoded again once, their speech
-        packed into `window_s` windows of their own (one short window each doubled the redo's
-        cost on a FLEURS file; packed with loud speech, a whisper comes back empty: base
-        `fast` lost both whispered clips of a file that way), never by the sequential decoder
-        (on music or noise it would run up to six decodes, temperature fallback, to find
-        nothing). Spoken regions: `fast` packs them into the quiet ones' batch (windows apart),
-        then short windows for those still failing; `accurate` gives them to the sequential
-        decoder one by one. Each run of suspect neighbours (`suspects`: their first answers)
-        keeps them unless the redo heard clearly more words."""
+        """Quiet regions (no VAD speech), in both presets: decoded again, their speech packed
+        into `window_s` windows of their own (one short window each doubled the redo's cost on
+        a FLEURS file; packed with loud speech, a whisper comes back empty: base `fast` lost
+        both whispered clips of a file that way), never by the sequential decoder (on music or
+        noise it would run up to six decodes, temperature fallback, to find nothing); `fast`
+        gives each one still untrusted a last window alone. Spoken regions: `fast` packs them
+        into the quiet ones' batch (windows apart), then short windows for those still failing;
+        `accurate` gives them to the sequential decoder one by one. Each run of suspect
+        neighbours (`suspects`: their first answers) keeps them unless the redo heard clearly
+        more words."""
         pause_s = QUIET_PAUSE_S if options.redo_pause_s is None else options.redo_pause_s
         packed = replace(options, pause_s=pause_s, redo_window_s=options.window_s)
         if _packed_redo(options):
@@ -234,14 +235,17 @@ class Transcriber:
             # of their own (two batches of one or two windows each left a lane idle). It has
             # no sequential decoder to fall back on: a spoken region the packed batch drops
             # again (a 3 s sentence, twice) gets one more try in a short window of its own
-            # audio, pauses and all.
+            # audio, pauses and all; so does a quiet one still untrusted, in a window alone: a
+            # whisper packed with a noise the decoder looped on came back as the loop.
             runs = suspects or []
             first = {i for run in runs for i in run}
             left = self._redo_batched(audio, regions, groups, last - first, packed,
                                       (frozenset(last & quiet),)) - quiet
-            self._redo_batched(audio, regions, groups, left | first,
+            drowned = {i for i in last & quiet if not trusted(regions[i], groups[i])}
+            self._redo_batched(audio, regions, groups, left | first | drowned,
                                replace(options, pause_s=None, redo_window_s=SPAN_REDO_S),
-                               tuple(frozenset(run) for run in runs))
+                               (*(frozenset(run) for run in runs),
+                                *(frozenset({i}) for i in drowned)))
             _keep_unless_more_words(regions, groups, runs)
             return
         self._redo_batched(audio, regions, groups, last & quiet, packed)
