@@ -13,7 +13,7 @@ from whisper_api.config import Settings
 from whisper_api.pipeline import PRESETS, Pipeline, _Redo, preset_options
 from whisper_api.sessions import Session
 from whisper_api.transcript import (
-    ELSEWHERE_REDO_PAUSE_S,
+    SPANS_REDO_PAUSE_S,
     ChunkResult,
     ChunkTask,
     DecodeOptions,
@@ -125,14 +125,16 @@ def test_presets_are_picked_by_the_model_name_or_its_directory_name(tmp_path: Pa
     assert preset_options("tiny.en", "accurate") == PRESETS["accurate"]
     assert preset_options("/models/whisper-small-ct2", "accurate") == PRESETS["accurate"]
     fast = preset_options("base", "fast")
-    assert fast.for_language("en") == fast  # English: speech packed
     assert fast.encoder_pad_s is not None and base.encoder_pad_s is None
-    # Elsewhere: sentence windows of the audio first, the redo packed a second apart.
-    spans = fast.for_language("pt")
-    assert spans.pause_s is None and spans.redo_pause_s == ELSEWHERE_REDO_PAUSE_S
-    assert (spans.window_s, spans.window_fill) == (15.0, 0.0)
-    assert replace(spans, pause_s=fast.pause_s, redo_pause_s=fast.redo_pause_s,
-                   window_s=fast.window_s, window_fill=fast.window_fill) == fast
+    # In every language: sentence windows of the audio first, the redo packed a second apart.
+    for language in ("en", "pt"):
+        spans = fast.for_language(language)
+        assert spans.pause_s is None and spans.redo_pause_s == SPANS_REDO_PAUSE_S
+        assert (spans.window_s, spans.window_fill) == (15.0, 0.0)
+    tiny = preset_options("tiny.en", "fast")
+    assert tiny.pause_s is not None and tiny.window_s == 29.0  # tiny.en: speech packed
+    assert replace(fast, pause_s=tiny.pause_s, redo_pause_s=tiny.redo_pause_s,
+                   window_s=tiny.window_s, window_fill=tiny.window_fill) == tiny
 
 
 def test_progress_never_goes_backwards_nor_moves_after_the_run() -> None:

@@ -26,7 +26,7 @@ from whisper_api.transcriber import (
     token_cap,
     widen,
 )
-from whisper_api.transcript import ELSEWHERE_REDO_PAUSE_S, DecodeOptions, Pending
+from whisper_api.transcript import SPANS_REDO_PAUSE_S, DecodeOptions, Pending
 
 REGIONS: list[Region] = [(0.0, 4.0), (5.0, 12.0), (13.0, 16.0)]
 GOOD = {
@@ -290,16 +290,17 @@ class Heard(FakeBatched):
         return super().transcribe(audio, **kwargs)
 
 
-def test_base_fast_outside_english_decodes_spans_then_packs_its_redo_a_second_apart() -> None:
+@pytest.mark.parametrize("language", ["pt", "en"])
+def test_base_fast_decodes_spans_then_packs_its_redo_a_second_apart(language: str) -> None:
     batched = Heard(answers_with(""))
     transcriber = Transcriber.with_decoders(FakeSequential(), batched)
     transcriber.find_utterances = lambda audio: list(REGIONS)  # type: ignore[method-assign]
     audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
-    options = replace(preset_options("base", "fast"), language="pt")
+    options = replace(preset_options("base", "fast"), language=language)
     segments, _, redone, _ = transcriber.transcribe(audio, options)
     # The first pass: the file's own timeline. The redo: the failing region's speech alone,
     # then its pause (7 s + 1 s).
-    assert batched.audio_s == [17.0, REGIONS[1][1] - REGIONS[1][0] + ELSEWHERE_REDO_PAUSE_S]
+    assert batched.audio_s == [17.0, REGIONS[1][1] - REGIONS[1][0] + SPANS_REDO_PAUSE_S]
     assert [s.text for s in segments] == [GOOD[REGIONS[0]], BATCHED_AGAIN, GOOD[REGIONS[2]]]
     assert redone == 1 and segments[1].start >= REGIONS[1][0] and segments[1].end <= REGIONS[1][1]
 

@@ -18,6 +18,7 @@ from whisper_api.merging import join_text, merge_results
 from whisper_api.regions import Region
 from whisper_api.sessions import Session
 from whisper_api.transcript import (
+    SPANS_REDO_PAUSE_S,
     ChunkResult,
     ChunkTask,
     DecodeOptions,
@@ -61,16 +62,18 @@ PRESETS: dict[str, DecodeOptions] = {
 # within 1.10 x the per-clip oracle). The redo windows are cut the same way, and quiet regions
 # are packed into 20 s windows for their redo. English keeps 29 s windows: the same WER
 # (10.6 / 10.0 / 10.8 % against 10.8 / 10.3 / 10.5 % on three files) in 25-35 % less time.
-# `base` `fast` elsewhere decodes spans of the audio first, pauses kept: packed speech gave
-# 25.0 % WER on pt seed 7 (sequential: 18.2 %, spans: 17.3 %) and 34-35 % on fr (spans:
-# 30-34 %). Its spans are sentence windows of at most 15 s, encoded as such (above): short
-# windows skip less and cost little, so 29 s spans took 1.37 x the wall and 1.18 x the WER
-# summed over eight pt/fr/de/es files. Its redo still packs, a second apart: 8-22 % less time
-# than 10 s spans of the audio, WER summed over nine 166.2 -> 163.0 %.
+# `base` `fast`, in every language, decodes spans of the audio first, pauses kept: packed
+# speech gave 25.0 % WER on pt seed 7 (sequential: 18.2 %, spans: 17.3 %) and 34-35 % on fr
+# (spans: 30-34 %); on five English files, 803 words wrong against 760 (sequential: 871).
+# Its spans are sentence windows of at most 15 s, encoded as such (above): short windows skip
+# less and cost little, so 29 s spans took 1.37 x the wall and 1.18 x the WER summed over
+# eight pt/fr/de/es files. Its redo still packs, a second apart: 8-22 % less time than 10 s
+# spans of the audio, WER summed over nine 166.2 -> 163.0 %.
 MODEL_PRESETS: dict[str, dict[str, DecodeOptions]] = {
     "tiny.en": PRESETS,
     "base": {"accurate": replace(PRESETS["accurate"], sentence_window_s=20.0),
-             "fast": replace(PRESETS["fast"], spans_elsewhere=True, sentence_window_s=15.0)},
+             "fast": replace(PRESETS["fast"], pause_s=None, redo_pause_s=SPANS_REDO_PAUSE_S,
+                             window_s=15.0, window_fill=0.0)},
 }
 
 

@@ -31,9 +31,9 @@ class Segment:
         return replace(self, start=self.start + offset_s, end=self.end + offset_s, words=words)
 
 
-# `fast`'s packed redo outside English: a second of silence between the regions. With 0.3 s,
-# `base` ran Portuguese regions together (pt seed 7: 17.3 -> 18.6 % WER).
-ELSEWHERE_REDO_PAUSE_S = 1.0
+# `base` `fast`'s packed redo: a second of silence between the regions. With 0.3 s, `base`
+# ran Portuguese regions together (pt seed 7: 17.3 -> 18.6 % WER).
+SPANS_REDO_PAUSE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,6 @@ class DecodeOptions:
     # Windows of at most this many seconds, each cut at its longest pause (about a sentence),
     # for every language but English, where `window_s` windows do as well in less time.
     sentence_window_s: float | None = None
-    # For every language but English: first-pass windows are spans of the audio, pauses kept
-    # (`pause_s` None), and the redo packs with ELSEWHERE_REDO_PAUSE_S. `base` garbled packed
-    # speech elsewhere.
-    spans_elsewhere: bool = False
     # None: every window is encoded as Whisper's 30 s input, padded with silence. Seconds: a
     # batch's windows are encoded with only as much input as the longest of them holds plus
     # this much silence. The encoder's cost grows faster than its input (base, one thread:
@@ -89,13 +85,9 @@ class DecodeOptions:
         chunk is decoded)."""
         if language == "en":
             return self
-        options = self
-        if self.spans_elsewhere:
-            redo_pause_s = None if self.redo_pause_s is None else ELSEWHERE_REDO_PAUSE_S
-            options = replace(options, pause_s=None, redo_pause_s=redo_pause_s)
         if self.sentence_window_s is not None:
-            options = replace(options, window_s=self.sentence_window_s, window_fill=0.0)
-        return options
+            return replace(self, window_s=self.sentence_window_s, window_fill=0.0)
+        return self
 
 
 @dataclass(frozen=True)
