@@ -16,11 +16,12 @@ cover it. A failing region is decoded again (in a batch, then alone by the seque
 beam 5, temperature fallback, unless the batch wrote the same words, as unsure of them:
 `regions.agreed`), and every segment's times are fitted inside its region. The
 `fast` preset's windows hold the regions' speech packed without their pauses (`compact`), as
-faster-whisper's batched pipeline packs them. Loud stretches between the VAD's regions (the
-VAD hears no whispered or falsetto speech: `quiet.quiet_speech`) are decoded as regions too,
-and kept only where the decoder is sure of them (`trusted`). With `encoder_pad_s` (`fast`), a
-batch of windows is encoded from the longest one's audio and that much silence, not from
-Whisper's 30 s: the encoder is most of the work, and its cost grows faster than its input.
+faster-whisper's batched pipeline packs them (`base`'s: sentence windows of the audio). Loud
+stretches between the VAD's regions (the VAD hears no whispered or falsetto speech:
+`quiet.quiet_speech`) are decoded as regions too, and kept only where the decoder is sure of
+them (`trusted`). With `encoder_pad_s` (`fast`), a batch of windows is encoded from the longest
+one's audio and that much silence, not from Whisper's 30 s: the encoder is most of the work, and
+its cost grows faster than its input.
 """
 
 import logging
@@ -105,8 +106,8 @@ STRADDLE_WORDS = 3
 # back started 1.05 s or more early. A last word running 0.73 s late already can mean a skip.
 STRADDLE_EARLY_S = 0.4
 MORE_WORDS = 2
-# Between quiet regions packed for their redo, as `fast` packs speech in English (`fast`
-# packs them with its spoken ones, at its own `redo_pause_s`).
+# Between quiet regions packed for their redo, as tiny.en `fast` packs speech (`fast` packs
+# them with its spoken ones, at its own `redo_pause_s`).
 QUIET_PAUSE_S = 0.3
 ProgressSink = Callable[[float], None]
 Suspects = dict[int, list[Segment]]  # a run of suspect neighbours: region -> first answer
