@@ -205,12 +205,20 @@ def _beside(owners: list[tuple[int, Pending]], spans: list[ChunkSpan]
     place = [float(i) for i in range(len(owners))]
     for i in sorted(range(len(owners)), key=lambda i: (owners[i][0], owners[i][1].start_s)):
         k, region = owners[i]
-        if region.end_s >= spans[k].duration_s - CUT_TOUCH_S:
+        if _at_end(region, spans[k]):
             rest = [j for j, (after, other) in enumerate(owners)
-                    if after == k + 1 and other.start_s <= CUT_TOUCH_S]
+                    if after == k + 1 and _at_start(other)]
             for j in rest[:1]:
                 place[j] = place[i] + 1e-3  # before the next region given, even in a chain
     return [owners[i] for i in sorted(range(len(owners)), key=place.__getitem__)]
+
+
+def _at_start(region: Pending) -> bool:
+    return region.start_s <= CUT_TOUCH_S
+
+
+def _at_end(region: Pending, span: ChunkSpan) -> bool:
+    return region.end_s >= span.duration_s - CUT_TOUCH_S
 
 
 def _decoded_as(pending: list[Pending], gaps: list[float]) -> tuple[Pending, ...]:
@@ -403,9 +411,10 @@ class _Redo:
         return ready
 
     def _waits(self, k: int, region: Pending, results: dict[int, ChunkResult]) -> bool:
-        at_start = region.start_s <= CUT_TOUCH_S and k > 0
-        at_end = region.end_s >= self.spans[k].duration_s - CUT_TOUCH_S and k + 1 < len(self.spans)
-        return (at_start and k - 1 not in results) or (at_end and k + 1 not in results)
+        before = k > 0 and _at_start(region) and k - 1 not in results
+        after = k + 1 < len(self.spans) and _at_end(region, self.spans[k]) \
+            and k + 1 not in results
+        return before or after
 
     async def run(self, executor: ChunkExecutor, chunks: dict[int, list[tuple[int, Pending]]],
                   number: int) -> Redone:
