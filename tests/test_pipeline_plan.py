@@ -175,33 +175,6 @@ class RedoEcho:
         return 0
 
 
-def test_suspect_neighbours_keep_their_own_pause_in_the_redo_audio(tmp_path: Path) -> None:
-    """0.5 s of silence before and between the redo pass's regions, but the file's own pause
-    (at most 2 s) between two suspect neighbours of one chunk: with 0.5 s, base skipped the short
-    sentence again. Every redone segment still goes back to its chunk, at its time there."""
-    spans = [ChunkSpan(0.0, 20.0), ChunkSpan(20.0, 40.0)]
-    tasks = [ChunkTask(f"r:{i}", "r", f"{i}.wav", s.start_s, 20.0, DecodeOptions(fan_out=True))
-             for i, s in enumerate(spans)]
-    wav = write_silence(tmp_path / "file.wav", 40 * 16000)
-    session = Session("r", tmp_path)
-    session.chunks.mkdir()
-    said = (Segment(0.1, 0.5, "first answer"),)
-    chunks = {0: ChunkResult("r:0", (), "en", pending=(
-                  Pending(2.0, 3.0), Pending(5.0, 6.0, first=said),
-                  Pending(9.0, 10.0, first=said, joined=True))),  # 3 s apart: 2 s kept
-              1: ChunkResult("r:1", (), "en", pending=(
-                  Pending(1.0, 2.0, first=said), Pending(2.8, 3.5, first=said, joined=True)))}
-    executor = RedoEcho()
-    redo = _Redo(wav, spans, tasks, session)
-    redone = asyncio.run(redo.run(executor, redo.ready(chunks, set()), 0))  # type: ignore[arg-type]
-    placed = [x for p in executor.redos[0].redo for x in (p.start_s, p.end_s)]
-    assert placed == pytest.approx([0.5, 1.5, 2.0, 3.0, 5.0, 6.0, 6.5, 7.5, 8.3, 9.0])
-    assert [p.joined for p in executor.redos[0].redo] == [False, False, True, False, True]
-    assert [owner for owner, _ in redone] == [0, 0, 0, 1, 1]
-    assert [x for _, s in redone for x in (s.start, s.end)] == pytest.approx(
-        [2.0, 3.0, 5.0, 6.0, 9.0, 10.0, 1.0, 2.0, 2.8, 3.5])
-
-
 def two_chunks(tmp_path: Path) -> _Redo:
     spans = [ChunkSpan(0.0, 20.0), ChunkSpan(20.0, 40.0)]
     tasks = [ChunkTask(f"r:{i}", "r", f"{i}.wav", s.start_s, 20.0, DecodeOptions(fan_out=True))
@@ -209,6 +182,27 @@ def two_chunks(tmp_path: Path) -> _Redo:
     session = Session("r", tmp_path)
     session.chunks.mkdir()
     return _Redo(write_silence(tmp_path / "file.wav", 40 * 16000), spans, tasks, session)
+
+
+def test_suspect_neighbours_keep_their_own_pause_in_the_redo_audio(tmp_path: Path) -> None:
+    """0.5 s of silence before and between the redo pass's regions, but the file's own pause
+    (at most 2 s) between two suspect neighbours of one chunk: with 0.5 s, base skipped the short
+    sentence again. Every redone segment still goes back to its chunk, at its time there."""
+    said = (Segment(0.1, 0.5, "first answer"),)
+    chunks = {0: ChunkResult("r:0", (), "en", pending=(
+                  Pending(2.0, 3.0), Pending(5.0, 6.0, first=said),
+                  Pending(9.0, 10.0, first=said, joined=True))),  # 3 s apart: 2 s kept
+              1: ChunkResult("r:1", (), "en", pending=(
+                  Pending(1.0, 2.0, first=said), Pending(2.8, 3.5, first=said, joined=True)))}
+    executor = RedoEcho()
+    redo = two_chunks(tmp_path)
+    redone = asyncio.run(redo.run(executor, redo.ready(chunks, set()), 0))  # type: ignore[arg-type]
+    placed = [x for p in executor.redos[0].redo for x in (p.start_s, p.end_s)]
+    assert placed == pytest.approx([0.5, 1.5, 2.0, 3.0, 5.0, 6.0, 6.5, 7.5, 8.3, 9.0])
+    assert [p.joined for p in executor.redos[0].redo] == [False, False, True, False, True]
+    assert [owner for owner, _ in redone] == [0, 0, 0, 1, 1]
+    assert [x for _, s in redone for x in (s.start, s.end)] == pytest.approx(
+        [2.0, 3.0, 5.0, 6.0, 9.0, 10.0, 1.0, 2.0, 2.8, 3.5])
 
 
 class HalvesEcho(RedoEcho):

@@ -15,7 +15,6 @@ from whisper_api.chunking import ChunkSpan, frame_energies_db, plan_chunks, spre
 from whisper_api.config import Preset, Settings
 from whisper_api.executors.base import ChunkExecutor
 from whisper_api.merging import join_text, merge_results
-from whisper_api.regions import Region
 from whisper_api.sessions import Session
 from whisper_api.transcript import (
     SPANS_REDO_PAUSE_S,
@@ -34,8 +33,8 @@ REDO_GAP_S = 0.5  # silence between the regions of the redo pass's audio
 # ... but suspect neighbours (`Pending.first`) keep their own pause, up to this: with 0.5 s
 # between them, base skipped "you can call me Abbie" there again; with its 2.7 s, not.
 MAX_REDO_GAP_S = 2.0
-# A region a chunk left pending at its end and the next chunk's left at its start, no further
-# apart than this, are one region cut by the chunk plan (`_continues`).
+# A region a chunk left pending this close to its end and the next chunk's this close to its
+# start are one region cut by the chunk plan (`_continues`).
 CUT_TOUCH_S = 0.05
 
 # Measured per model (tiny.en, base) on long files built from the shared corpus
@@ -174,7 +173,8 @@ def _place(owners: list[tuple[int, Pending]], placed: list[tuple[float, float]],
     return redone
 
 
-def _gaps(owners: list[tuple[int, Pending]], regions: list[tuple[float, float]]) -> list[float]:
+def _gaps(owners: list[tuple[int, Pending]], regions: list[tuple[float, float]],
+          spans: list[ChunkSpan]) -> list[float]:
     """The silence after each region in the redo pass's audio: REDO_GAP_S; the file's own
     pause between two suspect neighbours (`Pending.joined`: one chunk's, in order); none
     between the two halves of a region the chunk plan cut (`_continues`)."""
@@ -183,18 +183,19 @@ def _gaps(owners: list[tuple[int, Pending]], regions: list[tuple[float, float]])
         if owners[j + 1][1].joined:
             pause_s = regions[j + 1][0] - regions[j][1]
             gaps[j] = min(max(pause_s, REDO_GAP_S), MAX_REDO_GAP_S)
-        elif _continues(owners[j], owners[j + 1], regions[j], regions[j + 1]):
+        elif _continues(owners[j], owners[j + 1], spans):
             gaps[j] = 0.0
     return gaps
 
 
-def _continues(before: tuple[int, Pending], after: tuple[int, Pending], first: Region,
-               second: Region) -> bool:
-    """Whether `second` is the rest of `first`, cut off by the chunk plan: the next chunk's
-    region starting where the chunk's last one ended. Both pending, they are decoded as one
+def _continues(before: tuple[int, Pending], after: tuple[int, Pending],
+               spans: list[ChunkSpan]) -> bool:
+    """Whether `after` is the rest of `before`, cut off by the chunk plan: the next chunk's
+    region at its start, `before` at its chunk's end. Both pending, they are decoded as one
     (a whispered sentence cut in two came back as "i i i" and "There There"; whole, right)."""
-    return after[0] == before[0] + 1 and second[0] - first[1] <= CUT_TOUCH_S \
-        and not before[1].first and not after[1].first
+    (k, first), (next_k, second) = before, after
+    return next_k == k + 1 and _at_end(first, spans[k]) and _at_start(second) \
+        and not first.first and not second.first
 
 
 def _beside(owners: list[tuple[int, Pending]], spans: list[ChunkSpan]
@@ -202,15 +203,17 @@ def _beside(owners: list[tuple[int, Pending]], spans: list[ChunkSpan]
     """The regions in the order given (the order their chunks finished: the windows they share
     then are those measured), but each second half of a region the chunk plan cut right after
     its first half, so that the two are decoded as one (`_continues`)."""
-    place = [float(i) for i in range(len(owners))]
-    for i in sorted(range(len(owners)), key=lambda i: (owners[i][0], owners[i][1].start_s)):
-        k, region = owners[i]
-        if _at_end(region, spans[k]):
-            rest = [j for j, (after, other) in enumerate(owners)
-                    if after == k + 1 and _at_start(other)]
-            for j in rest[:1]:
-                place[j] = place[i] + 1e-3  # before the next region given, even in a chain
-    return [owners[i] for i in sorted(range(len(owners)), key=place.__getitem__)]
+    rest = {i: j for i, before in enumerate(owners) for j, after in enumerate(owners)
+            if _continues(before, after, spans)}
+    ordered: list[tuple[int, Pending]] = []
+    for i in range(len(owners)):
+        if i in rest.values():
+            continue  # placed after its first half
+        at: int | None = i
+        while at is not None:
+            ordered.append(owners[at])
+            at = rest.get(at)
+    return ordered
 
 
 def _at_start(region: Pending) -> bool:
@@ -423,7 +426,7 @@ class _Redo:
         path = self.session.chunks / f"redo_{number}.wav"
         regions = [(self.spans[k].start_s + p.start_s, self.spans[k].start_s + p.end_s)
                    for k, p in owners]
-        gaps = _gaps(owners, regions)
+        gaps = _gaps(owners, regions, self.spans)
         # Silence before the first region too: a whisper at the very start of the audio,
         # encoded short (`fast`), came back as "There There There"; 0.2 s before it, right.
         placed = await self.session.run(concat_wav_slices, self.wav, path, regions, gaps,
