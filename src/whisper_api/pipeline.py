@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,7 @@ def _place(owners: list[tuple[int, Pending]], placed: list[tuple[float, float]],
     (`placed`: where each owner's region lies in the redo pass's audio). A segment belongs to
     the region its middle lies nearest: two halves of one region cut between two chunks lie
     back to back there, and each chunk takes the words on its side of the cut."""
-    bounds = [(a[1] + b[0]) / 2 for a, b in zip(placed, placed[1:], strict=False)]
+    bounds = [(a[1] + b[0]) / 2 for a, b in pairwise(placed)]
     redone = []
     for segment in segments:
         index = bisect.bisect(bounds, (segment.start + segment.end) / 2)
@@ -228,7 +229,7 @@ def _decoded_as(pending: list[Pending], gaps: list[float]) -> tuple[Pending, ...
     """The regions the redo pass decodes: two halves of a cut region (no gap between) as one,
     a quiet one only if both halves are quiet."""
     joined = [pending[0]]
-    for gap, region in zip(gaps, pending[1:], strict=False):
+    for gap, region in zip(gaps[:-1], pending[1:], strict=True):  # the gap before each
         if gap == 0.0:
             joined[-1] = replace(joined[-1], end_s=region.end_s,
                                  quiet=joined[-1].quiet and region.quiet)
