@@ -205,6 +205,20 @@ def test_suspect_neighbours_keep_their_own_pause_in_the_redo_audio(tmp_path: Pat
         [2.0, 3.0, 5.0, 6.0, 9.0, 10.0, 1.0, 2.0, 2.8, 3.5])
 
 
+def test_the_redo_pass_marks_a_region_that_closely_follows_the_one_before_it_in_the_file(
+    tmp_path: Path
+) -> None:
+    """`Pending.near`: the two come from one place, which `fast`'s last try windows apart from
+    the rest. Chunk 1 finished first: its regions come first in the list."""
+    chunks = {1: ChunkResult("r:1", (), "en", pending=(Pending(5.0, 6.0), Pending(12.0, 13.0))),
+              0: ChunkResult("r:0", (), "en", pending=(Pending(2.0, 3.0), Pending(14.0, 15.0)))}
+    executor = RedoEcho()
+    redo = two_chunks(tmp_path)
+    asyncio.run(redo.run(executor, redo.ready(chunks, set()), 0))  # type: ignore[arg-type]
+    # 25-26 s and 32-33 s in the file: one place; then 2-3 s (earlier) and 14-15 s (11 s on).
+    assert [p.near for p in executor.redos[0].redo] == [False, True, False, False]
+
+
 class HalvesEcho(RedoEcho):
     """Answers a redo task with two segments over each region of 2.5 s or more (its first
     second and the rest), one over a shorter one."""

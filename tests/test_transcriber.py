@@ -791,6 +791,37 @@ def test_the_redo_pass_judges_each_run_of_suspect_neighbours_on_its_own() -> Non
     assert [s.text for s in segments] == [SHORT, AFTER, "Fine, thanks.", "See you all tomorrow."]
 
 
+class EncodedFrom(Batches):
+    """A Batches decoder that also records the encoder input each call was given (frames)."""
+
+    def __init__(self, said: dict[float, tuple[str, float, float]]) -> None:
+        super().__init__(said)
+        self.frames: list[int | None] = []
+
+    def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
+        self.frames.append(getattr(transcriber_module._ENCODER_INPUT, "frames", None))
+        return super().transcribe(audio, **kwargs)
+
+
+def test_the_redo_pass_windows_the_regions_of_one_place_apart_from_the_rest() -> None:
+    """Its audio strings regions from all over the file together, 0.5 s apart: a word timed
+    across such a gap went to a region 50 s away. The last try windows the regions of one
+    place with each other only, each window encoded from Whisper's full 30 s input."""
+    audio = np.zeros(10 * SAMPLE_RATE_HZ, dtype=np.float32)
+    regions = [(0.5, 3.0, 0.02), (3.5, 6.0, 0.03), (6.5, 9.0, 0.04)]
+    for start_s, end_s, level in regions:
+        audio[int((start_s + 0.2) * SAMPLE_RATE_HZ):int((end_s - 0.2) * SAMPLE_RATE_HZ)] = level
+    said = {0.02: ("We", -0.2, 0.01), 0.03: ("review", -0.2, 0.01),
+            0.04: ("profit", -0.2, 0.01)}  # one word in 2.5 s: each fails every try
+    pending = (Pending(0.5, 3.0), Pending(3.5, 6.0, near=True), Pending(6.5, 9.0))
+    decoder = EncodedFrom(said)
+    transcriber = Transcriber.with_decoders(FakeSequential(), decoder)
+    transcriber.redo(audio, pending, replace(PRESETS["fast"], fan_out=False))
+    assert decoder.calls[0] == ["We+review+profit"]  # the packed try: one window
+    assert sorted(decoder.calls[-1]) == ["We+review", "profit"]
+    assert decoder.frames[0] is not None and decoder.frames[-1] is None
+
+
 def test_encoder_input_is_the_longest_window_and_the_pad_in_whole_seconds() -> None:
     windows: list[Region] = [(0.0, 9.2), (10.0, 21.5), (30.0, 33.0)]
     assert encoder_frames(windows, 3.0) == 1500  # 11.5 s + 3 s, rounded up

@@ -37,6 +37,9 @@ MAX_REDO_GAP_S = 2.0
 # A region a chunk left pending this close to its end and the next chunk's this close to its
 # start are one region cut by the chunk plan (`_continues`).
 CUT_TOUCH_S = 0.05
+# Pending regions this close in the file come from one place (a last-try window's span):
+# `fast`'s last try in the redo pass windows them apart from the rest (`Pending.near`).
+ONE_PLACE_S = 10.0
 
 # Measured per model (tiny.en, base) on long files built from the shared corpus
 # (docs/benchmarks.md): windows filled to ~30 s (the encoder's fixed input); beam 5 costs little
@@ -187,6 +190,12 @@ def _gaps(owners: list[tuple[int, Pending]], regions: list[tuple[float, float]],
         elif _continues(owners[j], owners[j + 1], spans):
             gaps[j] = 0.0
     return gaps
+
+
+def _near(regions: list[tuple[float, float]]) -> list[bool]:
+    """Whether each region of a redo pass starts at most ONE_PLACE_S after the end of the one
+    before it in the list, in the file (the list follows the order chunks finished in)."""
+    return [False] + [0.0 <= b[0] - a[1] <= ONE_PLACE_S for a, b in pairwise(regions)]
 
 
 def _continues(before: tuple[int, Pending], after: tuple[int, Pending],
@@ -432,8 +441,8 @@ class _Redo:
         # encoded short (`fast`), came back as "There There There"; 0.2 s before it, right.
         placed = await self.session.run(concat_wav_slices, self.wav, path, regions, gaps,
                                         REDO_GAP_S)
-        pending = [replace(p, start_s=a, end_s=b)
-                   for (_, p), (a, b) in zip(owners, placed, strict=True)]
+        pending = [replace(p, start_s=a, end_s=b, near=n)
+                   for (_, p), (a, b), n in zip(owners, placed, _near(regions), strict=True)]
         first = self.tasks[0]
         task = ChunkTask(f"{first.request_id}:redo{number}", first.request_id, str(path), 0.0,
                          placed[-1][1], replace(first.options, fan_out=False),

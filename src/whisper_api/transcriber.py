@@ -197,7 +197,7 @@ class Transcriber:
         groups: list[list[Segment]] = [[] for _ in regions]
         quiet_at = {i for i, p in enumerate(pending) if p.quiet}
         self._last_repair(audio, regions, groups, set(range(len(regions))), options, quiet_at,
-                          _suspect_runs(pending))
+                          _suspect_runs(pending), _places(pending))
         (on_progress or _ignore)(len(audio) / SAMPLE_RATE_HZ)
         return _kept(regions, groups, quiet_at, options), options.language or "en", 0, ()
 
@@ -218,7 +218,8 @@ class Transcriber:
 
     def _last_repair(self, audio: np.ndarray, regions: list[Region],
                      groups: list[list[Segment]], last: set[int], options: DecodeOptions,
-                     quiet: set[int], suspects: list[Suspects] | None = None) -> None:
+                     quiet: set[int], suspects: list[Suspects] | None = None,
+                     places: list[frozenset[int]] | None = None) -> None:
         """Quiet regions (no VAD speech), in both presets: decoded again, their speech packed
         into `window_s` windows of their own (one short window each doubled the redo's cost on
         a FLEURS file; packed with loud speech, a whisper comes back empty: base `fast` lost
@@ -228,7 +229,9 @@ class Transcriber:
         into the quiet ones' batch (windows apart), then short windows for those still failing;
         `accurate` gives them to the sequential decoder one by one. Each run of suspect
         neighbours (`suspects`: their first answers) keeps them unless the redo heard clearly
-        more words."""
+        more words. In the file's redo pass, whose audio strings together regions from all over
+        the file, the regions of each place (`places`) share their last windows only with each
+        other."""
         pause_s = QUIET_PAUSE_S if options.redo_pause_s is None else options.redo_pause_s
         packed = replace(options, pause_s=pause_s, redo_window_s=options.window_s)
         if _packed_redo(options):
@@ -243,10 +246,16 @@ class Transcriber:
             left = self._redo_batched(audio, regions, groups, last - first, packed,
                                       (frozenset(last & quiet),)) - quiet
             drowned = {i for i in last & quiet if not trusted(regions[i], groups[i])}
-            self._redo_batched(audio, regions, groups, left | first | drowned,
-                               replace(options, pause_s=None, redo_window_s=SPAN_REDO_S),
-                               (*(frozenset(run) for run in runs),
-                                *(frozenset({i}) for i in drowned)))
+            # The redo pass's audio holds unrelated regions 0.5 s apart: "profit" (base seed
+            # 13, 694 s) was timed into the region before it there, 50 s earlier in the file.
+            # The last windows are encoded from a full 30 s input: their answer then no longer
+            # hangs on the length of the others in their batch (a whisper came back right, or
+            # 6 words wrong, with the windows beside it). base, seven English files: 5 words
+            # fewer wrong; tiny.en, three: 4 fewer (docs/benchmarks.md, twenty-first session).
+            spans = replace(options, pause_s=None, redo_window_s=SPAN_REDO_S, encoder_pad_s=None)
+            apart = (*(frozenset(run) for run in runs), *(frozenset({i}) for i in drowned),
+                     *(place & left for place in places or [] if place & left))
+            self._redo_batched(audio, regions, groups, left | first | drowned, spans, apart)
             _keep_unless_more_words(regions, groups, runs)
             return
         self._redo_batched(audio, regions, groups, last & quiet, packed)
@@ -678,6 +687,17 @@ def _suspect_runs(pending: tuple[Pending, ...]) -> list[Suspects]:
         else:
             runs.append({index: answer})
     return runs
+
+
+def _places(pending: tuple[Pending, ...]) -> list[frozenset[int]]:
+    """The redo pass's runs of two or more regions from one place in the file (`Pending.near`)."""
+    runs: list[list[int]] = []
+    for index, region in enumerate(pending):
+        if region.near and runs:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return [frozenset(run) for run in runs if len(run) > 1]
 
 
 def _suspects(regions: list[Region], groups: list[list[Segment]], excluded: set[int],

@@ -97,13 +97,16 @@ class Pending:
     `quiet`: found by the quiet-speech pass, not by the VAD. `first`: the first pass's answer
     for a region that passed the judge but is suspect (`regions.straddling`), in seconds from
     the region's start: the redo replaces it only with clearly more words. `joined`: a suspect
-    whose region follows the one pending before it, in the same run of suspect neighbours."""
+    whose region follows the one pending before it, in the same run of suspect neighbours.
+    `near`: the region before it in the redo pass's list ends at most a few seconds before it
+    in the file (`pipeline.ONE_PLACE_S`): the two come from one place."""
 
     start_s: float
     end_s: float
     quiet: bool = False
     first: tuple[Segment, ...] = ()
     joined: bool = False
+    near: bool = False
 
 
 # What a worker's transcriber answers for a chunk: segments, the language, how many regions
