@@ -98,8 +98,8 @@ class Pending:
     for a region that passed the judge but is suspect (`regions.straddling`), in seconds from
     the region's start: the redo replaces it only with clearly more words. `joined`: a suspect
     whose region follows the one pending before it, in the same run of suspect neighbours.
-    `near`: the region before it in the redo pass's list ends at most a few seconds before it
-    in the file (`pipeline.ONE_PLACE_S`): the two come from one place."""
+    `near`: the region before it in the redo pass's list ends at most 10 s before it in the
+    file (`pipeline.ONE_PLACE_S`): the two come from one place."""
 
     start_s: float
     end_s: float
