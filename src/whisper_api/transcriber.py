@@ -690,14 +690,10 @@ def _suspect_runs(pending: tuple[Pending, ...]) -> list[Suspects]:
 
 
 def _places(pending: tuple[Pending, ...]) -> list[frozenset[int]]:
-    """The redo pass's runs of two or more regions from one place in the file (`Pending.near`)."""
-    runs: list[list[int]] = []
-    for index, region in enumerate(pending):
-        if region.near and runs:
-            runs[-1].append(index)
-        else:
-            runs.append([index])
-    return [frozenset(run) for run in runs if len(run) > 1]
+    """The redo pass's runs of two or more regions from one place in the file: each run of
+    regions `near` the one before them (`Pending.near`), with that one."""
+    near = [index for index, region in enumerate(pending) if region.near and index > 0]
+    return [frozenset([run[0] - 1, *run]) for run in _runs(near)]
 
 
 def _suspects(regions: list[Region], groups: list[list[Segment]], excluded: set[int],
