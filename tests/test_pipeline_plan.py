@@ -126,15 +126,16 @@ def test_presets_are_picked_by_the_model_name_or_its_directory_name(tmp_path: Pa
     assert preset_options("/models/whisper-small-ct2", "accurate") == PRESETS["accurate"]
     fast = preset_options("base", "fast")
     assert fast.encoder_pad_s is not None and base.encoder_pad_s is None
-    # In every language: sentence windows of the audio first, the redo packed a second apart.
-    for language in ("en", "pt"):
+    # In every language: spans of the audio first, the redo packed a second apart; sentence
+    # windows but in English.
+    for language, windows in (("en", (29.0, 0.5)), ("pt", (15.0, 0.0))):
         spans = fast.for_language(language)
         assert spans.pause_s is None and spans.redo_pause_s == SPANS_REDO_PAUSE_S
-        assert (spans.window_s, spans.window_fill) == (15.0, 0.0)
+        assert (spans.window_s, spans.window_fill) == windows
     tiny = preset_options("tiny.en", "fast")
     assert tiny.pause_s is not None and tiny.window_s == 29.0  # tiny.en: speech packed
     assert replace(fast, pause_s=tiny.pause_s, redo_pause_s=tiny.redo_pause_s,
-                   window_s=tiny.window_s, window_fill=tiny.window_fill) == tiny
+                   sentence_window_s=None) == tiny
 
 
 def test_progress_never_goes_backwards_nor_moves_after_the_run() -> None:

@@ -68,15 +68,18 @@ PRESETS: dict[str, DecodeOptions] = {
 # `base` `fast`, in every language, decodes spans of the audio first, pauses kept: packed
 # speech gave 25.0 % WER on pt seed 7 (sequential: 18.2 %, spans: 17.3 %) and 34-35 % on fr
 # (spans: 30-34 %); on five English files, 803 words wrong against 760 (sequential: 871).
-# Its spans are sentence windows of at most 15 s, encoded as such (above): short windows skip
-# less and cost little, so 29 s spans took 1.37 x the wall and 1.18 x the WER summed over
-# eight pt/fr/de/es files. Its redo still packs, a second apart: 8-22 % less time than 10 s
-# spans of the audio, WER summed over nine 166.2 -> 163.0 %.
+# In every language but English its spans are sentence windows of at most 15 s, encoded as
+# such (above): short windows skip less and cost little, so 29 s spans took 1.37 x the wall
+# and 1.18 x the WER summed over eight pt/fr/de/es files. English takes `accurate`'s 29 s
+# windows, at least half full: over twelve English files (two of them 23 minutes), 2136
+# words wrong against 2197 with 15 s sentence windows, in about the same wall (sequential:
+# 2340). Its redo still packs, a second apart: 8-22 % less time than 10 s spans of the audio,
+# WER summed over nine 166.2 -> 163.0 %.
 MODEL_PRESETS: dict[str, dict[str, DecodeOptions]] = {
     "tiny.en": PRESETS,
     "base": {"accurate": replace(PRESETS["accurate"], sentence_window_s=20.0),
              "fast": replace(PRESETS["fast"], pause_s=None, redo_pause_s=SPANS_REDO_PAUSE_S,
-                             window_s=15.0, window_fill=0.0)},
+                             sentence_window_s=15.0)},
 }
 
 
