@@ -16,7 +16,7 @@ cover it. A failing region is decoded again (in a batch, then alone by the seque
 beam 5, temperature fallback, unless the batch wrote the same words, as unsure of them:
 `regions.agreed`), and every segment's times are fitted inside its region. The
 `fast` preset's windows hold the regions' speech packed without their pauses (`compact`), as
-faster-whisper's batched pipeline packs them (`base`'s: sentence windows of the audio). Loud
+faster-whisper's batched pipeline packs them (`base`'s: spans of the audio, pauses kept). Loud
 stretches between the VAD's regions (the VAD hears no whispered or falsetto speech:
 `quiet.quiet_speech`) are decoded as regions too, and kept only where the decoder is sure of
 them (`trusted`). With `encoder_pad_s` (`fast`), a batch of windows is encoded from the longest
