@@ -39,7 +39,7 @@ MAX_REDO_GAP_S = 2.0
 CUT_TOUCH_S = 0.05
 # Pending regions this close in the file come from one place (a last-try window's span):
 # `fast`'s last try in the redo pass windows them apart from the rest (`Pending.near`).
-ONE_PLACE_S = 10.0
+ONE_PLACE_S = DecodeOptions.redo_window_s  # 10 s, the span the last try decodes
 
 # Measured per model (tiny.en, base) on long files built from the shared corpus
 # (docs/benchmarks.md): windows filled to ~30 s (the encoder's fixed input); beam 5 costs little
