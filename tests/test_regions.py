@@ -1,14 +1,18 @@
 """Judging a speech region by what came back for it, and fitting times into it (pure)."""
 
+from dataclasses import replace
+
 from whisper_api.regions import (
     MIN_SEGMENT_S,
     RegionLimits,
     assign,
+    carry,
     fit_to_region,
     judge,
     redo_set,
     spoken,
     straddling,
+    tail,
 )
 from whisper_api.transcript import Segment, Word
 
@@ -125,3 +129,34 @@ def test_a_short_answer_whose_word_runs_into_its_neighbour_makes_both_suspect() 
     assert straddling(regions, early, late_s=0.6, early_s=1.0, most_words=3) == {0, 1}
     # One that starts early by no more than the silence before it: no suspect.
     assert straddling(regions, early, late_s=0.6, early_s=1.2, most_words=3) == set()
+
+
+def window(*words: tuple[float, float, str]) -> Segment:
+    """One decoder segment of a window, as `assign` gets it: words timed, tokens kept."""
+    return replace(timed(*words), tokens=(50364, 400, 1))
+
+
+def test_the_next_sentences_first_words_timed_into_a_region_are_its_tail() -> None:
+    # base skipped "I can't think of an animal less like a slog" and timed the next sentence's
+    # "And" 1 s early, into that sentence's region: one segment, cut between the two regions.
+    regions = [(17.4, 21.7), (22.6, 29.2)]
+    heard = window((21.5, 22.2, "And"), (22.6, 23.0, "which"), (23.0, 23.9, "developed."))
+    skipped, after = assign(regions, [heard])
+    assert [s.text for s in tail(skipped, after, 4)] == ["And"]
+    # The decoder's own sentence before it stays: only the words after its last full stop.
+    both = window((18.0, 20.0, "Here it is."), (21.0, 21.3, "In"), (21.4, 21.6, "being"),
+                  (22.7, 23.5, "modern."))
+    first, second = assign(regions, [both])
+    assert [s.text for s in tail(first, second, 4)] == ["In being"]
+    assert tail(first, second, 1) == []  # more words than a stray start holds
+    # Two segments (two windows, or two sentences the decoder timed apart): nothing to carry.
+    assert tail([timed((21.5, 22.2, "And"))], after, 4) == []
+
+
+def test_a_tail_follows_the_redone_answer_unless_that_answer_ends_with_it() -> None:
+    stray = [timed((21.5, 22.2, "And"))]
+    redone = [timed((17.6, 21.4, "I can't think of an animal less like a slog."))]
+    assert [s.text for s in carry(redone, stray)] == [redone[0].text, "And"]
+    ending = [timed((17.6, 21.4, "and so on and"))]
+    assert carry(ending, stray) == ending
+    assert carry([], stray) == stray

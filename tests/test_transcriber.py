@@ -771,6 +771,38 @@ def test_fast_hears_again_a_short_answer_that_runs_into_the_next_region(
     assert all(5.0 <= s.start < s.end <= 6.5 for s in segments if s.text == expected[0])
 
 
+SLOG = "I can't think of an animal that's less like a slog."
+WHICH = "And which developed more completely on the side of the lower case."
+
+
+@pytest.mark.parametrize("fan_out", [False, True])
+def test_a_redone_region_keeps_the_next_sentences_first_word_timed_into_it(fan_out: bool) -> None:
+    """base skipped a sentence and timed the next one's "And" 1 s early, into the skipped
+    sentence's region: one segment over both regions. That region fails (one word in 4 s) and
+    its redo hears the skipped sentence, without "And", which the next region lacks too."""
+    regions = [(0.0, 4.0), (5.0, 9.0), (10.0, 16.0)]
+    audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
+    for level, (start_s, end_s) in zip((0.02, 0.04, 0.03), [(0.5, 3.5), (5.2, 8.8), (10.2, 15.8)],
+                                       strict=True):
+        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
+    rest = with_words(WHICH.split(" ", 1)[1], 10.3, 15.5)
+    spanning = RawSegment(8.6, 15.5, WHICH, tokens=(50364, 400, 1),
+                          words=[RawWord(8.6, 9.3, " And"), *(rest.words or [])])
+    first = [with_words(GOOD[REGIONS[0]], 0.5, 3.5), spanning]
+    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.04: (SLOG, -0.2, 0.01),
+            0.03: (WHICH, -0.2, 0.01)}
+    transcriber = Transcriber.with_decoders(FakeSequential(), SkipsFirst(said, first))
+    transcriber.find_utterances = lambda audio: list(regions)  # type: ignore[method-assign]
+    options = replace(preset_options("base", "fast"), language="en", fan_out=fan_out)
+    segments, _, redone, pending = transcriber.transcribe(audio, options)
+    if fan_out:  # the file's redo pass gets the stray word with its region
+        assert [[s.text for s in p.tail] for p in pending] == [["And"]]
+        segments = [*segments, *transcriber.redo(audio, pending,
+                                                 replace(options, fan_out=False))[0]]
+    text = " ".join(s.text for s in sorted(segments, key=lambda s: s.start))
+    assert text == f"{GOOD[REGIONS[0]]} {SLOG} {WHICH}" and redone == 1
+
+
 def test_the_redo_pass_judges_each_run_of_suspect_neighbours_on_its_own() -> None:
     """Two runs from two chunks follow each other in the redo pass: the first gets a skipped
     sentence back (5 words more), the second's redo loses a word; taken together they would

@@ -244,10 +244,15 @@ def _decoded_as(pending: list[Pending], gaps: list[float]) -> tuple[Pending, ...
     for gap, region in zip(gaps[:-1], pending[1:], strict=True):  # the gap before each
         if gap == 0.0:
             joined[-1] = replace(joined[-1], end_s=region.end_s,
-                                 quiet=joined[-1].quiet and region.quiet)
+                                 quiet=joined[-1].quiet and region.quiet,
+                                 tail=_moved(region.tail, region.start_s - joined[-1].start_s))
         else:
             joined.append(region)
     return tuple(joined)
+
+
+def _moved(segments: tuple[Segment, ...], offset_s: float) -> tuple[Segment, ...]:
+    return tuple(s.shifted(offset_s) for s in segments)
 
 
 def _put_back(results: list[ChunkResult], redone: Redone) -> list[ChunkResult]:

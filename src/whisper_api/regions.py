@@ -21,6 +21,7 @@ Region = tuple[float, float]
 REGION_PAD_S = 0.4
 UNSURE_BLIP_S = 1.0
 MIN_SEGMENT_S = 0.05
+SENTENCE_END = (".", "?", "!", "。", "？", "！")
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,34 @@ def straddling(regions: list[Region], groups: list[list[Segment]], late_s: float
         if words[0].start < region[0] - early_s and index > 0:
             suspect |= {index - 1, index}
     return suspect
+
+
+def tail(group: list[Segment], after: list[Segment], most: int) -> list[Segment]:
+    """The words ending a region's answer that begin the sentence its next region's answer
+    goes on with (one decoder segment, cut between the two by `assign`), if at most `most`.
+
+    The word aligner starts a word that follows a pause early: where base skipped a sentence,
+    it timed the next one's "And" 1 s early, into the skipped sentence's region. That region
+    fails and is decoded again; its new answer never holds "And", nor does the next region's.
+    """
+    if not group or not after or not group[-1].tokens or group[-1].tokens != after[0].tokens:
+        return []
+    words = group[-1].words
+    ends = [k for k, w in enumerate(words) if w.word.strip().endswith(SENTENCE_END)]
+    rest = words[ends[-1] + 1:] if ends else words
+    if not 1 <= len(rest) <= most:
+        return []
+    return [_from_words(group[-1], list(rest))]
+
+
+def carry(group: list[Segment], tail: list[Segment]) -> list[Segment]:
+    """A region's last answer, then the tail of its first one, unless one of the tail's words
+    is among the answer's last words already (the region's own words, written again)."""
+    if not tail:
+        return group
+    said = bare_words(" ".join(s.text for s in tail).split())
+    end = bare_words(" ".join(s.text for s in group).split())[-len(said) - 3:]
+    return group if any(w in end for w in said) else [*group, *tail]
 
 
 def word_count(segments: list[Segment]) -> int:

@@ -48,10 +48,12 @@ from whisper_api.regions import (
     RegionLimits,
     agreed,
     assign,
+    carry,
     fit_to_region,
     judge,
     redo_set,
     straddling,
+    tail,
     unusable,
     word_count,
 )
@@ -106,6 +108,11 @@ STRADDLE_WORDS = 3
 # back started 1.05 s or more early. A last word running 0.73 s late already can mean a skip.
 STRADDLE_EARLY_S = 0.4
 MORE_WORDS = 2
+# The most words of the next sentence a redone region's first answer may end with and still
+# have them kept after its new answer (`regions.tail`): seen were one or two ("And", "For
+# although"). base `fast`, fourteen English files: 2434 -> 2411 words wrong, none worse by
+# more than run-to-run noise (docs/benchmarks.md, twenty-fourth session).
+TAIL_WORDS = 4
 # Between quiet regions packed for their redo, as tiny.en `fast` packs speech (`fast` packs
 # them with its spoken ones, at its own `redo_pause_s`).
 QUIET_PAUSE_S = 0.3
@@ -169,19 +176,23 @@ class Transcriber:
         options = replace(options, language=options.language or language)
         quiet_at = {i for i, r in enumerate(regions) if r in quiet}
         first = _suspects(regions, groups, redo | quiet_at, options)
+        tails = _tails(groups, redo - quiet_at)
         last = self._repair(audio, regions, groups, redo, options, quiet_at) | first.keys()
         pending: tuple[Pending, ...] = ()
         if options.fan_out:  # the file's redo pass decodes them with every other chunk's
             pending = tuple(
                 Pending(*regions[i], i in quiet_at,
                         tuple(s.shifted(-regions[i][0]) for s in first.get(i, [])),
-                        joined=i in first and i - 1 in first)
+                        joined=i in first and i - 1 in first,
+                        tail=tuple(s.shifted(-regions[i][0]) for s in tails.get(i, [])))
                 for i in sorted(last))
+            _carry(groups, {i: t for i, t in tails.items() if i not in last})
             for index in last:
                 groups[index] = []
         else:
             runs = [{i: first[i] for i in run} for run in _runs(sorted(first))]
             self._last_repair(audio, regions, groups, last, options, quiet_at, runs)
+            _carry(groups, tails)
         report(len(audio) / SAMPLE_RATE_HZ)
         kept = _kept(regions, groups, quiet_at, options)
         return kept, language, len(redo) + len(first), pending
@@ -198,6 +209,8 @@ class Transcriber:
         quiet_at = {i for i, p in enumerate(pending) if p.quiet}
         self._last_repair(audio, regions, groups, set(range(len(regions))), options, quiet_at,
                           _suspect_runs(pending), _places(pending))
+        _carry(groups, {i: [s.shifted(p.start_s) for s in p.tail]
+                        for i, p in enumerate(pending) if p.tail})
         (on_progress or _ignore)(len(audio) / SAMPLE_RATE_HZ)
         return _kept(regions, groups, quiet_at, options), options.language or "en", 0, ()
 
@@ -706,6 +719,19 @@ def _suspects(regions: list[Region], groups: list[list[Segment]], excluded: set[
     early_s = late_s + STRADDLE_EARLY_S
     found = straddling(regions, groups, late_s, early_s, STRADDLE_WORDS)
     return {i: groups[i] for i in found - excluded}
+
+
+def _tails(groups: list[list[Segment]], redo: set[int]) -> dict[int, list[Segment]]:
+    """Each region to redo whose answer ends with the first words of the next region's
+    sentence (`regions.tail`), the next region kept: those words."""
+    found = {i: tail(groups[i], groups[i + 1], TAIL_WORDS)
+             for i in redo if i + 1 < len(groups) and i + 1 not in redo}
+    return {i: words for i, words in found.items() if words}
+
+
+def _carry(groups: list[list[Segment]], tails: dict[int, list[Segment]]) -> None:
+    for index, words in tails.items():
+        groups[index] = carry(groups[index], words)
 
 
 def _packed_redo(options: DecodeOptions) -> bool:

@@ -99,7 +99,9 @@ class Pending:
     the region's start: the redo replaces it only with clearly more words. `joined`: a suspect
     whose region follows the one pending before it, in the same run of suspect neighbours.
     `near`: the region before it in the redo pass's list ends at most 10 s before it in the
-    file (`pipeline.ONE_PLACE_S`): the two come from one place."""
+    file (`pipeline.ONE_PLACE_S`): the two come from one place. `tail`: the first words of
+    the next region's sentence, timed into this one (`regions.tail`), in seconds from its
+    start: they follow its new answer unless that ends with them."""
 
     start_s: float
     end_s: float
@@ -107,6 +109,7 @@ class Pending:
     first: tuple[Segment, ...] = ()
     joined: bool = False
     near: bool = False
+    tail: tuple[Segment, ...] = ()
 
 
 # What a worker's transcriber answers for a chunk: segments, the language, how many regions
