@@ -176,7 +176,7 @@ class Transcriber:
         options = replace(options, language=options.language or language)
         quiet_at = {i for i, r in enumerate(regions) if r in quiet}
         first = _suspects(regions, groups, redo | quiet_at, options)
-        tails = _tails(groups, redo - quiet_at)
+        tails = _tails(groups, redo - quiet_at, redo | first.keys())
         last = self._repair(audio, regions, groups, redo, options, quiet_at) | first.keys()
         pending: tuple[Pending, ...] = ()
         if options.fan_out:  # the file's redo pass decodes them with every other chunk's
@@ -721,11 +721,13 @@ def _suspects(regions: list[Region], groups: list[list[Segment]], excluded: set[
     return {i: groups[i] for i in found - excluded}
 
 
-def _tails(groups: list[list[Segment]], redo: set[int]) -> dict[int, list[Segment]]:
-    """Each region to redo whose answer ends with the first words of the next region's
-    sentence (`regions.tail`), the next region kept: those words."""
+def _tails(groups: list[list[Segment]], chosen: set[int],
+           redone: set[int]) -> dict[int, list[Segment]]:
+    """Each chosen region whose answer ends with the first words of the next region's
+    sentence (`regions.tail`): those words. Only where the next region is not `redone` (a
+    suspect's redo may replace its answer, and hold them again)."""
     found = {i: tail(groups[i], groups[i + 1], TAIL_WORDS)
-             for i in redo if i + 1 < len(groups) and i + 1 not in redo}
+             for i in chosen if i + 1 < len(groups) and i + 1 not in redone}
     return {i: words for i, words in found.items() if words}
 
 
