@@ -245,14 +245,11 @@ def _decoded_as(pending: list[Pending], gaps: list[float]) -> tuple[Pending, ...
         if gap == 0.0:
             joined[-1] = replace(joined[-1], end_s=region.end_s,
                                  quiet=joined[-1].quiet and region.quiet,
-                                 tail=_moved(region.tail, region.start_s - joined[-1].start_s))
+                                 tail=tuple(s.shifted(region.start_s - joined[-1].start_s)
+                                            for s in region.tail))
         else:
             joined.append(region)
     return tuple(joined)
-
-
-def _moved(segments: tuple[Segment, ...], offset_s: float) -> tuple[Segment, ...]:
-    return tuple(s.shifted(offset_s) for s in segments)
 
 
 def _put_back(results: list[ChunkResult], redone: Redone) -> list[ChunkResult]:

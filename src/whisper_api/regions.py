@@ -13,6 +13,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
 
+from whisper_api.subtitles import SENTENCE_END
 from whisper_api.transcript import Segment, Word
 
 Region = tuple[float, float]
@@ -21,7 +22,6 @@ Region = tuple[float, float]
 REGION_PAD_S = 0.4
 UNSURE_BLIP_S = 1.0
 MIN_SEGMENT_S = 0.05
-SENTENCE_END = (".", "?", "!", "。", "？", "！")
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,7 @@ class Transcriber:
                         joined=i in first and i - 1 in first,
                         tail=tuple(s.shifted(-regions[i][0]) for s in tails.get(i, [])))
                 for i in sorted(last))
-            _carry(groups, {i: t for i, t in tails.items() if i not in last})
+            _carry(groups, tails)  # before the pending regions are emptied: theirs travel
             for index in last:
                 groups[index] = []
         else:
