@@ -10,6 +10,7 @@ from whisper_api.regions import (
     fit_to_region,
     judge,
     redo_set,
+    said_once,
     spoken,
     straddling,
     tail,
@@ -160,3 +161,19 @@ def test_a_tail_follows_the_redone_answer_unless_that_answer_ends_with_it() -> N
     ending = [timed((17.6, 21.4, "and so on and"))]
     assert carry(ending, stray) == ending
     assert carry([], stray) == stray
+
+
+def test_an_answer_written_twice_over_is_kept_once() -> None:
+    # base's redo of a 2 s whisper, one segment; "2 2" for "II" split over two segments.
+    loop = timed((29.5, 29.7, "This"), (29.7, 29.8, "is"), (29.8, 29.9, "all"),
+                 (29.9, 30.1, "very"), (30.1, 30.4, "whisper."), (30.5, 30.7, "This"),
+                 (30.7, 30.8, "is"), (30.8, 30.9, "all"), (30.9, 31.1, "very"),
+                 (31.1, 31.5, "whisper."))
+    [once] = said_once([loop])
+    assert once.text == "This is all very whisper." and once.end == 30.4
+    two = [timed((51.3, 51.5, "2")), timed((51.6, 51.8, "2"))]
+    assert [s.text for s in said_once(two)] == ["2"]
+    # Words repeated inside a longer answer are the speaker's: kept.
+    for said in ([timed((0.0, 0.3, "No,"), (0.4, 0.7, "no,"), (0.8, 1.0, "go"), (1.0, 1.2, "on."))],
+                 [timed((0.0, 0.3, "very"), (0.4, 0.7, "very"), (0.8, 1.0, "very"))], []):
+        assert said_once(said) == said

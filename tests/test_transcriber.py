@@ -803,6 +803,36 @@ def test_a_redone_region_keeps_the_next_sentences_first_word_timed_into_it(fan_o
     assert text == f"{GOOD[REGIONS[0]]} {SLOG} {WHICH}" and redone == 1
 
 
+@pytest.mark.parametrize("fan_out", [False, True])
+def test_a_whisper_redone_keeps_the_stray_start_of_the_next_sentence(fan_out: bool) -> None:
+    """The same at a whisper the VAD missed (base seed 7: "In being" timed into it). The stray
+    words come from a segment the decoder was unsure was speech; the whisper's new answer is
+    judged without them, or base would drop it for their doubt."""
+    regions = [(0.0, 4.0), (10.0, 16.0)]
+    audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
+    for level, (start_s, end_s) in zip((0.02, 0.05, 0.03), [(0.5, 3.5), (5.5, 8.5), (10.2, 15.8)],
+                                       strict=True):
+        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
+    audio[between_syllables(len(audio)) & (audio == np.float32(0.05))] = QUIET_ROOM
+    rest = with_words(REST, 10.3, 15.5)
+    spanning = RawSegment(7.9, 15.5, AFTER, no_speech_prob=0.7, tokens=(50364, 400, 1),
+                          words=[RawWord(7.9, 8.1, " In"), RawWord(8.1, 8.4, " being"),
+                                 *(rest.words or [])])
+    first = [with_words(GOOD[REGIONS[0]], 0.5, 3.5), spanning]
+    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.05: (WHISPERED, -0.2, 0.05),
+            0.03: (AFTER, -0.2, 0.01)}
+    transcriber = Transcriber.with_decoders(FakeSequential(), SkipsFirst(said, first))
+    transcriber.find_utterances = lambda audio: list(regions)  # type: ignore[method-assign]
+    options = replace(preset_options("base", "fast"), language="en", fan_out=fan_out)
+    segments, _, _, pending = transcriber.transcribe(audio, options)
+    if fan_out:
+        assert [([s.text for s in p.tail], p.quiet) for p in pending] == [(["In being"], True)]
+        segments = [*segments, *transcriber.redo(audio, pending,
+                                                 replace(options, fan_out=False))[0]]
+    text = " ".join(s.text for s in sorted(segments, key=lambda s: s.start))
+    assert text == f"{GOOD[REGIONS[0]]} {WHISPERED} {AFTER}"
+
+
 def test_the_redo_pass_judges_each_run_of_suspect_neighbours_on_its_own() -> None:
     """Two runs from two chunks follow each other in the redo pass: the first gets a skipped
     sentence back (5 words more), the second's redo loses a word; taken together they would

@@ -158,6 +158,20 @@ def carry(group: list[Segment], tail: list[Segment]) -> list[Segment]:
     return group if any(w in end for w in said) else [*group, *tail]
 
 
+def said_once(group: list[Segment]) -> list[Segment]:
+    """A region's answer that is one phrase said twice over, its first half: the decoder's
+    loop, not the speaker's. base's redo of a 2 s whisper wrote "This is all very whisper This
+    is all very whisper", and "2 2" for a 0.5 s "II" (sequential: each once)."""
+    words = [w for s in group for w in s.words]
+    said = bare_words([w.word for w in words])
+    half = len(said) // 2
+    if not half or len(said) % 2 or said[:half] != said[half:] or not all(s.words for s in group):
+        return group
+    first = set(map(id, words[:half]))
+    return [_from_words(s, kept) for s in group
+            if (kept := [w for w in s.words if id(w) in first])]
+
+
 def word_count(segments: list[Segment]) -> int:
     return sum(len(s.text.split()) for s in segments)
 

@@ -52,6 +52,7 @@ from whisper_api.regions import (
     fit_to_region,
     judge,
     redo_set,
+    said_once,
     straddling,
     tail,
     unusable,
@@ -176,7 +177,7 @@ class Transcriber:
         options = replace(options, language=options.language or language)
         quiet_at = {i for i, r in enumerate(regions) if r in quiet}
         first = _suspects(regions, groups, redo | quiet_at, options)
-        tails = _tails(groups, redo - quiet_at, redo | first.keys())
+        tails = _tails(groups, redo, redo | first.keys())
         last = self._repair(audio, regions, groups, redo, options, quiet_at) | first.keys()
         pending: tuple[Pending, ...] = ()
         if options.fan_out:  # the file's redo pass decodes them with every other chunk's
@@ -186,15 +187,14 @@ class Transcriber:
                         joined=i in first and i - 1 in first,
                         tail=tuple(s.shifted(-regions[i][0]) for s in tails.get(i, [])))
                 for i in sorted(last))
-            _carry(groups, tails)  # before the pending regions are emptied: theirs travel
-            for index in last:
+            for index in last:  # their tails travel with them
                 groups[index] = []
+                tails.pop(index, None)
         else:
             runs = [{i: first[i] for i in run} for run in _runs(sorted(first))]
             self._last_repair(audio, regions, groups, last, options, quiet_at, runs)
-            _carry(groups, tails)
         report(len(audio) / SAMPLE_RATE_HZ)
-        kept = _kept(regions, groups, quiet_at, options)
+        kept = _kept(regions, groups, quiet_at, options, tails)
         return kept, language, len(redo) + len(first), pending
 
     def redo(
@@ -209,10 +209,9 @@ class Transcriber:
         quiet_at = {i for i, p in enumerate(pending) if p.quiet}
         self._last_repair(audio, regions, groups, set(range(len(regions))), options, quiet_at,
                           _suspect_runs(pending), _places(pending))
-        _carry(groups, {i: [s.shifted(p.start_s) for s in p.tail]
-                        for i, p in enumerate(pending) if p.tail})
+        tails = {i: [s.shifted(p.start_s) for s in p.tail] for i, p in enumerate(pending)}
         (on_progress or _ignore)(len(audio) / SAMPLE_RATE_HZ)
-        return _kept(regions, groups, quiet_at, options), options.language or "en", 0, ()
+        return _kept(regions, groups, quiet_at, options, tails), options.language or "en", 0, ()
 
     def _repair(self, audio: np.ndarray, regions: list[Region], groups: list[list[Segment]],
                 redo: set[int], options: DecodeOptions, quiet: set[int]) -> set[int]:
@@ -731,24 +730,28 @@ def _tails(groups: list[list[Segment]], chosen: set[int],
     return {i: words for i, words in found.items() if words}
 
 
-def _carry(groups: list[list[Segment]], tails: dict[int, list[Segment]]) -> None:
-    for index, words in tails.items():
-        groups[index] = carry(groups[index], words)
-
-
 def _packed_redo(options: DecodeOptions) -> bool:
     """`fast`: failing regions are decoded again packed into full windows, in one batch."""
     return options.batched_redo and options.redo_pause_s is not None
 
 
 def _kept(regions: list[Region], groups: list[list[Segment]], quiet: set[int],
-          options: DecodeOptions) -> list[Segment]:
-    """What is kept of each region's answer, fitted inside it: a quiet region's only where it
-    is `trusted`, a spoken one's unless it is `unusable` (every try, redo included, is over)."""
+          options: DecodeOptions, tails: dict[int, list[Segment]]) -> list[Segment]:
+    """What is kept of each region's answer (`_answer`) and then its tail (`_tails`), fitted
+    inside it. The tail was heard with the next region's sentence, so the answer is judged
+    without it: judged together, base dropped a whispered sentence whose new answer was right."""
     kept = [s for index, (region, group) in enumerate(zip(regions, groups, strict=True))
-            if (trusted(region, group) if index in quiet else not unusable(region, group, LIMITS))
-            for s in fit_to_region(region, [s for s in group if not _hallucinated(s)])]
+            for s in fit_to_region(region, carry(_answer(region, group, index in quiet),
+                                                 tails.get(index, [])))]
     return kept if options.word_timestamps else [replace(s, words=()) for s in kept]
+
+
+def _answer(region: Region, group: list[Segment], quiet: bool) -> list[Segment]:
+    """A quiet region's answer where it is `trusted`, a spoken one's unless it is `unusable`
+    (every try, redo included, is over); a loop that wrote it twice over, once."""
+    if not (trusted(region, group) if quiet else not unusable(region, group, LIMITS)):
+        return []
+    return said_once([s for s in group if not _hallucinated(s)])
 
 
 def _hallucinated(segment: Segment) -> bool:
