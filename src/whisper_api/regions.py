@@ -159,9 +159,10 @@ def carry(group: list[Segment], tail: list[Segment]) -> list[Segment]:
 
 
 def said_once(group: list[Segment]) -> list[Segment]:
-    """A region's answer that is one phrase said twice over, its first half: the decoder's
-    loop, not the speaker's. base's redo of a 2 s whisper wrote "This is all very whisper This
-    is all very whisper", and "2 2" for a 0.5 s "II" (sequential: each once)."""
+    """A region's answer that is one phrase said twice over, its first half, taken for the
+    decoder's loop: base's redo of a 2 s whisper wrote "This is all very whisper This is all
+    very whisper", and "2 2" for a 0.5 s "II" (sequential: each once), in 4 of 14 files. A
+    speaker who says a whole region's phrase twice ("Thank you. Thank you.") loses one."""
     words = [w for s in group for w in s.words]
     said = bare_words([w.word for w in words])
     half = len(said) // 2
