@@ -775,32 +775,49 @@ SLOG = "I can't think of an animal that's less like a slog."
 WHICH = "And which developed more completely on the side of the lower case."
 
 
+def levels(duration_s: float, *spans: tuple[float, float, float]) -> np.ndarray:
+    """Silence, and each (start, end, level) span at its level (which `Said` answers by)."""
+    audio = np.zeros(int(duration_s * SAMPLE_RATE_HZ), dtype=np.float32)
+    for start_s, end_s, level in spans:
+        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
+    return audio
+
+
+def stray_start_case(audio: np.ndarray, regions: list[Region], spanning: RawSegment,
+                     middle: tuple[float, str], fan_out: bool
+                     ) -> tuple[str, int, tuple[Pending, ...]]:
+    """base `fast` on `audio`: the first pass answers the first region well, then `spanning`;
+    every redo answers each level's sentence (0.02; `middle`'s level, its text; 0.03,
+    `spanning`'s text). The
+    transcript's text (through the file's redo pass when fanned out), the regions redone, and
+    the chunk's pending regions."""
+    first = [with_words(GOOD[REGIONS[0]], 0.5, 3.5), spanning]
+    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.03: (spanning.text, -0.2, 0.01),
+            middle[0]: (middle[1], -0.2, 0.05)}
+    transcriber = Transcriber.with_decoders(FakeSequential(), SkipsFirst(said, first))
+    transcriber.find_utterances = lambda audio: list(regions)  # type: ignore[method-assign]
+    options = replace(preset_options("base", "fast"), language="en", fan_out=fan_out)
+    segments, _, redone, pending = transcriber.transcribe(audio, options)
+    if fan_out:
+        segments = [*segments, *transcriber.redo(audio, pending,
+                                                 replace(options, fan_out=False))[0]]
+    return " ".join(s.text for s in sorted(segments, key=lambda s: s.start)), redone, pending
+
+
 @pytest.mark.parametrize("fan_out", [False, True])
 def test_a_redone_region_keeps_the_next_sentences_first_word_timed_into_it(fan_out: bool) -> None:
     """base skipped a sentence and timed the next one's "And" 1 s early, into the skipped
     sentence's region: one segment over both regions. That region fails (one word in 4 s) and
     its redo hears the skipped sentence, without "And", which the next region lacks too."""
-    regions = [(0.0, 4.0), (5.0, 9.0), (10.0, 16.0)]
-    audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
-    for level, (start_s, end_s) in zip((0.02, 0.04, 0.03), [(0.5, 3.5), (5.2, 8.8), (10.2, 15.8)],
-                                       strict=True):
-        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
+    audio = levels(17.0, (0.5, 3.5, 0.02), (5.2, 8.8, 0.04), (10.2, 15.8, 0.03))
     rest = with_words(WHICH.split(" ", 1)[1], 10.3, 15.5)
     spanning = RawSegment(8.6, 15.5, WHICH, tokens=(50364, 400, 1),
                           words=[RawWord(8.6, 9.3, " And"), *(rest.words or [])])
-    first = [with_words(GOOD[REGIONS[0]], 0.5, 3.5), spanning]
-    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.04: (SLOG, -0.2, 0.01),
-            0.03: (WHICH, -0.2, 0.01)}
-    transcriber = Transcriber.with_decoders(FakeSequential(), SkipsFirst(said, first))
-    transcriber.find_utterances = lambda audio: list(regions)  # type: ignore[method-assign]
-    options = replace(preset_options("base", "fast"), language="en", fan_out=fan_out)
-    segments, _, redone, pending = transcriber.transcribe(audio, options)
-    if fan_out:  # the file's redo pass gets the stray word with its region
-        assert [[s.text for s in p.tail] for p in pending] == [["And"]]
-        segments = [*segments, *transcriber.redo(audio, pending,
-                                                 replace(options, fan_out=False))[0]]
-    text = " ".join(s.text for s in sorted(segments, key=lambda s: s.start))
+    text, redone, pending = stray_start_case(audio, [(0.0, 4.0), (5.0, 9.0), (10.0, 16.0)],
+                                             spanning, (0.04, SLOG), fan_out)
     assert text == f"{GOOD[REGIONS[0]]} {SLOG} {WHICH}" and redone == 1
+    # Fanned out, the file's redo pass gets the stray word with its region.
+    assert [[s.text for s in p.tail] for p in pending] == ([["And"]] if fan_out else [])
 
 
 @pytest.mark.parametrize("fan_out", [False, True])
@@ -808,29 +825,17 @@ def test_a_whisper_redone_keeps_the_stray_start_of_the_next_sentence(fan_out: bo
     """The same at a whisper the VAD missed (base seed 7: "In being" timed into it). The stray
     words come from a segment the decoder was unsure was speech; the whisper's new answer is
     judged without them, or base would drop it for their doubt."""
-    regions = [(0.0, 4.0), (10.0, 16.0)]
-    audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
-    for level, (start_s, end_s) in zip((0.02, 0.05, 0.03), [(0.5, 3.5), (5.5, 8.5), (10.2, 15.8)],
-                                       strict=True):
-        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
+    audio = levels(17.0, (0.5, 3.5, 0.02), (5.5, 8.5, 0.05), (10.2, 15.8, 0.03))
     audio[between_syllables(len(audio)) & (audio == np.float32(0.05))] = QUIET_ROOM
     rest = with_words(REST, 10.3, 15.5)
     spanning = RawSegment(7.9, 15.5, AFTER, no_speech_prob=0.7, tokens=(50364, 400, 1),
                           words=[RawWord(7.9, 8.1, " In"), RawWord(8.1, 8.4, " being"),
                                  *(rest.words or [])])
-    first = [with_words(GOOD[REGIONS[0]], 0.5, 3.5), spanning]
-    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.05: (WHISPERED, -0.2, 0.05),
-            0.03: (AFTER, -0.2, 0.01)}
-    transcriber = Transcriber.with_decoders(FakeSequential(), SkipsFirst(said, first))
-    transcriber.find_utterances = lambda audio: list(regions)  # type: ignore[method-assign]
-    options = replace(preset_options("base", "fast"), language="en", fan_out=fan_out)
-    segments, _, _, pending = transcriber.transcribe(audio, options)
-    if fan_out:
-        assert [([s.text for s in p.tail], p.quiet) for p in pending] == [(["In being"], True)]
-        segments = [*segments, *transcriber.redo(audio, pending,
-                                                 replace(options, fan_out=False))[0]]
-    text = " ".join(s.text for s in sorted(segments, key=lambda s: s.start))
+    text, _, pending = stray_start_case(audio, [(0.0, 4.0), (10.0, 16.0)], spanning,
+                                        (0.05, WHISPERED), fan_out)
     assert text == f"{GOOD[REGIONS[0]]} {WHISPERED} {AFTER}"
+    assert [([s.text for s in p.tail], p.quiet) for p in pending] == (
+        [(["In being"], True)] if fan_out else [])
 
 
 def test_the_redo_pass_judges_each_run_of_suspect_neighbours_on_its_own() -> None:
