@@ -384,13 +384,18 @@ def test_a_soft_first_word_before_the_vad_region_reaches_the_decoder(
     assert all(5.0 <= s.start < s.end <= 12.0 for s in segments)  # inside the region
 
 
+def levels(duration_s: float, *spans: tuple[float, float, float]) -> np.ndarray:
+    """Silence, and each (start, end, level) span at its level (which `Said` answers by)."""
+    audio = np.zeros(int(duration_s * SAMPLE_RATE_HZ), dtype=np.float32)
+    for start_s, end_s, level in spans:
+        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
+    return audio
+
+
 def two_sentences_and_a_whisper() -> np.ndarray:
     """Levels 0.02 and 0.03 where the VAD hears REGIONS[:2]; 0.05 at 14-17 s, outside every
     region, in syllables (0.2 s on, 0.1 s at -80 dB) as a whisper rises and falls."""
-    audio = np.zeros(20 * SAMPLE_RATE_HZ, dtype=np.float32)
-    for level, (start_s, end_s) in zip((0.02, 0.03, 0.05), [(0.5, 3.5), (5.5, 11.5), (14, 17)],
-                                       strict=True):
-        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
+    audio = levels(20.0, (0.5, 3.5, 0.02), (5.5, 11.5, 0.03), (14.0, 17.0, 0.05))
     audio[between_syllables(len(audio)) & (audio == np.float32(0.05))] = QUIET_ROOM
     return audio
 
@@ -722,11 +727,7 @@ SKIP_REGIONS: list[Region] = [(0.0, 4.0), (5.0, 6.5), (8.0, 14.0)]
 
 
 def a_short_sentence_between_two() -> np.ndarray:
-    audio = np.zeros(16 * SAMPLE_RATE_HZ, dtype=np.float32)
-    for level, (start_s, end_s) in zip((0.02, 0.04, 0.03), [(0.5, 3.5), (5.2, 6.3), (8.5, 13.5)],
-                                       strict=True):
-        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
-    return audio
+    return levels(16.0, (0.5, 3.5, 0.02), (5.2, 6.3, 0.04), (8.5, 13.5, 0.03))
 
 
 REST = AFTER.split(" ", 2)[2]  # without "In being"
@@ -773,14 +774,6 @@ def test_fast_hears_again_a_short_answer_that_runs_into_the_next_region(
 
 SLOG = "I can't think of an animal that's less like a slog."
 WHICH = "And which developed more completely on the side of the lower case."
-
-
-def levels(duration_s: float, *spans: tuple[float, float, float]) -> np.ndarray:
-    """Silence, and each (start, end, level) span at its level (which `Said` answers by)."""
-    audio = np.zeros(int(duration_s * SAMPLE_RATE_HZ), dtype=np.float32)
-    for start_s, end_s, level in spans:
-        audio[int(start_s * SAMPLE_RATE_HZ):int(end_s * SAMPLE_RATE_HZ)] = level
-    return audio
 
 
 def stray_start_case(audio: np.ndarray, regions: list[Region], spanning: RawSegment,

@@ -163,14 +163,18 @@ def said_once(group: list[Segment]) -> list[Segment]:
     decoder's loop: base's redo of a 2 s whisper wrote "This is all very whisper This is all
     very whisper", and "2 2" for a 0.5 s "II" (sequential: each once), in 4 of 14 files. A
     speaker who says a whole region's phrase twice ("Thank you. Thank you.") loses one."""
-    words = [w for s in group for w in s.words]
-    said = bare_words([w.word for w in words])
-    half = len(said) // 2
-    if not half or len(said) % 2 or said[:half] != said[half:] or not all(s.words for s in group):
+    if not all(s.words for s in group):
         return group
-    first = set(map(id, words[:half]))
-    return [_from_words(s, kept) for s in group
-            if (kept := [w for w in s.words if id(w) in first])]
+    said = bare_words([w.word for s in group for w in s.words])
+    left = len(said) // 2
+    if not left or len(said) % 2 or said[:left] != said[left:]:
+        return group
+    once = []
+    for segment in group:  # the first `left` words, segment by segment
+        if words := list(segment.words[:left]):
+            once.append(_from_words(segment, words))
+        left -= len(words)
+    return once
 
 
 def word_count(segments: list[Segment]) -> int:

@@ -209,7 +209,8 @@ class Transcriber:
         quiet_at = {i for i, p in enumerate(pending) if p.quiet}
         self._last_repair(audio, regions, groups, set(range(len(regions))), options, quiet_at,
                           _suspect_runs(pending), _places(pending))
-        tails = {i: [s.shifted(p.start_s) for s in p.tail] for i, p in enumerate(pending)}
+        tails = {i: [s.shifted(p.start_s) for s in p.tail] for i, p in enumerate(pending)
+                 if p.tail}
         (on_progress or _ignore)(len(audio) / SAMPLE_RATE_HZ)
         return _kept(regions, groups, quiet_at, options, tails), options.language or "en", 0, ()
 
@@ -749,9 +750,8 @@ def _kept(regions: list[Region], groups: list[list[Segment]], quiet: set[int],
 def _answer(region: Region, group: list[Segment], quiet: bool) -> list[Segment]:
     """A quiet region's answer where it is `trusted`, a spoken one's unless it is `unusable`
     (every try, redo included, is over); a loop that wrote it twice over, once."""
-    if not (trusted(region, group) if quiet else not unusable(region, group, LIMITS)):
-        return []
-    return said_once([s for s in group if not _hallucinated(s)])
+    usable = trusted(region, group) if quiet else not unusable(region, group, LIMITS)
+    return said_once([s for s in group if not _hallucinated(s)]) if usable else []
 
 
 def _hallucinated(segment: Segment) -> bool:
