@@ -4,7 +4,7 @@ import numpy as np
 
 from tests.support.signals import QUIET_ROOM, between_syllables
 from whisper_api.audio import SAMPLE_RATE_HZ
-from whisper_api.quiet import MAX_REGION_S, quiet_speech, split
+from whisper_api.quiet import MAX_REGION_S, quiet_speech, run_on, split
 from whisper_api.regions import Region
 
 RNG = np.random.default_rng(7)
@@ -34,6 +34,22 @@ def test_a_loud_stretch_in_a_gap_is_offered_as_a_region() -> None:
 def test_a_stretch_next_to_a_region_belongs_to_it() -> None:
     audio = np.concatenate([syllables(5), silence(5)])
     assert quiet_speech(audio, [(0.0, 4.9)]) == []  # the VAD region's own padding
+
+
+def test_a_region_reaches_over_the_short_words_the_vad_cut_off() -> None:
+    # The VAD heard 1.0-3.5 s of speech that runs from 0.2 to 4.2 s; 6.2-6.7 s is as short,
+    # but a pause away from any region (a cough); 8.7-11.7 s is another region.
+    audio = np.concatenate([silence(0.2), syllables(4), silence(2), syllables(0.5),
+                            silence(2), syllables(3), silence(1)])
+    grown = run_on(audio, [(1.0, 3.5), (8.7, 11.7)])
+    assert len(grown) == 2 and grown[1] == (8.7, 11.7)
+    (start, end), _ = grown
+    assert 0.0 <= start <= 0.4 and 4.1 <= end <= 4.5
+    assert quiet_speech(audio, grown) == []
+    # Between two regions, each reaches no further than the other.
+    touching = np.concatenate([syllables(4), silence(0.1), syllables(3)])
+    (_, end), (start, _) = run_on(touching, [(0.0, 3.5), (4.25, 7.1)])
+    assert 4.0 <= end == start <= 4.25
 
 
 def test_steady_noise_clicks_and_silence_find_nothing() -> None:

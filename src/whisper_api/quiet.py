@@ -25,6 +25,7 @@ MIN_DB = -65.0  # quieter is never speech worth decoding, even over digital sile
 AWAY_S = 0.2  # frames this close to a VAD region belong to it (its padding)
 BRIDGE_S = 0.4  # loud frames this close belong to one stretch (syllables)
 MIN_LOUD_S = 0.8  # a cough or a click is shorter
+MIN_RUN_ON_S = 0.2  # ... but next to speech, a word or two is as short as that
 PAD_S = 0.2
 MAX_REGION_S = 20.0  # as the VAD's regions (max_speech_duration_s): a window holds several
 # Between a stretch's loud and soft frames (90th and 10th percentile). Speech the VAD missed
@@ -37,17 +38,51 @@ SILENT_DB = -90.0  # at or below: digital silence (16-bit audio's own floor is a
 
 def quiet_speech(audio: np.ndarray, regions: list[Region]) -> list[Region]:
     """Stretches outside `regions` loud enough to hold speech, in time order."""
+    end_s = len(audio) / SAMPLE_RATE_HZ
+    return [piece for start, end, loud_s in _loud_stretches(audio, regions)
+            if loud_s >= MIN_LOUD_S
+            for piece in split((max(0.0, start - PAD_S), min(end_s, end + PAD_S)), MAX_REGION_S)]
+
+
+def run_on(audio: np.ndarray, regions: list[Region]) -> list[Region]:
+    """The VAD's regions, each reaching over a stretch too short for `quiet_speech` that
+    adjoins it (within BRIDGE_S of its padding): the VAD cut the speech short there. A falsetto
+    sentence's last words ("high pitched", 0.5 s) lay just after its region; the decoder's
+    window ended with the region, and they were lost."""
+    end_s = len(audio) / SAMPLE_RATE_HZ
+    grown = list(regions)
+    for start, end, loud_s in _loud_stretches(audio, regions):
+        if not MIN_RUN_ON_S <= loud_s < MIN_LOUD_S:
+            continue
+        for i, (first, last) in enumerate(grown):
+            if 0.0 <= start - (last + AWAY_S) <= BRIDGE_S:
+                grown[i] = (first, min(end + PAD_S, end_s, *_starts_after(grown, last)))
+            elif 0.0 <= (first - AWAY_S) - end <= BRIDGE_S:
+                grown[i] = (max(start - PAD_S, 0.0, *_ends_before(grown, first)), last)
+    return grown
+
+
+def _starts_after(regions: list[Region], at: float) -> list[float]:
+    return [a for a, _ in regions if a >= at]
+
+
+def _ends_before(regions: list[Region], at: float) -> list[float]:
+    return [b for _, b in regions if b <= at]
+
+
+def _loud_stretches(audio: np.ndarray,
+                    regions: list[Region]) -> list[tuple[float, float, float]]:
+    """(start_s, end_s, seconds of loud frames) of each stretch outside `regions` loud enough
+    to hold speech and rising and falling like it, in time order."""
     levels = levels_db(audio, int(FRAME_S * SAMPLE_RATE_HZ))
     outside = _outside(len(levels), regions)
     if not outside.any():
         return []
     floor = float(np.percentile(levels[outside], 10))
     loud = np.flatnonzero(outside & (levels > max(floor + RISE_DB, MIN_DB)))
-    end_s = len(audio) / SAMPLE_RATE_HZ
-    return [piece for first, last, count in _stretches(loud, outside)
-            if count * FRAME_S >= MIN_LOUD_S and swings(levels[first:last + 1])
-            for piece in split((max(0.0, first * FRAME_S - PAD_S),
-                                min(end_s, (last + 1) * FRAME_S + PAD_S)), MAX_REGION_S)]
+    return [(first * FRAME_S, (last + 1) * FRAME_S, count * FRAME_S)
+            for first, last, count in _stretches(loud, outside)
+            if swings(levels[first:last + 1])]
 
 
 def swings(levels: np.ndarray) -> bool:

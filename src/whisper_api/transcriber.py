@@ -42,7 +42,7 @@ from whisper_api.chunking import spread_regions
 from whisper_api.errors import ModelNotFoundError
 from whisper_api.executors.base import WorkerConfig
 from whisper_api.models import resolve_model
-from whisper_api.quiet import quiet_speech
+from whisper_api.quiet import quiet_speech, run_on
 from whisper_api.regions import (
     Region,
     RegionLimits,
@@ -164,7 +164,7 @@ class Transcriber:
         """
         report = on_progress or _ignore
         options = options.for_language(options.language)
-        speech = self.find_utterances(audio)
+        speech = run_on(audio, self.find_utterances(audio))
         self._vad_memo = None  # used at most once: detection, then this decode
         quiet = set(quiet_speech(audio, speech))
         regions = sorted([*speech, *quiet])
