@@ -7,6 +7,7 @@ from whisper_api.regions import (
     RegionLimits,
     assign,
     carry,
+    drifted,
     fit_to_region,
     judge,
     redo_set,
@@ -130,6 +131,23 @@ def test_a_short_answer_whose_word_runs_into_its_neighbour_makes_both_suspect() 
     assert straddling(regions, early, late_s=0.6, early_s=1.0, most_words=3) == {0, 1}
     # One that starts early by no more than the silence before it: no suspect.
     assert straddling(regions, early, late_s=0.6, early_s=1.2, most_words=3) == set()
+
+
+def test_a_short_answer_before_a_region_whose_words_start_late_makes_both_suspect() -> None:
+    # "and run you through" skipped over a span of the audio: its region came back as the
+    # next sentence's first words, timed seconds early; that region's words begin 1.3 s in.
+    regions = [(0.0, 3.0), (3.5, 5.0), (7.3, 10.8)]
+    skipped = [timed_words(0.5, 2.8, "She", "had", "your", "dark", "suit"),
+               timed_words(3.5, 4.9, "God", "bless", "them"),
+               timed_words(8.6, 10.4, "I", "hope", "I'll", "go", "on")]
+    assert drifted(regions, skipped, late_s=1.0, most_words=3) == {1, 2}
+    assert drifted(regions, skipped, late_s=1.4, most_words=3) == set()
+    # Heard whole, the late region's first word starts on time: no suspect.
+    heard = [*skipped[:2], timed_words(7.5, 10.4, "God", "bless", "em", "I", "hope")]
+    assert drifted(regions, heard, late_s=1.0, most_words=3) == set()
+    # A long answer before it is no skipped short sentence; neither is an empty one.
+    assert drifted(regions[::2], skipped[::2], late_s=1.0, most_words=3) == set()
+    assert drifted(regions, [skipped[0], [], skipped[2]], late_s=1.0, most_words=3) == set()
 
 
 def window(*words: tuple[float, float, str]) -> Segment:

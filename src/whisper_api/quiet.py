@@ -8,7 +8,8 @@ of it is kept only when it is confident (the transcriber's `trusted`), since suc
 be music, a cough or a door. Stationary noise raises the floor with it and finds nothing; where
 the gaps are digital silence (edited audio, clips joined) there is no floor to raise, so a
 stretch must also rise and fall like syllables: a clip's room noise at its edges holds its
-level within about 13 dB and is no speech.
+level within about 13 dB and is no speech. A stretch too short to be offered alone that
+adjoins a region is the VAD's region cut short, and the region reaches over it (`run_on`).
 """
 
 import math

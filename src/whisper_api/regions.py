@@ -130,6 +130,24 @@ def straddling(regions: list[Region], groups: list[list[Segment]], late_s: float
     return suspect
 
 
+def drifted(regions: list[Region], groups: list[list[Segment]], late_s: float,
+            most_words: int) -> set[int]:
+    """Regions of at most `most_words` words whose next region's first word starts more than
+    `late_s` after that region's start, with that neighbour. Over a window that spans the
+    audio the decoder can skip a short sentence and the aligner time the next one's first
+    words seconds early, over it: "and run you through" came back as "God bless them", 2.2 s
+    before they were said, and the region of "God bless 'em, I hope ..." began 1.3 s before its
+    first word. Both regions pass the judge."""
+    suspect: set[int] = set()
+    for index in range(len(regions) - 1):
+        words = [w for s in groups[index] for w in s.words]
+        after = [w for s in groups[index + 1] for w in s.words]
+        if words and len(words) <= most_words and after \
+                and after[0].start > regions[index + 1][0] + late_s:
+            suspect |= {index, index + 1}
+    return suspect
+
+
 def tail(group: list[Segment], after: list[Segment], most: int) -> list[Segment]:
     """The words ending a region's answer that begin the sentence its next region's answer
     goes on with (one decoder segment, cut between the two by `assign`), if at most `most`.

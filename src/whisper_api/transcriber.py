@@ -49,6 +49,7 @@ from whisper_api.regions import (
     agreed,
     assign,
     carry,
+    drifted,
     fit_to_region,
     judge,
     redo_set,
@@ -108,6 +109,8 @@ STRADDLE_WORDS = 3
 # every German run) had redos that heard nothing more; those that brought a skipped sentence
 # back started 1.05 s or more early. A last word running 0.73 s late already can mean a skip.
 STRADDLE_EARLY_S = 0.4
+# A region's first word starting this long after the region (the VAD's own padding is 0.2 s).
+DRIFT_LATE_S = 1.0
 MORE_WORDS = 2
 # The most words of the next sentence a redone region's first answer may end with and still
 # have them kept after its new answer (`regions.tail`): seen were one or two ("And", "For
@@ -712,12 +715,16 @@ def _places(pending: tuple[Pending, ...]) -> list[frozenset[int]]:
 def _suspects(regions: list[Region], groups: list[list[Segment]], excluded: set[int],
               options: DecodeOptions) -> dict[int, list[Segment]]:
     """`fast`'s regions that passed the judge but whose words run into a packed neighbour
-    (`straddling`), with their first answers."""
-    if not _packed_redo(options) or options.pause_s is None:
+    (`straddling`) or, over windows that span the audio, whose neighbour's words start late
+    (`drifted`), with their first answers."""
+    if not _packed_redo(options):
         return {}
-    late_s = options.pause_s + STRADDLE_SLACK_S
-    early_s = late_s + STRADDLE_EARLY_S
-    found = straddling(regions, groups, late_s, early_s, STRADDLE_WORDS)
+    if options.pause_s is None:
+        found = drifted(regions, groups, DRIFT_LATE_S, STRADDLE_WORDS)
+    else:
+        late_s = options.pause_s + STRADDLE_SLACK_S
+        early_s = late_s + STRADDLE_EARLY_S
+        found = straddling(regions, groups, late_s, early_s, STRADDLE_WORDS)
     return {i: groups[i] for i in found - excluded}
 
 
