@@ -772,6 +772,33 @@ def test_fast_hears_again_a_short_answer_that_runs_into_the_next_region(
     assert all(5.0 <= s.start < s.end <= 6.5 for s in segments if s.text == expected[0])
 
 
+@pytest.mark.parametrize("fan_out", [False, True])
+@pytest.mark.parametrize("rest_from, expected", [
+    pytest.param(9.5, (SHORT, AFTER), id="the next words start 1.5 s late: both redone"),
+    pytest.param(8.6, ("In being", REST), id="on time: the first answers stay"),
+])
+def test_base_fast_hears_again_a_short_answer_before_a_region_whose_words_start_late(
+    rest_from: float, expected: tuple[str, str], fan_out: bool
+) -> None:
+    """Over spans of the audio (`base` `fast`) a short sentence came back as the next one's
+    first two words, timed inside its own region, and the next region's words begin well
+    after that region does: both answers pass the judge, both regions are decoded again."""
+    first = [with_words(GOOD[REGIONS[0]], 0.5, 3.5), with_words("In being", 5.2, 6.3),
+             with_words(REST, rest_from, 13.5)]
+    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.04: (SHORT, -0.2, 0.01),
+            0.03: (AFTER, -0.2, 0.01)}
+    transcriber = Transcriber.with_decoders(FakeSequential(), SkipsFirst(said, first))
+    transcriber.find_utterances = lambda audio: list(SKIP_REGIONS)  # type: ignore[method-assign]
+    options = replace(preset_options("base", "fast"), language="en", fan_out=fan_out)
+    audio = a_short_sentence_between_two()
+    segments, _, redone, pending = transcriber.transcribe(audio, options)
+    if fan_out:
+        segments = [*segments, *transcriber.redo(audio, pending, options)[0]]
+    texts = [s.text for s in sorted(segments, key=lambda s: s.start)]
+    assert texts == [GOOD[REGIONS[0]], *expected]
+    assert redone == (2 if rest_from > 9.0 else 0)
+
+
 SLOG = "I can't think of an animal that's less like a slog."
 WHICH = "And which developed more completely on the side of the lower case."
 
