@@ -109,7 +109,8 @@ STRADDLE_WORDS = 3
 # every German run) had redos that heard nothing more; those that brought a skipped sentence
 # back started 1.05 s or more early. A last word running 0.73 s late already can mean a skip.
 STRADDLE_EARLY_S = 0.4
-# A region's first word starting this long after the region (the VAD's own padding is 0.2 s).
+# A region's first word starting this long after the region: 1.3 s where the aligner had timed
+# its first words into a skipped sentence's region (the VAD's own padding is 0.2 s).
 DRIFT_LATE_S = 1.0
 MORE_WORDS = 2
 # The most words of the next sentence a redone region's first answer may end with and still
