@@ -56,19 +56,11 @@ def run_on(audio: np.ndarray, regions: list[Region]) -> list[Region]:
         if not MIN_RUN_ON_S <= loud_s < MIN_LOUD_S:
             continue
         for i, (first, last) in enumerate(grown):
-            if 0.0 <= start - (last + AWAY_S) <= BRIDGE_S:
-                grown[i] = (first, min(end + PAD_S, end_s, *_starts_after(grown, last)))
-            elif 0.0 <= (first - AWAY_S) - end <= BRIDGE_S:
-                grown[i] = (max(start - PAD_S, 0.0, *_ends_before(grown, first)), last)
+            if 0.0 <= start - (last + AWAY_S) <= BRIDGE_S:  # up to the next region
+                grown[i] = (first, min([end + PAD_S, end_s, *(a for a, _ in grown if a >= last)]))
+            elif 0.0 <= (first - AWAY_S) - end <= BRIDGE_S:  # back to the one before
+                grown[i] = (max([start - PAD_S, 0.0, *(b for _, b in grown if b <= first)]), last)
     return grown
-
-
-def _starts_after(regions: list[Region], at: float) -> list[float]:
-    return [a for a, _ in regions if a >= at]
-
-
-def _ends_before(regions: list[Region], at: float) -> list[float]:
-    return [b for _, b in regions if b <= at]
 
 
 def _loud_stretches(audio: np.ndarray,

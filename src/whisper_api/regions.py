@@ -120,7 +120,7 @@ def straddling(regions: list[Region], groups: list[list[Segment]], late_s: float
     starts early has often only been given the silence before it: `early_s` is larger."""
     suspect: set[int] = set()
     for index, (region, group) in enumerate(zip(regions, groups, strict=True)):
-        words = [w for s in group for w in s.words]
+        words = _words(group)
         if not words or len(words) > most_words:
             continue
         if words[-1].end > region[1] + late_s and index + 1 < len(regions):
@@ -138,14 +138,18 @@ def drifted(regions: list[Region], groups: list[list[Segment]], late_s: float,
     words seconds early, over it: "and run you through" came back as "God bless them", 2.2 s
     before they were said, and the region of "God bless 'em, I hope ..." began 1.3 s before its
     first word. Both regions pass the judge."""
+    words = [_words(group) for group in groups]
     suspect: set[int] = set()
     for index in range(len(regions) - 1):
-        words = [w for s in groups[index] for w in s.words]
-        after = [w for s in groups[index + 1] for w in s.words]
-        if words and len(words) <= most_words and after \
+        after = words[index + 1]
+        if 0 < len(words[index]) <= most_words and after \
                 and after[0].start > regions[index + 1][0] + late_s:
             suspect |= {index, index + 1}
     return suspect
+
+
+def _words(group: list[Segment]) -> list[Word]:
+    return [w for s in group for w in s.words]
 
 
 def tail(group: list[Segment], after: list[Segment], most: int) -> list[Segment]:
