@@ -597,6 +597,23 @@ def test_a_fanned_out_chunk_leaves_its_last_repair_to_the_files_redo_pass() -> N
     assert len(sequential.calls) == 1  # the spoken region alone; the noise never
 
 
+def test_a_fanned_out_chunk_leaves_pending_regions_a_short_pause_apart_as_one() -> None:
+    """The VAD cut one falsetto sentence into pieces a pause within a sentence apart; decoded
+    apart in the redo pass, its first piece came back as one wrong word. Pieces that close
+    leave the chunk as one region, the sound between them included; a longer pause does not
+    join."""
+    pieces: list[Region] = [(1.0, 2.0), (2.2, 3.0), (3.5, 8.0), (13.0, 16.0)]
+    answers = {pieces[0]: ("It's", -1.5), pieces[1]: ("uh", -1.5), pieces[2]: ("show", -0.2),
+               pieces[3]: (GOOD[REGIONS[2]], -0.2)}
+    transcriber = Transcriber.with_decoders(FakeSequential(), FakeBatched(answers))
+    transcriber.find_utterances = lambda audio: list(pieces)  # type: ignore[method-assign]
+    options = replace(preset_options("base", "fast"), language="en", fan_out=True)
+    audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
+    segments, _, redone, pending = transcriber.transcribe(audio, options)
+    assert [s.text for s in segments] == [GOOD[REGIONS[2]]] and redone == 3
+    assert [(p.start_s, p.end_s) for p in pending] == [(1.0, 3.0), (3.5, 8.0)]
+
+
 class Detector:
     """A multilingual model's language detection: each window's first sample says which
     ranking it answers."""

@@ -121,6 +121,9 @@ TAIL_WORDS = 4
 # Between quiet regions packed for their redo, as tiny.en `fast` packs speech (`fast` packs
 # them with its spoken ones, at its own `redo_pause_s`).
 QUIET_PAUSE_S = 0.3
+# Pending regions this close leave a chunk as one (`_adjoined`): a pause within a sentence
+# (the VAD pads each side by 0.2 s, so 0.3 s here is 0.7 s of silence).
+ADJOIN_S = 0.3
 ProgressSink = Callable[[float], None]
 Suspects = dict[int, list[Segment]]  # a run of suspect neighbours: region -> first answer
 T = TypeVar("T")
@@ -185,12 +188,12 @@ class Transcriber:
         last = self._repair(audio, regions, groups, redo, options, quiet_at) | first.keys()
         pending: tuple[Pending, ...] = ()
         if options.fan_out:  # the file's redo pass decodes them with every other chunk's
-            pending = tuple(
+            pending = _adjoined(tuple(
                 Pending(*regions[i], i in quiet_at,
                         tuple(s.shifted(-regions[i][0]) for s in first.get(i, [])),
                         joined=i in first and i - 1 in first,
                         tail=tuple(s.shifted(-regions[i][0]) for s in tails.get(i, [])))
-                for i in sorted(last))
+                for i in sorted(last)))
             for index in last:  # their tails travel with them
                 groups[index] = []
                 tails.pop(index, None)
@@ -689,6 +692,25 @@ def _keep_unless_more_words(regions: list[Region], groups: list[list[Segment]],
         if not more or any(unusable(regions[i], groups[i], LIMITS) for i in run):
             for index, answer in run.items():
                 groups[index] = answer
+
+
+def _adjoined(pending: tuple[Pending, ...]) -> tuple[Pending, ...]:
+    """Pending regions at most ADJOIN_S apart as one, the sound between them included: the
+    VAD cut a falsetto sentence into three, and the redo pass, which strings regions together
+    with silence between them, heard "this is all" alone as "It's" (base `fast`, seed 7).
+    Suspects (`first`) stay apart: their first answers are kept per region."""
+    merged: list[Pending] = []
+    for region in pending:
+        before = merged[-1] if merged else None
+        if before is not None and not before.first and not region.first \
+                and region.start_s - before.end_s <= ADJOIN_S:
+            merged[-1] = replace(before, end_s=region.end_s,
+                                 quiet=before.quiet and region.quiet,
+                                 tail=tuple(s.shifted(region.start_s - before.start_s)
+                                            for s in region.tail))
+        else:
+            merged.append(region)
+    return tuple(merged)
 
 
 def _suspect_runs(pending: tuple[Pending, ...]) -> list[Suspects]:
