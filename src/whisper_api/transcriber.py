@@ -186,31 +186,30 @@ class Transcriber:
         first = _suspects(regions, groups, redo | quiet_at, options)
         tails = _tails(groups, redo, redo | first.keys())
         last = self._repair(audio, regions, groups, redo, options, quiet_at) | first.keys()
-        pending = _adjoined(tuple(
-            Pending(*regions[i], i in quiet_at,
-                    tuple(s.shifted(-regions[i][0]) for s in first.get(i, [])),
-                    joined=i in first and i - 1 in first,
-                    tail=tuple(s.shifted(-regions[i][0]) for s in tails.get(i, [])))
-            for i in sorted(last)))
-        for index in last:  # their tails travel with them
-            groups[index] = []
-            tails.pop(index, None)
-        kept = _kept(regions, groups, quiet_at, options, tails)
-        if pending and not options.fan_out:
-            # A lone chunk is its own redo pass (a fanned-out one's is its file's), over its
-            # audio with the kept regions silenced: a redo window never hears their words.
-            others = [region for i, region in enumerate(regions) if i not in last]
-            again, _, _, _ = self.redo(_silenced(audio, others), pending, options)
-            kept, pending = sorted([*kept, *again], key=lambda s: s.start), ()
+        pending: tuple[Pending, ...] = ()
+        if options.fan_out:  # the file's redo pass decodes them with every other chunk's
+            pending = _adjoined(tuple(
+                Pending(*regions[i], i in quiet_at,
+                        tuple(s.shifted(-regions[i][0]) for s in first.get(i, [])),
+                        joined=i in first and i - 1 in first,
+                        tail=tuple(s.shifted(-regions[i][0]) for s in tails.get(i, [])))
+                for i in sorted(last)))
+            for index in last:  # their tails travel with them
+                groups[index] = []
+                tails.pop(index, None)
+        else:
+            runs = [{i: first[i] for i in run} for run in _runs(sorted(first))]
+            self._last_repair(audio, regions, groups, last, options, quiet_at, runs)
         report(len(audio) / SAMPLE_RATE_HZ)
+        kept = _kept(regions, groups, quiet_at, options, tails)
         return kept, language, len(redo) + len(first), pending
 
     def redo(
         self, audio: np.ndarray, pending: tuple[Pending, ...], options: DecodeOptions,
         on_progress: ProgressSink | None = None,
     ) -> Decoded:
-        """The redo pass: `audio` holds the pending regions of a file's chunks (or a lone
-        chunk's own), decoded again as their chunks would have (`_last_repair`), all at once."""
+        """The redo pass: `audio` holds the pending regions of a file's chunks, decoded again as
+        their chunks would have (`_last_repair`), but all at once."""
         options = options.for_language(options.language)
         regions = [(p.start_s, p.end_s) for p in pending]
         groups: list[list[Segment]] = [[] for _ in regions]
@@ -712,14 +711,6 @@ def _adjoined(pending: tuple[Pending, ...]) -> tuple[Pending, ...]:
         else:
             merged.append(region)
     return tuple(merged)
-
-
-def _silenced(audio: np.ndarray, regions: list[Region]) -> np.ndarray:
-    """A copy of `audio` with these regions' sound replaced by silence."""
-    quiet = audio.copy()
-    for start, end in regions:
-        quiet[int(start * SAMPLE_RATE_HZ):int(end * SAMPLE_RATE_HZ)] = 0.0
-    return quiet
 
 
 def _suspect_runs(pending: tuple[Pending, ...]) -> list[Suspects]:
