@@ -26,7 +26,7 @@ from whisper_api.transcriber import (
     token_cap,
     widen,
 )
-from whisper_api.transcript import SPANS_REDO_PAUSE_S, DecodeOptions, Pending
+from whisper_api.transcript import SPANS_REDO_PAUSE_S, DecodeOptions, Pending, Segment
 
 REGIONS: list[Region] = [(0.0, 4.0), (5.0, 12.0), (13.0, 16.0)]
 GOOD = {
@@ -597,21 +597,47 @@ def test_a_fanned_out_chunk_leaves_its_last_repair_to_the_files_redo_pass() -> N
     assert len(sequential.calls) == 1  # the spoken region alone; the noise never
 
 
-def test_a_fanned_out_chunk_leaves_pending_regions_a_short_pause_apart_as_one() -> None:
-    """The VAD cut one falsetto sentence into pieces a pause within a sentence apart; decoded
-    apart in the redo pass, its first piece came back as one wrong word. Pieces that close
-    leave the chunk as one region, the sound between them included; a longer pause does not
-    join."""
-    pieces: list[Region] = [(1.0, 2.0), (2.2, 3.0), (3.5, 8.0), (13.0, 16.0)]
-    answers = {pieces[0]: ("It's", -1.5), pieces[1]: ("uh", -1.5), pieces[2]: ("show", -0.2),
-               pieces[3]: (GOOD[REGIONS[2]], -0.2)}
-    transcriber = Transcriber.with_decoders(FakeSequential(), FakeBatched(answers))
+PIECES = "Look in thy glass, and tell the face thou viewest."
+
+
+def test_pieces_of_a_sentence_a_short_pause_apart_are_decoded_again_as_one() -> None:
+    """The VAD cut a sentence into pieces a pause within a sentence apart, and the first pass
+    skipped them. Heard apart (the file's redo pass strings regions together with silence
+    between them), each came back as nothing or wrong words: the pieces are decoded again as
+    one region, the sound between them included."""
+    audio = levels(16.0, (0.5, 4.6, 0.02), (5.0, 5.9, 0.04), (5.9, 6.1, 0.06), (6.1, 7.0, 0.04),
+                   (8.5, 13.5, 0.03))
+    pieces: list[Region] = [(0.0, 4.7), (4.9, 5.9), (6.1, 7.1), (8.0, 14.0)]
+    first = [with_words(GOOD[REGIONS[0]], 0.5, 4.6), with_words(AFTER, 8.5, 13.5)]
+    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.03: (AFTER, -0.2, 0.01),
+            0.06: (PIECES, -0.2, 0.01)}  # the pieces alone (0.04): nothing heard
+    transcriber = Transcriber.with_decoders(FakeSequential(), SkipsFirst(said, first))
     transcriber.find_utterances = lambda audio: list(pieces)  # type: ignore[method-assign]
     options = replace(preset_options("base", "fast"), language="en", fan_out=True)
-    audio = np.zeros(17 * SAMPLE_RATE_HZ, dtype=np.float32)
     segments, _, redone, pending = transcriber.transcribe(audio, options)
-    assert [s.text for s in segments] == [GOOD[REGIONS[2]]] and redone == 3
-    assert [(p.start_s, p.end_s) for p in pending] == [(1.0, 3.0), (3.5, 8.0)]
+    assert [(p.start_s, p.end_s) for p in pending] == [(4.9, 7.1)]
+    # The redo pass's audio, as the pipeline writes it: 0.5 s of silence around each region.
+    gap = np.zeros(SAMPLE_RATE_HZ // 2, dtype=np.float32)
+    cut = audio[int(4.9 * SAMPLE_RATE_HZ):int(7.1 * SAMPLE_RATE_HZ)]
+    again = (replace(pending[0], start_s=0.5, end_s=0.5 + len(cut) / SAMPLE_RATE_HZ),)
+    redone_segments = transcriber.redo(np.concatenate([gap, cut, gap]), again,
+                                       replace(options, fan_out=False))[0]
+    segments = [*segments, *(s.shifted(4.4) for s in redone_segments)]
+    texts = [s.text for s in sorted(segments, key=lambda s: s.start)]
+    assert texts == [GOOD[REGIONS[0]], PIECES, AFTER] and redone == 2
+
+
+def test_only_neighbours_alike_and_short_enough_together_are_joined() -> None:
+    """A quiet region (maybe noise) never joins a spoken one, nor do two pieces longer than
+    the VAD's longest region together (a window hears 30 s at most), nor regions with a kept
+    one between them, nor a suspect with its first answer."""
+    regions: list[Region] = [(0.0, 1.0), (1.2, 2.0), (2.0, 3.0), (3.1, 15.0), (15.1, 25.0),
+                             (25.2, 26.0), (26.1, 27.0), (27.1, 28.0), (28.1, 29.0)]
+    said = [Segment(28.2, 28.5, "It's")]
+    pending = transcriber_module._pending(regions, set(range(9)) - {6}, {2}, {8: said}, {})
+    assert [(p.start_s, p.end_s, p.quiet) for p in pending] == [
+        (0.0, 2.0, False), (2.0, 3.0, True), (3.1, 15.0, False), (15.1, 26.0, False),
+        (27.1, 28.0, False), (28.1, 29.0, False)]
 
 
 class Detector:

@@ -42,7 +42,7 @@ from whisper_api.chunking import spread_regions
 from whisper_api.errors import ModelNotFoundError
 from whisper_api.executors.base import WorkerConfig
 from whisper_api.models import resolve_model
-from whisper_api.quiet import quiet_speech, run_on
+from whisper_api.quiet import MAX_REGION_S, quiet_speech, run_on
 from whisper_api.regions import (
     Region,
     RegionLimits,
@@ -121,7 +121,7 @@ TAIL_WORDS = 4
 # Between quiet regions packed for their redo, as tiny.en `fast` packs speech (`fast` packs
 # them with its spoken ones, at its own `redo_pause_s`).
 QUIET_PAUSE_S = 0.3
-# Pending regions this close leave a chunk as one (`_adjoined`): a pause within a sentence
+# Pending regions this close leave a chunk as one (`_adjoins`): a pause within a sentence
 # (the VAD pads each side by 0.2 s, so 0.3 s here is 0.7 s of silence).
 ADJOIN_S = 0.3
 ProgressSink = Callable[[float], None]
@@ -188,12 +188,7 @@ class Transcriber:
         last = self._repair(audio, regions, groups, redo, options, quiet_at) | first.keys()
         pending: tuple[Pending, ...] = ()
         if options.fan_out:  # the file's redo pass decodes them with every other chunk's
-            pending = _adjoined(tuple(
-                Pending(*regions[i], i in quiet_at,
-                        tuple(s.shifted(-regions[i][0]) for s in first.get(i, [])),
-                        joined=i in first and i - 1 in first,
-                        tail=tuple(s.shifted(-regions[i][0]) for s in tails.get(i, [])))
-                for i in sorted(last)))
+            pending = _pending(regions, last, quiet_at, first, tails)
             for index in last:  # their tails travel with them
                 groups[index] = []
                 tails.pop(index, None)
@@ -694,23 +689,39 @@ def _keep_unless_more_words(regions: list[Region], groups: list[list[Segment]],
                 groups[index] = answer
 
 
-def _adjoined(pending: tuple[Pending, ...]) -> tuple[Pending, ...]:
-    """Pending regions at most ADJOIN_S apart as one, the sound between them included: the
-    VAD cut a falsetto sentence into three, and the redo pass, which strings regions together
-    with silence between them, heard "this is all" alone as "It's" (base `fast`, seed 7).
-    Suspects (`first`) stay apart: their first answers are kept per region."""
-    merged: list[Pending] = []
-    for region in pending:
-        before = merged[-1] if merged else None
-        if before is not None and not before.first and not region.first \
-                and region.start_s - before.end_s <= ADJOIN_S:
-            merged[-1] = replace(before, end_s=region.end_s,
-                                 quiet=before.quiet and region.quiet,
-                                 tail=tuple(s.shifted(region.start_s - before.start_s)
-                                            for s in region.tail))
+def _pending(regions: list[Region], last: set[int], quiet: set[int],
+             first: dict[int, list[Segment]], tails: dict[int, list[Segment]]
+             ) -> tuple[Pending, ...]:
+    """The regions a fanned-out chunk leaves for its file's redo pass, with their first
+    answers (suspects) and tails in seconds from their starts. Neighbours a short pause apart
+    leave as one region, the sound between them included (`_adjoins`): the redo pass's audio
+    strings regions together with silence between them, and heard a sonnet's "Look in thy
+    glass", cut off by the VAD from the rest of its line, alone as "Lookin' like last." (base
+    `fast`, seed 13)."""
+    left: list[Pending] = []
+    for i in sorted(last):
+        start, end = regions[i]
+        region = Pending(start, end, i in quiet, tuple(s.shifted(-start) for s in first.get(i, [])),
+                         joined=i in first and i - 1 in first,
+                         tail=tuple(s.shifted(-start) for s in tails.get(i, [])))
+        if i - 1 in last and _adjoins(left[-1], region):
+            before = left[-1]
+            left[-1] = replace(before, end_s=end, tail=tuple(
+                s.shifted(start - before.start_s) for s in region.tail))
         else:
-            merged.append(region)
-    return tuple(merged)
+            left.append(region)
+    return tuple(left)
+
+
+def _adjoins(before: Pending, after: Pending) -> bool:
+    """Whether two neighbouring pending regions are decoded again as one: at most ADJOIN_S
+    apart, neither a suspect (their first answers are kept per region), both spoken or both
+    quiet (a quiet one may be noise: it is never given to the sequential decoder, and kept only
+    where the decoder is sure), and together no longer than the VAD's longest region (a
+    window hears 30 s at most)."""
+    return not before.first and not after.first and before.quiet == after.quiet \
+        and after.start_s - before.end_s <= ADJOIN_S \
+        and after.end_s - before.start_s <= MAX_REGION_S
 
 
 def _suspect_runs(pending: tuple[Pending, ...]) -> list[Suspects]:
