@@ -92,8 +92,9 @@ class DecodeOptions:
 
 @dataclass(frozen=True)
 class Pending:
-    """A region a fanned-out chunk leaves for its file's redo pass, which decodes every chunk's
-    pending regions at once: in full windows, on all lanes. Seconds in the chunk's audio;
+    """A region a fanned-out chunk leaves for its file's redo pass (neighbouring pieces of one
+    sentence as one: `transcriber._adjoins`), which decodes every chunk's pending regions at
+    once: in full windows, on all lanes. Seconds in the chunk's audio;
     `quiet`: found by the quiet-speech pass, not by the VAD. `first`: the first pass's answer
     for a region that passed the judge but is suspect (`regions.straddling`), in seconds from
     the region's start: the redo replaces it only with clearly more words. `joined`: a suspect
