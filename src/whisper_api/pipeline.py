@@ -243,10 +243,7 @@ def _decoded_as(pending: list[Pending], gaps: list[float]) -> tuple[Pending, ...
     joined = [pending[0]]
     for gap, region in zip(gaps[:-1], pending[1:], strict=True):  # the gap before each
         if gap == 0.0:
-            joined[-1] = replace(joined[-1], end_s=region.end_s,
-                                 quiet=joined[-1].quiet and region.quiet,
-                                 tail=tuple(s.shifted(region.start_s - joined[-1].start_s)
-                                            for s in region.tail))
+            joined[-1] = joined[-1].through(region)
         else:
             joined.append(region)
     return tuple(joined)

@@ -705,9 +705,7 @@ def _pending(regions: list[Region], last: set[int], quiet: set[int],
                          joined=i in first and i - 1 in first,
                          tail=tuple(s.shifted(-start) for s in tails.get(i, [])))
         if i - 1 in last and _adjoins(left[-1], region):
-            before = left[-1]
-            left[-1] = replace(before, end_s=end, tail=tuple(
-                s.shifted(start - before.start_s) for s in region.tail))
+            left[-1] = left[-1].through(region)
         else:
             left.append(region)
     return tuple(left)

@@ -96,9 +96,10 @@ class Pending:
     sentence as one: `transcriber._adjoins`), which decodes every chunk's pending regions at
     once: in full windows, on all lanes. Seconds in the chunk's audio;
     `quiet`: found by the quiet-speech pass, not by the VAD. `first`: the first pass's answer
-    for a region that passed the judge but is suspect (`regions.straddling`), in seconds from
-    the region's start: the redo replaces it only with clearly more words. `joined`: a suspect
-    whose region follows the one pending before it, in the same run of suspect neighbours.
+    for a region that passed the judge but is suspect (`regions.straddling`, `drifted`), in
+    seconds from the region's start: the redo replaces it only with clearly more words.
+    `joined`: a suspect whose region follows the one pending before it, in the same run of
+    suspect neighbours.
     `near`: the region before it in the redo pass's list ends at most 10 s before it in the
     file (`pipeline.ONE_PLACE_S`): the two come from one place. `tail`: the first words of
     the next region's sentence, timed into this one (`regions.tail`), in seconds from its
@@ -111,6 +112,12 @@ class Pending:
     joined: bool = False
     near: bool = False
     tail: tuple[Segment, ...] = ()
+
+    def through(self, after: "Pending") -> "Pending":
+        """This region and `after`, the next one in the same audio, as one: up to its end,
+        quiet only if both are, with its tail."""
+        return replace(self, end_s=after.end_s, quiet=self.quiet and after.quiet,
+                       tail=tuple(s.shifted(after.start_s - self.start_s) for s in after.tail))
 
 
 # What a worker's transcriber answers for a chunk: segments, the language, how many regions
