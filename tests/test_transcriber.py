@@ -778,6 +778,37 @@ def a_short_sentence_between_two() -> np.ndarray:
 REST = AFTER.split(" ", 2)[2]  # without "In being"
 
 
+class HearsTheFirst(SkipsFirst):
+    """SkipsFirst, but after its first call each window holding several utterances answers
+    the first one only: the decoder stops early and drops the rest of the window."""
+
+    def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
+        heard, info = super().transcribe(audio, **kwargs)
+        heard = list(heard)
+        firsts = []
+        for clip in kwargs["clip_timestamps"]:
+            inside = sorted((s for s in heard if clip["start"] <= s.start <= clip["end"]),
+                            key=lambda s: s.start)
+            firsts += inside[:1]
+        return iter(firsts), info
+
+
+def test_fast_gives_a_region_its_last_try_dropped_again_a_window_of_its_own() -> None:
+    """A 1 s falsetto "this is all" right after a sentence: every window that held both
+    dropped it (the packed redo and the last try, which shares a window between failing
+    neighbours). Alone, the decoder hears it."""
+    audio = levels(12.0, (0.5, 4.5, 0.02), (5.2, 7.9, 0.03), (8.2, 9.0, 0.04))
+    regions: list[Region] = [(0.0, 4.7), (5.0, 8.05), (8.1, 9.2)]
+    said = {0.02: (GOOD[REGIONS[0]], -0.2, 0.01), 0.03: (AFTER, -0.2, 0.01),
+            0.04: ("This is all", -0.2, 0.01)}
+    transcriber = Transcriber.with_decoders(FakeSequential(), HearsTheFirst(said, []))
+    transcriber.find_utterances = lambda audio: list(regions)  # type: ignore[method-assign]
+    segments, _, redone, _ = transcriber.transcribe(audio, replace(PRESETS["fast"],
+                                                                   language="en"))
+    assert [s.text for s in segments] == [GOOD[REGIONS[0]], AFTER, "This is all"]
+    assert redone == 3
+
+
 @pytest.mark.parametrize("fan_out", [False, True])
 @pytest.mark.parametrize("first_answers, heard_again, expected", [
     pytest.param(("In being", REST), SHORT, (SHORT, AFTER), id="a skipped sentence"),
@@ -950,8 +981,9 @@ def test_the_redo_pass_windows_the_regions_of_one_place_apart_from_the_rest() ->
     transcriber = Transcriber.with_decoders(FakeSequential(), decoder)
     transcriber.redo(audio, pending, replace(PRESETS["fast"], fan_out=False))
     assert decoder.calls[0] == ["We+review+profit"]  # the packed try: one window
-    assert sorted(decoder.calls[-1]) == ["We+review", "profit"]
-    assert decoder.frames[0] is not None and decoder.frames[-1] is None
+    assert sorted(decoder.calls[1]) == ["We+review", "profit"]
+    assert sorted(decoder.calls[2]) == ["We", "profit", "review"]  # each still fails: alone
+    assert decoder.frames[0] is not None and decoder.frames[1:] == [None, None]
 
 
 def test_encoder_input_is_the_longest_window_and_the_pad_in_whole_seconds() -> None:

@@ -241,7 +241,8 @@ class Transcriber:
         both whispered clips of a file that way), never by the sequential decoder (on music or
         noise it would run up to six decodes, temperature fallback, to find nothing); `fast`
         gives each one still untrusted a last window alone. Spoken regions: `fast` packs them
-        into the quiet ones' batch (windows apart), then short windows for those still failing;
+        into the quiet ones' batch (windows apart), then short windows for those still failing,
+        then a window alone for each that fails there too (`_try_alone`);
         `accurate` gives them to the sequential decoder one by one. Each run of suspect
         neighbours (`suspects`: their first answers) keeps them unless the redo heard clearly
         more words. In the file's redo pass, whose audio strings together regions from all over
@@ -270,8 +271,10 @@ class Transcriber:
             spans = replace(options, pause_s=None, redo_window_s=SPAN_REDO_S, encoder_pad_s=None)
             apart = (*(frozenset(run) for run in runs), *(frozenset({i}) for i in drowned),
                      *(place & left for place in places or [] if place & left))
-            self._redo_batched(audio, regions, groups, left | first | drowned, spans, apart)
+            still = self._redo_batched(audio, regions, groups, left | first | drowned, spans,
+                                       apart)
             _keep_unless_more_words(regions, groups, runs)
+            self._try_alone(audio, regions, groups, still & left, spans)
             return
         self._redo_batched(audio, regions, groups, last & quiet, packed)
         alone = sorted(last - quiet)
@@ -279,6 +282,25 @@ class Transcriber:
                           self._lanes_for(options))
         for index, group in zip(alone, again, strict=True):
             groups[index] = group
+
+    def _try_alone(self, audio: np.ndarray, regions: list[Region], groups: list[list[Segment]],
+                   failing: set[int], options: DecodeOptions) -> None:
+        """`fast`'s spoken regions still failing after the last try, each once more in a window
+        of its own; a new answer is kept only where it passes the judge. The last try shares a
+        window between neighbours, and the decoder drops a short piece at a window's end: a
+        falsetto "this is all" (1 s) after "... beyond the ridge, asleep." came back empty
+        there, and right alone (base, seed 7). Each window's words go to its own region only:
+        one heard just before a window's region went to the region before it."""
+        chosen = sorted(failing)
+        if not chosen:
+            return
+        windows = widen([regions[i] for i in chosen], regions)
+        segments, _ = self._decode(audio, windows, replace(options, beam_size=REDO_BEAM_SIZE),
+                                   _ignore)
+        for index, (start, end) in zip(chosen, windows, strict=True):
+            answer = [s for s in segments if start <= (s.start + s.end) / 2 <= end]
+            if not judge(regions[index], answer, LIMITS):
+                groups[index] = answer
 
     def _lanes_for(self, options: DecodeOptions) -> int:
         """All lanes, unless the chunk is one of a fan-out (the other workers hold the cores)."""
