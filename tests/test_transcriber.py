@@ -969,20 +969,23 @@ class EncodedFrom(Batches):
 def test_the_redo_pass_windows_the_regions_of_one_place_apart_from_the_rest() -> None:
     """Its audio strings regions from all over the file together, 0.5 s apart: a word timed
     across such a gap went to a region 50 s away. The last try windows the regions of one
-    place with each other only, each window encoded from Whisper's full 30 s input."""
-    audio = np.zeros(10 * SAMPLE_RATE_HZ, dtype=np.float32)
-    regions = [(0.5, 3.0, 0.02), (3.5, 6.0, 0.03), (6.5, 9.0, 0.04)]
+    place with each other only, and every other region alone, each window encoded from
+    Whisper's full 30 s input."""
+    audio = np.zeros(13 * SAMPLE_RATE_HZ, dtype=np.float32)
+    regions = [(0.5, 3.0, 0.02), (3.5, 6.0, 0.03), (6.5, 9.0, 0.04), (9.5, 12.0, 0.05)]
     for start_s, end_s, level in regions:
         audio[int((start_s + 0.2) * SAMPLE_RATE_HZ):int((end_s - 0.2) * SAMPLE_RATE_HZ)] = level
     said = {0.02: ("We", -0.2, 0.01), 0.03: ("review", -0.2, 0.01),
-            0.04: ("profit", -0.2, 0.01)}  # one word in 2.5 s: each fails every try
-    pending = (Pending(0.5, 3.0), Pending(3.5, 6.0, near=True), Pending(6.5, 9.0))
+            0.04: ("profit", -0.2, 0.01), 0.05: ("loss", -0.2, 0.01)}
+    # One word in 2.5 s: each fails every try.
+    pending = (Pending(0.5, 3.0), Pending(3.5, 6.0, near=True), Pending(6.5, 9.0),
+               Pending(9.5, 12.0))
     decoder = EncodedFrom(said)
     transcriber = Transcriber.with_decoders(FakeSequential(), decoder)
     transcriber.redo(audio, pending, replace(PRESETS["fast"], fan_out=False))
-    assert decoder.calls[0] == ["We+review+profit"]  # the packed try: one window
-    assert sorted(decoder.calls[1]) == ["We+review", "profit"]
-    assert sorted(decoder.calls[2]) == ["We", "profit", "review"]  # each still fails: alone
+    assert decoder.calls[0] == ["We+review+profit+loss"]  # the packed try: one window
+    assert sorted(decoder.calls[1]) == ["We+review", "loss", "profit"]
+    assert sorted(decoder.calls[2]) == ["We", "loss", "profit", "review"]  # each alone
     assert decoder.frames[0] is not None and decoder.frames[1:] == [None, None]
 
 

@@ -247,7 +247,7 @@ class Transcriber:
         neighbours (`suspects`: their first answers) keeps them unless the redo heard clearly
         more words. In the file's redo pass, whose audio strings together regions from all over
         the file, the regions of each place (`places`) share their last windows only with each
-        other."""
+        other, and every other region of it has a last window of its own."""
         pause_s = QUIET_PAUSE_S if options.redo_pause_s is None else options.redo_pause_s
         packed = replace(options, pause_s=pause_s, redo_window_s=options.window_s)
         if _packed_redo(options):
@@ -269,7 +269,13 @@ class Transcriber:
             # 6 words wrong, with the windows beside it). base, seven English files: 5 words
             # fewer wrong; tiny.en, three: 4 fewer (docs/benchmarks.md, twenty-first session).
             spans = replace(options, pause_s=None, redo_window_s=SPAN_REDO_S, encoder_pad_s=None)
-            apart = (*(frozenset(run) for run in runs), *(frozenset({i}) for i in drowned),
+            # In the redo pass only the regions of one place share a last window: a word timed
+            # across the silence between two unrelated regions went to the wrong one ("There's"
+            # to a region 165 s before its own, base seed 11; "She had" over a falsetto line,
+            # tiny.en two-pass seed 53), and no sound between them is the file's own.
+            unplaced = left - frozenset().union(*places) if places is not None else set()
+            apart = (*(frozenset(run) for run in runs),
+                     *(frozenset({i}) for i in drowned | unplaced),
                      *(place & left for place in places or [] if place & left))
             still = self._redo_batched(audio, regions, groups, left | first | drowned, spans,
                                        apart)
