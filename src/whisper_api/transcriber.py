@@ -247,7 +247,7 @@ class Transcriber:
         neighbours (`suspects`: their first answers) keeps them unless the redo heard clearly
         more words. In the file's redo pass, whose audio strings together regions from all over
         the file, the regions of each place (`places`) share their last windows only with each
-        other, and every other region of it has a last window of its own."""
+        other, and every other region of it but the suspects has a last window of its own."""
         pause_s = QUIET_PAUSE_S if options.redo_pause_s is None else options.redo_pause_s
         packed = replace(options, pause_s=pause_s, redo_window_s=options.window_s)
         if _packed_redo(options):
@@ -277,10 +277,10 @@ class Transcriber:
             apart = (*(frozenset(run) for run in runs),
                      *(frozenset({i}) for i in drowned | unplaced),
                      *(place & left for place in places or [] if place & left))
-            still = self._redo_batched(audio, regions, groups, left | first | drowned, spans,
-                                       apart)
+            tried = left | first | drowned
+            still = self._redo_batched(audio, regions, groups, tried, spans, apart)
             _keep_unless_more_words(regions, groups, runs)
-            self._try_alone(audio, regions, groups, still & left, spans)
+            self._try_alone(audio, regions, groups, still & _shared(left, tried, apart), spans)
             return
         self._redo_batched(audio, regions, groups, last & quiet, packed)
         alone = sorted(last - quiet)
@@ -291,12 +291,13 @@ class Transcriber:
 
     def _try_alone(self, audio: np.ndarray, regions: list[Region], groups: list[list[Segment]],
                    failing: set[int], options: DecodeOptions) -> None:
-        """`fast`'s spoken regions still failing after the last try, each once more in a window
-        of its own; a new answer is kept only where it passes the judge. The last try shares a
-        window between neighbours, and the decoder drops a short piece at a window's end: a
-        falsetto "this is all" (1 s) after "... beyond the ridge, asleep." came back empty
-        there, and right alone (base, seed 7). Each window's words go to its own region only:
-        one heard just before a window's region went to the region before it."""
+        """`fast`'s spoken regions still failing after a last try whose window they shared with
+        a neighbour (`_shared`: one with a window to itself would hear the same again), each
+        once more in a window of its own; a new answer is kept only where it passes the judge.
+        The decoder drops a short piece at the end of a window: a falsetto "this is all" (1 s)
+        after "... beyond the ridge, asleep." came back empty there, and right alone (base,
+        seed 7). Each window's segments go to its own region only: a word heard just before a
+        region went to the region before it."""
         chosen = sorted(failing)
         if not chosen:
             return
@@ -304,7 +305,7 @@ class Transcriber:
         segments, _ = self._decode(audio, windows, replace(options, beam_size=REDO_BEAM_SIZE),
                                    _ignore)
         for index, (start, end) in zip(chosen, windows, strict=True):
-            answer = [s for s in segments if start <= (s.start + s.end) / 2 <= end]
+            answer = [s for s in segments if start <= (s.start + s.end) / 2 < end]
             if not judge(regions[index], answer, LIMITS):
                 groups[index] = answer
 
@@ -796,6 +797,14 @@ def _tails(groups: list[list[Segment]], chosen: set[int],
     found = {i: tail(groups[i], groups[i + 1], TAIL_WORDS)
              for i in chosen if i + 1 < len(groups) and i + 1 not in redone}
     return {i: words for i, words in found.items() if words}
+
+
+def _shared(spoken: set[int], tried: set[int], apart: tuple[frozenset[int], ...]) -> set[int]:
+    """The regions of `spoken` whose last try may have shared a window with a neighbour: the
+    one before or after it was in its set of `apart` or, outside every set, tried too."""
+    rest = frozenset(tried).difference(*apart)
+    return {i for i in spoken for group in (*apart, rest)
+            if i in group and {i - 1, i + 1} & group}
 
 
 def _packed_redo(options: DecodeOptions) -> bool:
