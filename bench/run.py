@@ -68,10 +68,11 @@ def normalise(text: str) -> str:
     WER benchmark score with): lower case; contractions written out ("I'm" as "i am");
     British spellings as American ("apologise"); numbers as digits ("nineteen sixty one" as
     "1961", "mid nineties" as "mid 90s"); titles spelled out ("mr" as "mister"); "gonna" and
-    the like written out; hesitations (uh, um, hmm) and punctuation dropped. Two additions:
+    the like written out; hesitations (uh, um, hmm), punctuation and anything in brackets
+    ("[Music]", "(laughs)": no reference has brackets) dropped. Two additions:
     "et cetera" as "etc" (the corpus writes "etc." and decoders say both), and the
     hesitations it keeps (er, ah, erm), since some references keep them and others do not."""
-    spoken = re.sub(r"\bet cetera\b", "etc", text, flags=re.IGNORECASE)
+    spoken = re.sub(r"\bet[ -]?cetera\b", "etc", text, flags=re.IGNORECASE)
     return " ".join(w for w in _english()(spoken).split() if w not in FILLERS)
 
 
