@@ -425,6 +425,11 @@ def test_a_stretch_the_vad_missed_is_kept_only_when_the_decoder_is_sure(
 WHISPERED = "this is all very whispered speech"
 
 
+def in_clip(heard: list[RawSegment], clip: dict[str, float]) -> list[RawSegment]:
+    """The segments a decoder answered for one of its windows (`clip_timestamps`)."""
+    return [s for s in heard if clip["start"] <= s.start <= clip["end"]]
+
+
 class Drowned(Said):
     """A decoder that does not hear the whisper (level 0.05) in a window with louder speech."""
 
@@ -432,7 +437,7 @@ class Drowned(Said):
         heard, info = super().transcribe(audio, **kwargs)
         heard = list(heard)
         for clip in kwargs["clip_timestamps"]:
-            inside = [s for s in heard if clip["start"] <= s.start <= clip["end"]]
+            inside = in_clip(heard, clip)
             if len(inside) > 1:
                 heard = [s for s in heard if s not in inside or s.text != WHISPERED]
         return iter(heard), info
@@ -480,8 +485,7 @@ class Batches(Drowned):
     def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
         heard, info = super().transcribe(audio, **kwargs)
         heard = list(heard)
-        self.calls.append(["+".join(s.text for s in heard
-                                    if clip["start"] <= s.start <= clip["end"])
+        self.calls.append(["+".join(s.text for s in in_clip(heard, clip))
                            for clip in kwargs["clip_timestamps"]])
         return iter(heard), info
 
@@ -785,11 +789,8 @@ class HearsTheFirst(SkipsFirst):
     def transcribe(self, audio: np.ndarray, **kwargs: Any) -> tuple[Iterator[RawSegment], Info]:
         heard, info = super().transcribe(audio, **kwargs)
         heard = list(heard)
-        firsts = []
-        for clip in kwargs["clip_timestamps"]:
-            inside = sorted((s for s in heard if clip["start"] <= s.start <= clip["end"]),
-                            key=lambda s: s.start)
-            firsts += inside[:1]
+        firsts = [min(inside, key=lambda s: s.start) for clip in kwargs["clip_timestamps"]
+                  if (inside := in_clip(heard, clip))]
         return iter(firsts), info
 
 

@@ -269,14 +269,7 @@ class Transcriber:
             # 6 words wrong, with the windows beside it). base, seven English files: 5 words
             # fewer wrong; tiny.en, three: 4 fewer (docs/benchmarks.md, twenty-first session).
             spans = replace(options, pause_s=None, redo_window_s=SPAN_REDO_S, encoder_pad_s=None)
-            # In the redo pass only the regions of one place share a last window: a word timed
-            # across the silence between two unrelated regions went to the wrong one ("There's"
-            # to a region 165 s before its own, base seed 11; "She had" over a falsetto line,
-            # tiny.en two-pass seed 53), and no sound between them is the file's own.
-            unplaced = left - frozenset().union(*places) if places is not None else set()
-            apart = (*(frozenset(run) for run in runs),
-                     *(frozenset({i}) for i in drowned | unplaced),
-                     *(place & left for place in places or [] if place & left))
+            apart = _last_try_apart(runs, drowned, left, places)
             tried = left | first | drowned
             still = self._redo_batched(audio, regions, groups, tried, spans, apart)
             _keep_unless_more_words(regions, groups, runs)
@@ -797,6 +790,19 @@ def _tails(groups: list[list[Segment]], chosen: set[int],
     found = {i: tail(groups[i], groups[i + 1], TAIL_WORDS)
              for i in chosen if i + 1 < len(groups) and i + 1 not in redone}
     return {i: words for i, words in found.items() if words}
+
+
+def _last_try_apart(runs: list[Suspects], drowned: set[int], left: set[int],
+                    places: list[frozenset[int]] | None) -> tuple[frozenset[int], ...]:
+    """The sets of regions `fast`'s last try windows apart from the rest: each run of suspect
+    neighbours, each drowned quiet region alone, and in the file's redo pass (`places`) the
+    spoken regions of each place together and every other one alone. There, a word timed
+    across the silence between two unrelated regions went to the wrong one ("There's" to a
+    region 165 s before its own, base seed 11; "She had" over a falsetto line, tiny.en
+    two-pass seed 53), and no sound between them is the file's own."""
+    unplaced = left - frozenset().union(*places) if places is not None else set()
+    return (*(frozenset(run) for run in runs), *(frozenset({i}) for i in drowned | unplaced),
+            *(place & left for place in places or [] if place & left))
 
 
 def _shared(spoken: set[int], tried: set[int], apart: tuple[frozenset[int], ...]) -> set[int]:
